@@ -1,0 +1,507 @@
+//! The scheduler: one loop that admits new jobs, claims work fairly across hosts, spawns an
+//! attempt per job, stores finished attempts in batches, keeps leases alive, and shuts
+//! down cleanly.
+//!
+//! Only this loop writes to the database (besides users), so our own writes never contend
+//! with each other; attempts run concurrently and report back over a channel. While the
+//! loop commits one batch, the next one accumulates: that is the group commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::FutureExt;
+use tracing::Instrument;
+
+use crate::crawl::Crawler;
+use crate::job::{self, Attempt, ClaimedJob, Verdict};
+use crate::runtime;
+use crate::settings::Settings;
+use crate::shutdown::Shutdown;
+use crate::store::{HostPick, Store, StoreError};
+
+/// New rows validated per loop turn; bounds the time one turn spends on a bulk insert.
+const ADMISSION_BATCH: usize = 1000;
+/// How often expired leases (of dead daemons) are looked for.
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often idle hosts are dropped from the rate limiter's memory.
+const PRUNE_LIMITER_EVERY: Duration = Duration::from_secs(60);
+/// After a database error, wait this long before trying again.
+const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Http(String),
+}
+
+/// How the daemon ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Exit once no job is queued or running (batch use, tests, benchmarks).
+    pub exit_when_idle: bool,
+}
+
+/// What one run did, for the final log line and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    pub claimed: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub lost: u64,
+    /// Jobs handed back to the queue at shutdown.
+    pub released: u64,
+}
+
+pub struct Daemon {
+    settings: Arc<Settings>,
+    store: Store,
+    crawler: Arc<Crawler>,
+    /// Our lease owner id: unique per process start, so a restarted daemon never mistakes
+    /// a dead one's leases for its own.
+    owner: String,
+}
+
+impl Daemon {
+    /// Everything that can fail at start-up: opening and migrating the database, building
+    /// the HTTP client.
+    pub async fn build(settings: Settings) -> Result<Daemon, DaemonError> {
+        let settings = Arc::new(settings);
+        let store = Store::open(&settings.database).await?;
+        let crawler = Arc::new(Crawler::new(settings.clone()).map_err(DaemonError::Http)?);
+        let owner = format!("crawlq-{}-{:08x}", std::process::id(), fastrand::u32(..));
+        Ok(Daemon {
+            settings,
+            store,
+            crawler,
+            owner,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs until `shutdown` fires (or, with `exit_when_idle`, until the queue is empty).
+    /// On shutdown, in-flight jobs get `daemon.shutdown_grace_secs` to finish; the rest go
+    /// back to `queued`.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: Shutdown,
+        options: RunOptions,
+    ) -> Result<RunReport, DaemonError> {
+        let s = &self.settings;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            database = %s.database.path.display(),
+            per_host_rps = s.limits.per_host.rate.rps,
+            per_host_burst = s.limits.per_host.rate.burst.get(),
+            per_host_in_flight = s.limits.per_host.in_flight.get(),
+            max_in_flight = s.limits.max_in_flight.get(),
+            global_rps = s.limits.global_rate.map(|r| r.rps),
+            host_overrides = s.limits.hosts.len(),
+            config = %s.sources.join(" < "),
+            owner = %self.owner,
+            "crawlq started"
+        );
+        let mut scheduler = Scheduler::new(&self);
+        let result = scheduler.run(&shutdown, options).await;
+        let drained = scheduler.drain().await;
+        let report = scheduler.report;
+        tracing::info!(
+            claimed = report.claimed,
+            done = report.done,
+            failed = report.failed,
+            retried = report.retried,
+            released = report.released,
+            "crawlq stopped"
+        );
+        self.store.close().await;
+        result.and(drained).map(|()| report)
+    }
+}
+
+/// Jobs this daemon holds, in all and per host.
+#[derive(Debug, Default)]
+struct InFlight {
+    total: usize,
+    by_host: HashMap<String, usize>,
+}
+
+impl InFlight {
+    fn add(&mut self, host: &str) {
+        self.total += 1;
+        *self.by_host.entry(host.to_owned()).or_default() += 1;
+    }
+
+    fn remove(&mut self, host: &str) {
+        self.total -= 1;
+        if let Some(n) = self.by_host.get_mut(host) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_host.remove(host);
+            }
+        }
+    }
+
+    fn on_host(&self, host: &str) -> usize {
+        self.by_host.get(host).copied().unwrap_or(0)
+    }
+}
+
+struct Scheduler<'d> {
+    daemon: &'d Daemon,
+    in_flight: InFlight,
+    finished_tx: async_channel::Sender<Attempt>,
+    finished_rx: async_channel::Receiver<Attempt>,
+    /// Finished attempts not yet committed (kept across a failing store, never dropped).
+    unstored: Vec<Attempt>,
+    /// Round-robin position: the next claim starts with the host after this one.
+    cursor: String,
+    report: RunReport,
+    store_healthy: bool,
+    last_expiry_check: Instant,
+    last_renewal: Instant,
+    last_prune: Instant,
+    last_stats: Instant,
+    done_at_last_stats: u64,
+}
+
+impl<'d> Scheduler<'d> {
+    fn new(daemon: &'d Daemon) -> Scheduler<'d> {
+        let (finished_tx, finished_rx) = async_channel::unbounded();
+        let now = Instant::now();
+        let long_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(now);
+        Scheduler {
+            daemon,
+            in_flight: InFlight::default(),
+            finished_tx,
+            finished_rx,
+            unstored: Vec::new(),
+            cursor: String::new(),
+            report: RunReport::default(),
+            store_healthy: true,
+            last_expiry_check: long_ago,
+            last_renewal: now,
+            last_prune: now,
+            last_stats: now,
+            done_at_last_stats: 0,
+        }
+    }
+
+    fn settings(&self) -> &Settings {
+        &self.daemon.settings
+    }
+
+    fn store(&self) -> &Store {
+        &self.daemon.store
+    }
+
+    async fn run(&mut self, shutdown: &Shutdown, options: RunOptions) -> Result<(), DaemonError> {
+        loop {
+            self.collect_finished();
+            self.store_finished().await;
+            if shutdown.is_fired() {
+                return Ok(());
+            }
+            if self.store_healthy {
+                self.housekeeping().await;
+                if let Err(e) = self.admit_and_claim().await {
+                    self.store_failed(&e);
+                }
+            }
+            if options.exit_when_idle && self.is_idle().await? {
+                tracing::info!("no queued or running jobs left; exiting (--exit-when-idle)");
+                return Ok(());
+            }
+            self.wait_for_work(shutdown).await;
+        }
+    }
+
+    /// Sleeps until an attempt finishes, the poll interval passes, or shutdown fires.
+    async fn wait_for_work(&mut self, shutdown: &Shutdown) {
+        let pause = if self.store_healthy {
+            self.settings().daemon.poll_interval
+        } else {
+            STORE_RETRY_PAUSE
+        };
+        let finished = async { self.finished_rx.recv().await.ok() };
+        let tick = async {
+            runtime::sleep(pause).await;
+            None
+        };
+        let stop = async {
+            shutdown.wait().await;
+            None
+        };
+        if let Some(attempt) = finished.or(tick).or(stop).await {
+            self.unstored.push(attempt);
+        }
+    }
+
+    fn collect_finished(&mut self) {
+        while let Ok(attempt) = self.finished_rx.try_recv() {
+            self.unstored.push(attempt);
+        }
+    }
+
+    /// Commits every finished attempt in one transaction; only then frees their slots.
+    async fn store_finished(&mut self) {
+        if self.unstored.is_empty() {
+            return;
+        }
+        let store = self.daemon.store.clone();
+        let span = tracing::debug_span!("store", jobs = self.unstored.len());
+        let stored = store
+            .finish(&self.daemon.owner, &self.unstored)
+            .instrument(span)
+            .await;
+        match stored {
+            Ok(report) => {
+                self.report.lost += report.lost as u64;
+                for attempt in std::mem::take(&mut self.unstored) {
+                    self.count(&attempt);
+                    self.in_flight.remove(&attempt.job.host);
+                }
+                if !self.store_healthy {
+                    tracing::info!("database writable again; resuming");
+                    self.store_healthy = true;
+                }
+            }
+            Err(e) => self.store_failed(&e),
+        }
+    }
+
+    fn count(&mut self, attempt: &Attempt) {
+        let job = &attempt.job;
+        match &attempt.verdict {
+            Verdict::Done => {
+                self.report.done += 1;
+                tracing::debug!(job.id = %job.id, "stored: done");
+            }
+            Verdict::Retry { reason, .. } => {
+                self.report.retried += 1;
+                tracing::info!(job.id = %job.id, url = %job.url, %reason, "will retry");
+            }
+            Verdict::Failed { reason } => {
+                self.report.failed += 1;
+                tracing::info!(job.id = %job.id, url = %job.url, %reason, "failed");
+            }
+        }
+    }
+
+    /// A database error stops claiming (loudly) until the next write succeeds. Jobs are not
+    /// marked failed for it: their results wait in memory, and their leases protect them.
+    fn store_failed(&mut self, error: &StoreError) {
+        tracing::error!(
+            %error,
+            unstored = self.unstored.len(),
+            "database error; not claiming new jobs until it can be written again"
+        );
+        self.store_healthy = false;
+    }
+
+    async fn housekeeping(&mut self) {
+        let now = Instant::now();
+        let settings = self.daemon.settings.clone();
+        if now.duration_since(self.last_expiry_check) >= EXPIRY_CHECK_EVERY {
+            self.last_expiry_check = now;
+            match self
+                .store()
+                .requeue_expired(settings.retry.max_attempts.get())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    jobs = n,
+                    "took back jobs whose lease expired (a daemon died?)"
+                ),
+                Err(e) => self.store_failed(&e),
+            }
+        }
+        if now.duration_since(self.last_renewal) >= settings.daemon.lease / 3 {
+            self.last_renewal = now;
+            if let Err(e) = self
+                .store()
+                .renew_leases(&self.daemon.owner, settings.daemon.lease)
+                .await
+            {
+                self.store_failed(&e);
+            }
+        }
+        if now.duration_since(self.last_prune) >= PRUNE_LIMITER_EVERY {
+            self.last_prune = now;
+            self.daemon.crawler.limits().prune();
+        }
+        if let Some(every) = settings.daemon.stats_interval {
+            if now.duration_since(self.last_stats) >= every {
+                self.log_stats(now.duration_since(self.last_stats)).await;
+                self.last_stats = now;
+            }
+        }
+    }
+
+    async fn log_stats(&mut self, over: Duration) {
+        let done = self.report.done - self.done_at_last_stats;
+        self.done_at_last_stats = self.report.done;
+        let pages_per_min = done as f64 * 60.0 / over.as_secs_f64().max(0.001);
+        match self.store().status_counts().await {
+            Ok(counts) => tracing::info!(
+                pages_per_min = pages_per_min.round() as u64,
+                queued = counts.queued,
+                running = counts.running,
+                done = counts.done,
+                failed = counts.failed,
+                in_flight = self.in_flight.total,
+                limiter_hosts = self.daemon.crawler.limits().tracked_hosts(),
+                "stats"
+            ),
+            Err(e) => self.store_failed(&e),
+        }
+    }
+
+    async fn admit_and_claim(&mut self) -> Result<(), StoreError> {
+        let free = self
+            .settings()
+            .limits
+            .max_in_flight
+            .get()
+            .saturating_sub(self.in_flight.total);
+        if free == 0 {
+            return Ok(());
+        }
+        self.admit().await?;
+        let picks = self.pick_hosts(free).await?;
+        let settings = self.daemon.settings.clone();
+        let claimed = self
+            .store()
+            .claim(&self.daemon.owner, settings.daemon.lease, &picks)
+            .await?;
+        for job in claimed {
+            self.start(job);
+        }
+        Ok(())
+    }
+
+    /// Validates new rows: bad URLs and selectors fail here, before any fetch.
+    async fn admit(&mut self) -> Result<(), StoreError> {
+        let new_jobs = self.store().unadmitted(ADMISSION_BATCH).await?;
+        if new_jobs.is_empty() {
+            return Ok(());
+        }
+        let decisions: Vec<_> = new_jobs
+            .iter()
+            .map(|new| (new.id, job::admit(&new.url, new.selectors.as_deref())))
+            .collect();
+        for (id, decision) in &decisions {
+            if let Err(reason) = decision {
+                tracing::info!(job.id = %id, %reason, "refused a new job");
+            }
+        }
+        self.store().record_admissions(&decisions).await
+    }
+
+    /// Host-fair picking: walk the hosts with queued work round-robin from the cursor and
+    /// give each at most its free in-flight slots, until the global free slots run out.
+    /// A host at its cap is skipped, so a slow host cannot hold slots other hosts need.
+    async fn pick_hosts(&mut self, free: usize) -> Result<Vec<HostPick>, StoreError> {
+        // Hosts at their cap will be skipped, so ask for enough to fill `free` anyway.
+        let wanted = free + self.in_flight.by_host.len();
+        let mut hosts = self
+            .store()
+            .hosts_with_queued_jobs(&self.cursor, wanted)
+            .await?;
+        if hosts.len() < wanted && !self.cursor.is_empty() {
+            let wrapped = self
+                .store()
+                .hosts_with_queued_jobs("", wanted - hosts.len())
+                .await?;
+            for host in wrapped {
+                if !hosts.contains(&host) {
+                    hosts.push(host);
+                }
+            }
+        }
+        let mut picks = Vec::new();
+        let mut left = free;
+        for host in hosts {
+            if left == 0 {
+                break;
+            }
+            let cap = self.settings().limits.for_host(&host).in_flight.get();
+            let room = cap.saturating_sub(self.in_flight.on_host(&host)).min(left);
+            if room > 0 {
+                left -= room;
+                self.cursor = host.clone();
+                picks.push(HostPick { host, jobs: room });
+            }
+        }
+        Ok(picks)
+    }
+
+    fn start(&mut self, job: ClaimedJob) {
+        self.report.claimed += 1;
+        self.in_flight.add(&job.host);
+        let crawler = self.daemon.crawler.clone();
+        let finished = self.finished_tx.clone();
+        runtime::spawn(async move {
+            let attempt = crawler.attempt(job).await;
+            // The receiver lives until the daemon exits; after that the job is released.
+            let _ = finished.send(attempt).await;
+        });
+    }
+
+    async fn is_idle(&self) -> Result<bool, DaemonError> {
+        if self.in_flight.total > 0 || !self.unstored.is_empty() {
+            return Ok(false);
+        }
+        Ok(!self.store().has_unfinished_jobs().await?)
+    }
+
+    /// Shutdown: give in-flight jobs the grace period, store what finished, and hand the
+    /// rest back to the queue.
+    async fn drain(&mut self) -> Result<(), DaemonError> {
+        let grace = self.settings().daemon.shutdown_grace;
+        let deadline = Instant::now() + grace;
+        if self.in_flight.total > 0 {
+            tracing::info!(
+                in_flight = self.in_flight.total,
+                grace_secs = grace.as_secs_f64(),
+                "shutting down: waiting for in-flight jobs"
+            );
+        }
+        while self.in_flight.total > self.unstored.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match runtime::timeout(left, self.finished_rx.recv()).await {
+                Ok(Ok(attempt)) => {
+                    self.unstored.push(attempt);
+                    self.collect_finished();
+                }
+                _ => break,
+            }
+        }
+        self.store_finished().await;
+        let released = self.store().release(&self.daemon.owner).await?;
+        self.report.released = released;
+        if released > 0 {
+            tracing::info!(jobs = released, "put unfinished jobs back to queued");
+        }
+        if !self.unstored.is_empty() {
+            tracing::error!(
+                jobs = self.unstored.len(),
+                "could not store some finished jobs; they were released and will run again"
+            );
+        }
+        Ok(())
+    }
+}

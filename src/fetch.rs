@@ -1,0 +1,188 @@
+//! HTTP with `surf`: one GET, body capped, time-limited, errors in words.
+//!
+//! surf is unmaintained; this is the only module that names it, so the HTTP client can be
+//! swapped here alone. We use surf's curl backend (isahc), built by hand so that we can set
+//! a connect timeout and turn curl's own redirect handling off. Redirects are followed by
+//! the caller ([`crate::crawl`]) so every hop passes the rate limiter; surf's Redirect
+//! middleware is deliberately not used (it sends an extra request past the limiter).
+//! `surf::Error` is not a `std::error::Error`: it is turned into [`FetchError`] here.
+
+use std::time::{Duration, Instant};
+
+use futures_lite::AsyncReadExt;
+use isahc::config::{Configurable, RedirectPolicy};
+use url::Url;
+
+use crate::runtime;
+use crate::settings::FetchSettings;
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum FetchError {
+    #[error("timed out after {} connecting to {host}", secs(*.after))]
+    ConnectTimeout { host: String, after: Duration },
+    #[error("timed out after {} waiting for {host}", secs(*.after))]
+    Timeout { host: String, after: Duration },
+    #[error("could not resolve host {host}")]
+    Resolve { host: String },
+    #[error("could not connect to {host}: {reason}")]
+    Connect { host: String, reason: String },
+    #[error("response body is larger than fetch.max_body_bytes ({limit} bytes)")]
+    BodyTooLarge { limit: u64 },
+    #[error("network error talking to {host}: {reason}")]
+    Network { host: String, reason: String },
+}
+
+impl FetchError {
+    /// Whether trying the same request later might work.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, FetchError::BodyTooLarge { .. })
+    }
+}
+
+fn secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// A response as crawlq needs it. For redirects the body is not read.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub location: Option<String>,
+    pub body: Vec<u8>,
+    pub elapsed: Duration,
+}
+
+impl Response {
+    pub fn is_redirect(&self) -> bool {
+        (300..400).contains(&self.status) && self.location.is_some()
+    }
+}
+
+pub struct Fetcher {
+    client: surf::Client,
+    settings: FetchSettings,
+}
+
+impl Fetcher {
+    pub fn new(settings: &FetchSettings) -> Result<Fetcher, String> {
+        let isahc = isahc::HttpClient::builder()
+            .connect_timeout(settings.connect_timeout)
+            // No curl-level total timeout: `get` enforces it, so an isahc timeout can only
+            // mean the connect timeout and the two are told apart in the error.
+            .redirect_policy(RedirectPolicy::None)
+            .tcp_nodelay()
+            .build()
+            .map_err(|e| format!("could not start the HTTP client: {e}"))?;
+        let client =
+            surf::Client::with_http_client(http_client::isahc::IsahcClient::from_client(isahc));
+        Ok(Fetcher {
+            client,
+            settings: settings.clone(),
+        })
+    }
+
+    /// One GET of `url`, no redirects followed. The whole exchange, body included, must
+    /// finish within `fetch.timeout_secs`.
+    #[tracing::instrument(level = "debug", name = "fetch", skip_all, fields(url = %url))]
+    pub async fn get(&self, url: &Url) -> Result<Response, FetchError> {
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let started = Instant::now();
+        let limit = self.settings.timeout;
+        let mut response = runtime::timeout(limit, self.exchange(url, &host))
+            .await
+            .map_err(|_| FetchError::Timeout {
+                host: host.clone(),
+                after: limit,
+            })??;
+        response.elapsed = started.elapsed();
+        tracing::debug!(
+            status = response.status,
+            bytes = response.body.len(),
+            elapsed_ms = response.elapsed.as_millis() as u64,
+            "fetched"
+        );
+        Ok(response)
+    }
+
+    async fn exchange(&self, url: &Url, host: &str) -> Result<Response, FetchError> {
+        let request = self
+            .client
+            .get(url.as_str())
+            .header("User-Agent", self.settings.user_agent.as_str())
+            .header("Accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8");
+        let mut response = request.await.map_err(|e| self.classify(e, host))?;
+        let status = u16::from(response.status());
+        let header = |name: &str| response.header(name).map(|v| v.last().as_str().to_owned());
+        let content_type = header("Content-Type");
+        let location = header("Location");
+        let declared_length = header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
+        let mut parsed = Response {
+            status,
+            content_type,
+            location,
+            body: Vec::new(),
+            elapsed: Duration::ZERO,
+        };
+        if parsed.is_redirect() {
+            return Ok(parsed);
+        }
+        let limit = self.settings.max_body_bytes;
+        if declared_length.is_some_and(|len| len > limit) {
+            return Err(FetchError::BodyTooLarge { limit });
+        }
+        // Read one byte past the limit to tell "exactly at the limit" from "over it".
+        let mut body = response.take_body().into_reader().take(limit + 1);
+        let mut buffer =
+            Vec::with_capacity(declared_length.unwrap_or(16 * 1024).min(limit) as usize);
+        body.read_to_end(&mut buffer)
+            .await
+            .map_err(|e| FetchError::Network {
+                host: host.to_owned(),
+                reason: format!("reading the body failed: {e}"),
+            })?;
+        if buffer.len() as u64 > limit {
+            return Err(FetchError::BodyTooLarge { limit });
+        }
+        parsed.body = buffer;
+        Ok(parsed)
+    }
+
+    /// The edge where `surf::Error` becomes ours, in words a user can act on.
+    fn classify(&self, error: surf::Error, host: &str) -> FetchError {
+        let host = host.to_owned();
+        match error.downcast_ref::<isahc::Error>() {
+            Some(isahc::Error::Timeout) => FetchError::ConnectTimeout {
+                host,
+                after: self.settings.connect_timeout,
+            },
+            Some(isahc::Error::CouldntResolveHost) => FetchError::Resolve { host },
+            Some(isahc::Error::ConnectFailed) => FetchError::Connect {
+                host,
+                reason: "connection refused or unreachable".to_owned(),
+            },
+            Some(other) => FetchError::Network {
+                host,
+                reason: isahc_reason(other),
+            },
+            None => FetchError::Network {
+                host,
+                reason: error.to_string(),
+            },
+        }
+    }
+}
+
+/// isahc's Display is "Variant: description"; the description alone reads better.
+fn isahc_reason(error: &isahc::Error) -> String {
+    let text = error.to_string();
+    match text.split_once(": ") {
+        Some((_, description)) if !description.is_empty() => description.to_owned(),
+        _ => text,
+    }
+}

@@ -1,0 +1,321 @@
+//! Domain types: a job as the daemon holds it, the checks a new job must pass, and what an
+//! attempt came to. Whether a failure is retried is decided here and nowhere else.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::parse::SelectorSet;
+use crate::settings::RetrySettings;
+
+/// The longest URL crawlq accepts; longer ones are almost always garbage or an attack, and
+/// most servers refuse them anyway.
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The values `jobs.status` may hold (the table's CHECK constraint allows exactly these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+    Skipped,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Queued,
+        Status::Running,
+        Status::Done,
+        Status::Failed,
+        Status::Cancelled,
+        Status::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// A new job that passed admission: its URL parses, is http(s) and has a host, and its
+/// selectors (if any) are valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The rate-limit key: host name in lower case, without port.
+    pub host: String,
+}
+
+/// Checks a new job before anything is fetched. The error is the text stored in
+/// `jobs.error`, written for the person who inserted the row.
+pub fn admit(url: &str, selectors: Option<&str>) -> Result<Admitted, String> {
+    let url = check_url(url)?;
+    if let Some(json) = selectors {
+        SelectorSet::from_json(json).map_err(|e| e.to_string())?;
+    }
+    Ok(Admitted {
+        host: host_key(&url).expect("check_url ensures a host"),
+    })
+}
+
+/// Parses a URL a user gave us; surrounding whitespace is ignored, as browsers do.
+pub fn check_url(raw: &str) -> Result<Url, String> {
+    if raw.len() > MAX_URL_BYTES {
+        return Err(format!(
+            "invalid URL: {} bytes long, the limit is {MAX_URL_BYTES}",
+            raw.len()
+        ));
+    }
+    if raw.trim().is_empty() {
+        return Err("invalid URL: empty".to_owned());
+    }
+    let url = Url::parse(raw.trim()).map_err(|e| format!("invalid URL {raw:?}: {e}"))?;
+    check_fetchable(&url)?;
+    Ok(url)
+}
+
+/// Only http and https with a host can be fetched (also checked on every redirect hop).
+pub fn check_fetchable(url: &Url) -> Result<(), String> {
+    match url.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(format!(
+                "unsupported URL scheme {other:?} in {url}: only http and https can be fetched"
+            ))
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("invalid URL {url}: no host"));
+    }
+    Ok(())
+}
+
+/// The key rate limits and fairness use: the host name without port, lower case.
+pub fn host_key(url: &Url) -> Option<String> {
+    url.host_str().map(|h| h.to_ascii_lowercase())
+}
+
+/// A job this daemon holds the lease on. `attempt` (1-based) is part of the lease: a later
+/// claim of the same job has a higher attempt, so a stale write cannot touch it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub url: String,
+    pub host: String,
+    pub attempt: u32,
+    /// NULL in the table means the configured default.
+    pub max_attempts: Option<u32>,
+    pub selectors: Option<String>,
+}
+
+/// What the server answered, as stored in `results`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageRecord {
+    pub url: String,
+    pub final_url: String,
+    pub http_status: u16,
+    pub content_type: Option<String>,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub links: Vec<String>,
+    pub data: BTreeMap<String, Vec<String>>,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// How an attempt ended, before the retry policy is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// A final HTTP response (after redirects).
+    Response(u16),
+    /// Worth trying again: a network error or a timeout.
+    Transient(String),
+    /// Trying again cannot help: bad input, redirect loop, body too large...
+    Fatal(String),
+}
+
+/// What the store does with the job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Done,
+    Retry { after: Duration, reason: String },
+    Failed { reason: String },
+}
+
+/// One finished attempt, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub job: ClaimedJob,
+    pub page: Option<PageRecord>,
+    pub verdict: Verdict,
+}
+
+/// The retry policy, in one place: 2xx is done; 408, 429, 5xx and transient errors are
+/// retried with backoff until the attempts run out; everything else fails at once.
+pub fn decide(ending: &Ending, attempt: u32, max_attempts: u32, retry: &RetrySettings) -> Verdict {
+    let (retryable, reason) = match ending {
+        Ending::Response(status) if (200..300).contains(status) => return Verdict::Done,
+        Ending::Response(status) => (
+            matches!(status, 408 | 429 | 500..=599),
+            format!("HTTP {}", describe_status(*status)),
+        ),
+        Ending::Transient(reason) => (true, reason.clone()),
+        Ending::Fatal(reason) => (false, reason.clone()),
+    };
+    if !retryable {
+        return Verdict::Failed { reason };
+    }
+    if attempt >= max_attempts {
+        return Verdict::Failed {
+            reason: format!("{reason} (gave up after {attempt} attempts)"),
+        };
+    }
+    let after = backoff(attempt, retry);
+    Verdict::Retry {
+        reason: format!(
+            "{reason} (attempt {attempt} of {max_attempts}; retrying in {:.1} s)",
+            after.as_secs_f64()
+        ),
+        after,
+    }
+}
+
+/// Exponential backoff with ±20 % jitter: about `initial` after the first attempt, doubling,
+/// capped at `max`. Jitter keeps many jobs that failed together from retrying together.
+pub fn backoff(attempt: u32, retry: &RetrySettings) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let base = retry
+        .backoff_initial
+        .saturating_mul(1u32 << exponent)
+        .min(retry.backoff_max);
+    base.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
+fn describe_status(status: u16) -> String {
+    let reason = match status {
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        410 => "Gone",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    };
+    if reason.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status} {reason}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn retry() -> RetrySettings {
+        RetrySettings {
+            max_attempts: NonZeroU32::new(3).unwrap(),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn statuses_are_judged_by_the_documented_policy() {
+        let r = retry();
+        assert_eq!(decide(&Ending::Response(200), 1, 3, &r), Verdict::Done);
+        assert_eq!(decide(&Ending::Response(204), 3, 3, &r), Verdict::Done);
+        for status in [408, 429, 500, 503] {
+            assert!(matches!(
+                decide(&Ending::Response(status), 1, 3, &r),
+                Verdict::Retry { .. }
+            ));
+            assert!(matches!(
+                decide(&Ending::Response(status), 3, 3, &r),
+                Verdict::Failed { .. }
+            ));
+        }
+        for status in [301, 400, 403, 404, 410] {
+            assert!(matches!(
+                decide(&Ending::Response(status), 1, 3, &r),
+                Verdict::Failed { .. }
+            ));
+        }
+        let Verdict::Failed { reason } = decide(&Ending::Response(404), 1, 3, &r) else {
+            panic!()
+        };
+        assert_eq!(reason, "HTTP 404 Not Found");
+        assert!(matches!(
+            decide(&Ending::Transient("x".into()), 1, 3, &r),
+            Verdict::Retry { .. }
+        ));
+        assert!(matches!(
+            decide(&Ending::Fatal("x".into()), 1, 3, &r),
+            Verdict::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let r = retry();
+        for _ in 0..100 {
+            let first = backoff(1, &r).as_secs_f64();
+            assert!((0.8..=1.2).contains(&first), "{first}");
+            let second = backoff(2, &r).as_secs_f64();
+            assert!((1.6..=2.4).contains(&second), "{second}");
+            let late = backoff(40, &r).as_secs_f64();
+            assert!((8.0..=12.0).contains(&late), "{late}");
+        }
+    }
+
+    #[test]
+    fn admission_explains_what_is_wrong() {
+        assert_eq!(
+            admit("http://Example.COM:8080/a", None).unwrap().host,
+            "example.com"
+        );
+        assert!(admit("  https://example.com/  ", None).is_ok());
+        assert!(admit("ftp://example.com/x", None)
+            .unwrap_err()
+            .contains("unsupported URL scheme \"ftp\""));
+        assert!(admit("not a url", None)
+            .unwrap_err()
+            .starts_with("invalid URL"));
+        assert!(admit("", None).unwrap_err().contains("empty"));
+        assert!(admit(&format!("http://e.com/{}", "a".repeat(MAX_URL_BYTES)), None).is_err());
+        assert!(admit("http://e.com/", Some("{\"a\": \"p..\"}"))
+            .unwrap_err()
+            .contains("\"a\""));
+    }
+}

@@ -1,0 +1,29 @@
+//! crawlq: a rate-limited web scraper daemon that users drive with SQL.
+//!
+//! Users `INSERT` rows into `jobs`; the daemon claims them under a lease, fetches each URL
+//! under per-host rate limits, parses the page and writes a row into `results`.
+//!
+//! Map of the crate (one concern per module, one module per outside crate):
+//! - [`settings`]  — layered config (`config` crate) checked once into typed settings.
+//! - [`telemetry`] — the `tracing` subscriber, installed once.
+//! - [`runtime`]   — the only module that names `async-std`: spawn, sleep, timeouts.
+//! - [`store`]     — the only module that names `sqlx`: every SQL statement lives here.
+//! - [`fetch`]     — the only module that names `surf`: one HTTP request, body capped.
+//! - [`limits`]    — the only module that names `governor`: per-host and global quotas.
+//! - [`parse`]     — the only module that names `scraper`: HTML in, owned data out.
+//! - [`job`]       — domain types: a job, its validation, and what its attempt came to.
+//! - [`crawl`]     — one job's attempt: wait, fetch (following redirects), parse.
+//! - [`daemon`]    — the scheduler loop: admit, claim fairly, run, store, shut down.
+//! - [`shutdown`]  — the stop signal handed to every long-running loop.
+
+pub mod crawl;
+pub mod daemon;
+pub mod fetch;
+pub mod job;
+pub mod limits;
+pub mod parse;
+pub mod runtime;
+pub mod settings;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,114 @@
+//! Request-rate limits with `governor`: a quota per host, optional per-host overrides and
+//! an optional global quota. (In-flight caps are the scheduler's business: see `daemon`.)
+//!
+//! governor's keyed limiter keeps a state per key forever, so [`RateLimits::prune`] must
+//! be called now and then (the daemon does it in its housekeeping) to forget idle hosts.
+
+use std::collections::HashMap;
+
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::settings::{LimitSettings, Rate};
+
+pub struct RateLimits {
+    per_host: DefaultKeyedRateLimiter<String>,
+    /// Hosts with their own quota in config; a fixed set, so it never needs pruning.
+    overrides: HashMap<String, DefaultDirectRateLimiter>,
+    global: Option<DefaultDirectRateLimiter>,
+}
+
+fn quota(rate: &Rate) -> Quota {
+    Quota::with_period(rate.period())
+        .expect("settings keep the rate finite and positive")
+        .allow_burst(rate.burst)
+}
+
+impl RateLimits {
+    pub fn new(settings: &LimitSettings) -> RateLimits {
+        RateLimits {
+            per_host: RateLimiter::keyed(quota(&settings.per_host.rate)),
+            overrides: settings
+                .hosts
+                .iter()
+                .map(|(host, limits)| (host.clone(), RateLimiter::direct(quota(&limits.rate))))
+                .collect(),
+            global: settings
+                .global_rate
+                .as_ref()
+                .map(|rate| RateLimiter::direct(quota(rate))),
+        }
+    }
+
+    /// Waits until one request to `host` is allowed: the host's quota first, then the
+    /// global one. Taking the host's cell first means a global wait can only make the host
+    /// slower than its quota, never faster.
+    #[tracing::instrument(level = "debug", name = "rate_limit_wait", skip(self))]
+    pub async fn until_ready(&self, host: &str) {
+        match self.overrides.get(host) {
+            Some(limiter) => limiter.until_ready().await,
+            None => self.per_host.until_key_ready(&host.to_owned()).await,
+        }
+        if let Some(global) = &self.global {
+            global.until_ready().await;
+        }
+    }
+
+    /// Forgets hosts whose state is back to "fully replenished", so memory does not grow
+    /// with the number of hosts ever seen.
+    pub fn prune(&self) {
+        self.per_host.retain_recent();
+        self.per_host.shrink_to_fit();
+    }
+
+    /// Hosts the keyed limiter currently tracks (for stats and tests).
+    pub fn tracked_hosts(&self) -> usize {
+        self.per_host.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn requests_to_one_host_are_spaced_by_the_quota_and_hosts_are_independent() {
+        let settings = Settings::load_from_str("[limits]\nper_host_rps = 20.0\n").unwrap();
+        let limits = RateLimits::new(&settings.limits);
+        crate::runtime::block_on(async {
+            let started = Instant::now();
+            for _ in 0..3 {
+                limits.until_ready("a.example").await;
+            }
+            // Burst 1 at 20/s: the 2nd and 3rd requests wait 50 ms each.
+            assert!(
+                started.elapsed() >= Duration::from_millis(95),
+                "{:?}",
+                started.elapsed()
+            );
+            let other = Instant::now();
+            limits.until_ready("b.example").await;
+            assert!(
+                other.elapsed() < Duration::from_millis(40),
+                "{:?}",
+                other.elapsed()
+            );
+        });
+    }
+
+    #[test]
+    fn pruning_forgets_idle_hosts() {
+        let settings = Settings::load_from_str("[limits]\nper_host_rps = 1000.0\n").unwrap();
+        let limits = RateLimits::new(&settings.limits);
+        crate::runtime::block_on(async {
+            for i in 0..50 {
+                limits.until_ready(&format!("h{i}.example")).await;
+            }
+        });
+        assert_eq!(limits.tracked_hosts(), 50);
+        std::thread::sleep(Duration::from_millis(20));
+        limits.prune();
+        assert_eq!(limits.tracked_hosts(), 0);
+    }
+}

@@ -1,0 +1,211 @@
+//! The `crawlq` command line. Errors become exit codes here and nowhere else:
+//! 0 success, 1 a runtime failure (database, network client), 2 bad configuration or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crawlq::daemon::{Daemon, RunOptions};
+use crawlq::job::{self, Status};
+use crawlq::runtime;
+use crawlq::settings::{Overrides, Settings};
+use crawlq::shutdown;
+use crawlq::store::Store;
+use crawlq::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "crawlq",
+    version,
+    about = "A rate-limited web scraper daemon you drive with SQL"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// A TOML file layered over the built-in defaults (config/default.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The SQLite database: a path or a sqlite: URL (default data/crawlq.db).
+    #[arg(long, global = true, value_name = "URL_OR_PATH")]
+    database: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: claim queued jobs, crawl them, store results.
+    Run {
+        /// Exit 0 once no job is queued or running.
+        #[arg(long)]
+        exit_when_idle: bool,
+    },
+    /// Queue URLs; prints the new job ids.
+    Add {
+        #[arg(required = true, value_name = "URL")]
+        urls: Vec<String>,
+        /// Higher runs first (within a host).
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        /// NAME=CSS, or NAME=CSS@attribute; repeat for several.
+        #[arg(long = "select", value_name = "NAME=CSS")]
+        selectors: Vec<String>,
+    },
+    /// Show job counts by status, the oldest queued job and recent throughput.
+    Status,
+    /// Create or upgrade the database, then exit.
+    Migrate,
+}
+
+/// A failure with the exit code it deserves.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn config(message: impl ToString) -> Failure {
+        Failure {
+            code: 2,
+            message: message.to_string(),
+        }
+    }
+
+    fn runtime(message: impl ToString) -> Failure {
+        Failure {
+            code: 1,
+            message: message.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("crawlq: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<(), Failure> {
+    let overrides = Overrides {
+        database: cli.common.database.clone(),
+    };
+    let settings =
+        Settings::load(cli.common.config.as_deref(), &overrides).map_err(Failure::config)?;
+    telemetry::init(&settings.log).map_err(Failure::config)?;
+    runtime::block_on(async move {
+        match cli.command {
+            Command::Run { exit_when_idle } => run(settings, RunOptions { exit_when_idle }).await,
+            Command::Add {
+                urls,
+                priority,
+                selectors,
+            } => add(settings, urls, priority, selectors).await,
+            Command::Status => status(settings).await,
+            Command::Migrate => {
+                let store = Store::open(&settings.database)
+                    .await
+                    .map_err(Failure::runtime)?;
+                store.close().await;
+                println!(
+                    "database {} is up to date",
+                    settings.database.path.display()
+                );
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn run(settings: Settings, options: RunOptions) -> Result<(), Failure> {
+    let (trigger, shutdown) = shutdown::channel();
+    let mut signals = 0u32;
+    ctrlc::set_handler(move || {
+        signals += 1;
+        if signals == 1 {
+            tracing::info!("SIGTERM/SIGINT received: stopping (send again to exit at once)");
+            trigger.fire();
+        } else {
+            // Leases make this safe: whatever was running is claimable again once they expire.
+            eprintln!("crawlq: second signal; exiting now");
+            std::process::exit(130);
+        }
+    })
+    .map_err(|e| Failure::runtime(format!("could not install the signal handler: {e}")))?;
+    let daemon = Daemon::build(settings).await.map_err(Failure::runtime)?;
+    daemon
+        .run_until_stopped(shutdown, options)
+        .await
+        .map_err(Failure::runtime)?;
+    Ok(())
+}
+
+async fn add(
+    settings: Settings,
+    urls: Vec<String>,
+    priority: i64,
+    selectors: Vec<String>,
+) -> Result<(), Failure> {
+    let selectors = selectors_json(&selectors).map_err(Failure::config)?;
+    // Check everything before inserting anything, so a typo does not queue half a list.
+    for url in &urls {
+        job::admit(url, selectors.as_deref()).map_err(Failure::config)?;
+    }
+    let store = Store::open(&settings.database)
+        .await
+        .map_err(Failure::runtime)?;
+    for url in &urls {
+        let id = store
+            .insert_job(url, priority, selectors.as_deref())
+            .await
+            .map_err(Failure::runtime)?;
+        println!("{id}");
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// `["price=span.price", "img=img@src"]` → `{"price":"span.price","img":"img@src"}`.
+fn selectors_json(pairs: &[String]) -> Result<Option<String>, String> {
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut object = serde_json::Map::new();
+    for pair in pairs {
+        let Some((name, css)) = pair.split_once('=') else {
+            return Err(format!("--select {pair:?}: expected NAME=CSS"));
+        };
+        object.insert(name.trim().to_owned(), css.trim().into());
+    }
+    Ok(Some(serde_json::Value::Object(object).to_string()))
+}
+
+async fn status(settings: Settings) -> Result<(), Failure> {
+    let store = Store::open(&settings.database)
+        .await
+        .map_err(Failure::runtime)?;
+    let summary = store.summary().await.map_err(Failure::runtime)?;
+    store.close().await;
+    println!("database: {}", settings.database.path.display());
+    for status in Status::ALL {
+        println!("{:>10}: {}", status.as_str(), summary.counts.get(status));
+    }
+    println!(
+        "oldest queued job created at: {}",
+        summary.oldest_queued_at.as_deref().unwrap_or("-")
+    );
+    println!(
+        "finished in the last minute: {}",
+        summary.finished_last_minute
+    );
+    Ok(())
+}

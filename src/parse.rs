@@ -1,0 +1,346 @@
+//! HTML parsing with `scraper`: a page's text in, owned data out.
+//!
+//! `scraper::Html` is not `Send`, so everything here is synchronous and returns plain
+//! `String`s; the caller runs it on a blocking thread, off the threads that drive I/O.
+//! This module also owns the job's `selectors` mini-language:
+//! `{"name": "css selector", "name2": "css selector@attribute"}`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::LazyLock;
+
+use scraper::{ElementRef, Html, Selector};
+use url::Url;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SelectorError {
+    #[error("selectors is not valid JSON: {0}")]
+    Json(String),
+    #[error("selectors must be a JSON object of name -> CSS selector, got {0}")]
+    NotAnObject(&'static str),
+    #[error("selector {name:?} must be a string, got {found}")]
+    NotAString { name: String, found: &'static str },
+    #[error("selector {name:?} = {selector:?}: invalid CSS: {reason}")]
+    InvalidCss {
+        name: String,
+        selector: String,
+        reason: String,
+    },
+}
+
+/// One named extraction: all elements matching `css`, taking `attribute` or their text.
+#[derive(Debug)]
+struct Extraction {
+    name: String,
+    css: Selector,
+    attribute: Option<String>,
+}
+
+/// A job's compiled selectors.
+#[derive(Debug, Default)]
+pub struct SelectorSet {
+    extractions: Vec<Extraction>,
+}
+
+impl SelectorSet {
+    pub fn from_json(json: &str) -> Result<SelectorSet, SelectorError> {
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| SelectorError::Json(e.to_string()))?;
+        let object = match value {
+            serde_json::Value::Object(object) => object,
+            // Writing SQL NULL as the JSON text 'null' is an easy mistake; it means "none".
+            serde_json::Value::Null => return Ok(SelectorSet::default()),
+            other => return Err(SelectorError::NotAnObject(json_kind(&other))),
+        };
+        let mut extractions = Vec::with_capacity(object.len());
+        for (name, spec) in object {
+            let spec = match spec {
+                serde_json::Value::String(spec) => spec,
+                other => {
+                    return Err(SelectorError::NotAString {
+                        name,
+                        found: json_kind(&other),
+                    })
+                }
+            };
+            let (css, attribute) = split_attribute(&spec);
+            let invalid = |reason: String| SelectorError::InvalidCss {
+                name: name.clone(),
+                selector: spec.clone(),
+                reason,
+            };
+            if css.trim().is_empty() {
+                return Err(invalid("empty selector".to_owned()));
+            }
+            let css = Selector::parse(css).map_err(|e| invalid(e.to_string()))?;
+            extractions.push(Extraction {
+                name,
+                css,
+                attribute: attribute.map(str::to_owned),
+            });
+        }
+        Ok(SelectorSet { extractions })
+    }
+
+    /// Parses optional selectors JSON (NULL in the table means none).
+    pub fn from_optional_json(json: Option<&str>) -> Result<SelectorSet, SelectorError> {
+        json.map_or_else(|| Ok(SelectorSet::default()), SelectorSet::from_json)
+    }
+}
+
+/// `"img.hero@src"` → (`"img.hero"`, `Some("src")`). Only a trailing `@name` made of
+/// attribute-name characters counts, so CSS such as `a[href*="@"]` is left whole.
+fn split_attribute(spec: &str) -> (&str, Option<&str>) {
+    match spec.rsplit_once('@') {
+        Some((css, attr))
+            if !attr.is_empty()
+                && attr
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | ':' | '.')) =>
+        {
+            (css, Some(attr))
+        }
+        _ => (spec, None),
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// What a page yields.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ParsedPage {
+    pub title: Option<String>,
+    pub description: Option<String>,
+    /// Absolute http(s) URLs, fragment removed, first occurrence kept, in page order.
+    pub links: Vec<String>,
+    /// Selector name → every match, whitespace-collapsed, in document order.
+    pub data: BTreeMap<String, Vec<String>>,
+}
+
+fn selector(css: &str) -> Selector {
+    Selector::parse(css).expect("built-in selector is valid")
+}
+
+static TITLE: LazyLock<Selector> = LazyLock::new(|| selector("title"));
+static META: LazyLock<Selector> = LazyLock::new(|| selector("meta[content]"));
+static BASE: LazyLock<Selector> = LazyLock::new(|| selector("base[href]"));
+static LINKS: LazyLock<Selector> = LazyLock::new(|| selector("a[href], area[href]"));
+
+/// Extracts title, description, links and the selectors' data from an HTML document.
+/// `page_url` is where the document was fetched from (after redirects).
+pub fn parse_html(html: &str, page_url: &Url, selectors: &SelectorSet) -> ParsedPage {
+    let document = Html::parse_document(html);
+
+    let title = document
+        .select(&TITLE)
+        .next()
+        .map(text_of)
+        .filter(|t| !t.is_empty());
+
+    let description = description(&document);
+
+    // A <base href> changes what relative links are relative to.
+    let base = document
+        .select(&BASE)
+        .next()
+        .and_then(|b| b.value().attr("href"))
+        .and_then(|href| page_url.join(href.trim()).ok())
+        .unwrap_or_else(|| page_url.clone());
+
+    let mut seen = HashSet::new();
+    let mut links = Vec::new();
+    for element in document.select(&LINKS) {
+        let Some(href) = element.value().attr("href").map(str::trim) else {
+            continue;
+        };
+        if href.is_empty() || href.starts_with('#') {
+            continue;
+        }
+        let Ok(mut link) = base.join(href) else {
+            continue;
+        };
+        if !matches!(link.scheme(), "http" | "https") {
+            continue;
+        }
+        link.set_fragment(None);
+        let link = String::from(link);
+        if seen.insert(link.clone()) {
+            links.push(link);
+        }
+    }
+
+    let data = selectors
+        .extractions
+        .iter()
+        .map(|extraction| {
+            let values = document
+                .select(&extraction.css)
+                .filter_map(|element| match &extraction.attribute {
+                    Some(attribute) => element.value().attr(attribute).map(collapse_whitespace),
+                    None => Some(text_of(element)),
+                })
+                .collect();
+            (extraction.name.clone(), values)
+        })
+        .collect();
+
+    ParsedPage {
+        title,
+        description,
+        links,
+        data,
+    }
+}
+
+/// `<meta name="description">`, falling back to Open Graph's `og:description`.
+fn description(document: &Html) -> Option<String> {
+    let mut og = None;
+    for meta in document.select(&META) {
+        let element = meta.value();
+        let content = element.attr("content").map(collapse_whitespace);
+        if element
+            .attr("name")
+            .is_some_and(|n| n.eq_ignore_ascii_case("description"))
+        {
+            return content.filter(|c| !c.is_empty());
+        }
+        if og.is_none()
+            && element
+                .attr("property")
+                .is_some_and(|p| p.eq_ignore_ascii_case("og:description"))
+        {
+            og = content;
+        }
+    }
+    og.filter(|c| !c.is_empty())
+}
+
+fn text_of(element: ElementRef<'_>) -> String {
+    collapse_whitespace(&element.text().collect::<String>())
+}
+
+/// Trims and turns every run of whitespace into one space, as a browser renders text.
+fn collapse_whitespace(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether a response with this Content-Type is parsed as HTML. A missing type is parsed
+/// (many small servers omit it); anything else non-HTML is stored without parsing.
+pub fn is_html(content_type: Option<&str>) -> bool {
+    let Some(content_type) = content_type else {
+        return true;
+    };
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    matches!(mime.as_str(), "text/html" | "application/xhtml+xml" | "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(html: &str, selectors: &str) -> ParsedPage {
+        let set = SelectorSet::from_json(selectors).unwrap();
+        parse_html(
+            html,
+            &Url::parse("http://example.com/dir/page.html").unwrap(),
+            &set,
+        )
+    }
+
+    #[test]
+    fn title_description_and_links_are_extracted_and_resolved() {
+        let p = page(
+            r##"<html><head><title>  Hello
+               World </title><meta name="Description" content=" A page "></head>
+               <body><a href="b.html#top">b</a><a href="/c">c</a><a href="b.html">again</a>
+               <a href="mailto:x@y">mail</a><a href="#frag">self</a>
+               <a href="https://other.org/x?q=1#f">o</a><area href="d.html"></body></html>"##,
+            "{}",
+        );
+        assert_eq!(p.title.as_deref(), Some("Hello World"));
+        assert_eq!(p.description.as_deref(), Some("A page"));
+        assert_eq!(
+            p.links,
+            vec![
+                "http://example.com/dir/b.html",
+                "http://example.com/c",
+                "https://other.org/x?q=1",
+                "http://example.com/dir/d.html",
+            ]
+        );
+    }
+
+    #[test]
+    fn base_href_changes_link_resolution() {
+        let p = page(
+            r#"<head><base href="/root/"></head><a href="x">x</a>"#,
+            "{}",
+        );
+        assert_eq!(p.links, vec!["http://example.com/root/x"]);
+    }
+
+    #[test]
+    fn selectors_take_text_or_attributes_in_order() {
+        let p = page(
+            r#"<span class="price"> $1 </span><span class="price">$2</span>
+               <img class="hero" src="/a.png"><img class="hero">"#,
+            r#"{"price": "span.price", "image": "img.hero@src", "none": "div.missing"}"#,
+        );
+        assert_eq!(p.data["price"], vec!["$1", "$2"]);
+        assert_eq!(p.data["image"], vec!["/a.png"]);
+        assert_eq!(p.data["none"], Vec::<String>::new());
+    }
+
+    #[test]
+    fn invalid_selectors_say_which_and_why() {
+        let err = SelectorSet::from_json(r#"{"p": "span..price"}"#).unwrap_err();
+        assert!(
+            matches!(err, SelectorError::InvalidCss { ref name, .. } if name == "p"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("span..price"));
+        assert!(matches!(
+            SelectorSet::from_json("{"),
+            Err(SelectorError::Json(_))
+        ));
+        assert!(matches!(
+            SelectorSet::from_json("[1]"),
+            Err(SelectorError::NotAnObject(_))
+        ));
+        assert!(matches!(
+            SelectorSet::from_json(r#"{"a": 1}"#),
+            Err(SelectorError::NotAString { .. })
+        ));
+    }
+
+    #[test]
+    fn attribute_suffix_does_not_eat_css_containing_at() {
+        assert_eq!(split_attribute("img@src"), ("img", Some("src")));
+        assert_eq!(
+            split_attribute(r#"a[href*="@"]"#),
+            (r#"a[href*="@"]"#, None)
+        );
+        assert_eq!(split_attribute("a@data-id"), ("a", Some("data-id")));
+    }
+
+    #[test]
+    fn html_detection_by_content_type() {
+        assert!(is_html(Some("text/html; charset=utf-8")));
+        assert!(is_html(None));
+        assert!(!is_html(Some("application/pdf")));
+        assert!(!is_html(Some("image/png")));
+    }
+}

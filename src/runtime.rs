@@ -1,0 +1,46 @@
+//! The async runtime, behind one small module.
+//!
+//! async-std is deprecated upstream; everything else in crawlq reaches the runtime through
+//! these functions, so moving to another executor means rewriting only this file.
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use async_std::task::JoinHandle;
+
+/// Runs a future to completion on the current thread (the entry point of `main` and tests).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    async_std::task::block_on(future)
+}
+
+/// Spawns a task onto the executor's thread pool.
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    async_std::task::spawn(future)
+}
+
+/// Runs CPU-bound or blocking work (HTML parsing) off the threads that drive I/O.
+pub async fn spawn_blocking<F, T>(work: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    async_std::task::spawn_blocking(work).await
+}
+
+pub async fn sleep(duration: Duration) {
+    async_std::task::sleep(duration).await
+}
+
+/// Elapsed: the future did not finish within its time limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+pub async fn timeout<F: Future>(limit: Duration, future: F) -> Result<F::Output, Elapsed> {
+    async_std::future::timeout(limit, future)
+        .await
+        .map_err(|_| Elapsed)
+}

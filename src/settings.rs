@@ -1,0 +1,524 @@
+//! Settings: the layered configuration, checked once into typed values.
+//!
+//! Layers, later ones winning: `config/default.toml` (compiled in), an optional file
+//! (`--config FILE`), environment variables `CRAWLQ__SECTION__KEY`, then command-line
+//! flags. The raw layer (`Raw*`, plain serde types) is turned into [`Settings`] by
+//! [`Settings::load`], which refuses a bad value with the key, the value and the reason,
+//! before the daemon touches any job.
+
+use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+/// The defaults, compiled in so that the binary runs from any working directory.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+pub const ENV_PREFIX: &str = "CRAWLQ";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: `{key}` = {value}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("configuration: `limits.hosts.\"{host}\".{field}` = {value}: {reason}")]
+    InvalidHost {
+        host: String,
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub daemon: DaemonSettings,
+    pub fetch: FetchSettings,
+    pub retry: RetrySettings,
+    pub limits: LimitSettings,
+    pub log: LogSettings,
+    /// The configuration layers that were read, for the start-up line.
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub path: PathBuf,
+    pub busy_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    pub poll_interval: Duration,
+    pub lease: Duration,
+    pub shutdown_grace: Duration,
+    pub stats_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    pub user_agent: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub max_redirects: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetrySettings {
+    pub max_attempts: NonZeroU32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// A request rate: `rps` requests per second on average, at most `burst` back to back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub rps: f64,
+    pub burst: NonZeroU32,
+}
+
+impl Rate {
+    /// Time between two requests at this rate.
+    pub fn period(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.rps)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostLimits {
+    pub rate: Rate,
+    pub in_flight: NonZeroUsize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    pub per_host: HostLimits,
+    pub global_rate: Option<Rate>,
+    pub max_in_flight: NonZeroUsize,
+    /// Overrides by host name (lower case, no port).
+    pub hosts: HashMap<String, HostLimits>,
+}
+
+impl LimitSettings {
+    pub fn for_host(&self, host: &str) -> &HostLimits {
+        self.hosts.get(host).unwrap_or(&self.per_host)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Values given on the command line; they beat every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub database: Option<String>,
+}
+
+impl Settings {
+    /// Reads every layer and checks the result. `config_file`, when given, must exist.
+    pub fn load(
+        config_file: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Settings, SettingsError> {
+        let mut sources = vec!["built-in config/default.toml".to_owned()];
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml));
+        if let Some(path) = config_file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+            sources.push(path.display().to_string());
+        }
+        let env_keys: Vec<String> = std::env::vars()
+            .map(|(key, _)| key)
+            .filter(|key| key.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        if !env_keys.is_empty() {
+            sources.push(format!("environment ({})", env_keys.join(", ")));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        if let Some(database) = &overrides.database {
+            builder = builder.set_override("database.url", database.as_str())?;
+            sources.push("--database".to_owned());
+        }
+        let raw: RawSettings = builder.build()?.try_deserialize()?;
+        raw.check(sources)
+    }
+
+    /// The defaults alone, as a test or a tool would start from.
+    pub fn defaults() -> Settings {
+        Settings::load_from_str(DEFAULT_CONFIG).expect("config/default.toml is valid")
+    }
+
+    /// Settings from one TOML document layered over the defaults (no environment).
+    pub fn load_from_str(toml: &str) -> Result<Settings, SettingsError> {
+        let raw: RawSettings = Config::builder()
+            .add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml))
+            .add_source(File::from_str(toml, FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        raw.check(vec![
+            "built-in config/default.toml".to_owned(),
+            "inline".to_owned(),
+        ])
+    }
+}
+
+// ---- The raw layer: exactly what the TOML / environment says. ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    database: RawDatabase,
+    daemon: RawDaemon,
+    fetch: RawFetch,
+    retry: RawRetry,
+    limits: RawLimits,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: String,
+    busy_timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    poll_interval_ms: u64,
+    lease_secs: u64,
+    shutdown_grace_secs: u64,
+    stats_interval_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFetch {
+    user_agent: String,
+    timeout_secs: f64,
+    connect_timeout_secs: f64,
+    max_body_bytes: u64,
+    max_redirects: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: u32,
+    backoff_initial_ms: u64,
+    backoff_max_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    per_host_rps: f64,
+    per_host_burst: u32,
+    global_rps: f64,
+    global_burst: u32,
+    max_in_flight: usize,
+    per_host_in_flight: usize,
+    #[serde(default)]
+    hosts: HashMap<String, RawHostLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHostLimits {
+    rps: Option<f64>,
+    burst: Option<u32>,
+    in_flight: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: String,
+    format: String,
+}
+
+fn invalid(key: &'static str, value: impl ToString, reason: &'static str) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// A rate must be a finite, positive number of requests per second.
+fn positive_rps(rps: f64) -> bool {
+    rps.is_finite() && rps > 0.0 && rps <= 1_000_000.0
+}
+
+fn seconds(key: &'static str, value: f64) -> Result<Duration, SettingsError> {
+    if value.is_finite() && value > 0.0 && value <= 86_400.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(invalid(
+            key,
+            value,
+            "must be a number of seconds above 0 and at most 86400",
+        ))
+    }
+}
+
+impl RawSettings {
+    fn check(self, sources: Vec<String>) -> Result<Settings, SettingsError> {
+        let database = DatabaseSettings {
+            path: database_path(&self.database.url)?,
+            busy_timeout: Duration::from_millis(self.database.busy_timeout_ms),
+        };
+
+        let d = &self.daemon;
+        if d.poll_interval_ms == 0 {
+            return Err(invalid("daemon.poll_interval_ms", 0, "must be at least 1"));
+        }
+        if d.lease_secs < 2 {
+            return Err(invalid(
+                "daemon.lease_secs",
+                d.lease_secs,
+                "must be at least 2 (it is renewed every third of it)",
+            ));
+        }
+        let daemon = DaemonSettings {
+            poll_interval: Duration::from_millis(d.poll_interval_ms),
+            lease: Duration::from_secs(d.lease_secs),
+            shutdown_grace: Duration::from_secs(d.shutdown_grace_secs),
+            stats_interval: (d.stats_interval_secs > 0)
+                .then(|| Duration::from_secs(d.stats_interval_secs)),
+        };
+
+        let f = &self.fetch;
+        if f.user_agent.trim().is_empty() {
+            return Err(invalid("fetch.user_agent", "\"\"", "must not be empty"));
+        }
+        if f.max_body_bytes == 0 {
+            return Err(invalid("fetch.max_body_bytes", 0, "must be at least 1"));
+        }
+        let fetch = FetchSettings {
+            user_agent: f.user_agent.clone(),
+            timeout: seconds("fetch.timeout_secs", f.timeout_secs)?,
+            connect_timeout: seconds("fetch.connect_timeout_secs", f.connect_timeout_secs)?,
+            max_body_bytes: f.max_body_bytes,
+            max_redirects: f.max_redirects,
+        };
+
+        let r = &self.retry;
+        let retry = RetrySettings {
+            max_attempts: NonZeroU32::new(r.max_attempts)
+                .ok_or_else(|| invalid("retry.max_attempts", 0, "must be at least 1"))?,
+            backoff_initial: Duration::from_millis(r.backoff_initial_ms),
+            backoff_max: Duration::from_secs(r.backoff_max_secs),
+        };
+
+        let l = &self.limits;
+        if !positive_rps(l.per_host_rps) {
+            return Err(invalid(
+                "limits.per_host_rps",
+                l.per_host_rps,
+                "must be a number of requests per second above 0",
+            ));
+        }
+        let per_host = HostLimits {
+            rate: Rate {
+                rps: l.per_host_rps,
+                burst: NonZeroU32::new(l.per_host_burst)
+                    .ok_or_else(|| invalid("limits.per_host_burst", 0, "must be at least 1"))?,
+            },
+            in_flight: NonZeroUsize::new(l.per_host_in_flight)
+                .ok_or_else(|| invalid("limits.per_host_in_flight", 0, "must be at least 1"))?,
+        };
+        let global_rate = if l.global_rps == 0.0 {
+            None
+        } else if positive_rps(l.global_rps) {
+            Some(Rate {
+                rps: l.global_rps,
+                burst: NonZeroU32::new(l.global_burst)
+                    .ok_or_else(|| invalid("limits.global_burst", 0, "must be at least 1"))?,
+            })
+        } else {
+            return Err(invalid(
+                "limits.global_rps",
+                l.global_rps,
+                "must be 0 (no global limit) or a number of requests per second above 0",
+            ));
+        };
+        let max_in_flight = NonZeroUsize::new(l.max_in_flight)
+            .ok_or_else(|| invalid("limits.max_in_flight", 0, "must be at least 1"))?;
+        let mut hosts = HashMap::new();
+        for (host, raw) in &l.hosts {
+            let host_error = |field, value: String, reason| SettingsError::InvalidHost {
+                host: host.clone(),
+                field,
+                value,
+                reason,
+            };
+            let rps = raw.rps.unwrap_or(per_host.rate.rps);
+            if !positive_rps(rps) {
+                return Err(host_error(
+                    "rps",
+                    rps.to_string(),
+                    "must be a number of requests per second above 0",
+                ));
+            }
+            let burst = match raw.burst {
+                None => per_host.rate.burst,
+                Some(b) => NonZeroU32::new(b)
+                    .ok_or_else(|| host_error("burst", b.to_string(), "must be at least 1"))?,
+            };
+            let in_flight = match raw.in_flight {
+                None => per_host.in_flight,
+                Some(n) => NonZeroUsize::new(n)
+                    .ok_or_else(|| host_error("in_flight", n.to_string(), "must be at least 1"))?,
+            };
+            hosts.insert(
+                host.trim().to_ascii_lowercase(),
+                HostLimits {
+                    rate: Rate { rps, burst },
+                    in_flight,
+                },
+            );
+        }
+        let limits = LimitSettings {
+            per_host,
+            global_rate,
+            max_in_flight,
+            hosts,
+        };
+
+        let format = match self.log.format.as_str() {
+            "pretty" => LogFormat::Pretty,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?}"),
+                    "must be \"pretty\" or \"json\"",
+                ))
+            }
+        };
+        let log = LogSettings {
+            level: self.log.level.clone(),
+            format,
+        };
+
+        Ok(Settings {
+            database,
+            daemon,
+            fetch,
+            retry,
+            limits,
+            log,
+            sources,
+        })
+    }
+}
+
+/// Accepts a plain path or a `sqlite:` URL (`sqlite://data/x.db`, `sqlite:data/x.db`).
+fn database_path(url: &str) -> Result<PathBuf, SettingsError> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = path.split('?').next().unwrap_or_default();
+    if path.trim().is_empty() {
+        return Err(invalid(
+            "database.url",
+            format!("{url:?}"),
+            "must name a database file",
+        ));
+    }
+    if path == ":memory:" {
+        return Err(invalid(
+            "database.url",
+            format!("{url:?}"),
+            "must be a file: users reach the queue through it",
+        ));
+    }
+    Ok(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_values() {
+        let s = Settings::defaults();
+        assert_eq!(s.database.path, PathBuf::from("data/crawlq.db"));
+        assert_eq!(s.limits.per_host.rate.rps, 2.0);
+        assert_eq!(s.limits.per_host.rate.burst.get(), 1);
+        assert_eq!(s.limits.per_host.in_flight.get(), 2);
+        assert_eq!(s.limits.max_in_flight.get(), 64);
+        assert_eq!(s.limits.global_rate, None);
+        assert_eq!(s.retry.max_attempts.get(), 3);
+        assert_eq!(s.fetch.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(s.fetch.timeout, Duration::from_secs(30));
+        assert_eq!(s.fetch.max_redirects, 10);
+    }
+
+    #[test]
+    fn host_overrides_keep_dotted_names_and_fall_back_per_field() {
+        let s = Settings::load_from_str(
+            "[limits.hosts.\"Example.com\"]\nrps = 0.5\n[limits.hosts.\"b.example.org\"]\nin_flight = 1\n",
+        )
+        .unwrap();
+        let a = s.limits.for_host("example.com");
+        assert_eq!(a.rate.rps, 0.5);
+        assert_eq!(a.in_flight.get(), 2);
+        let b = s.limits.for_host("b.example.org");
+        assert_eq!(b.rate.rps, 2.0);
+        assert_eq!(b.in_flight.get(), 1);
+        assert_eq!(s.limits.for_host("other.net").rate.rps, 2.0);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = Settings::load_from_str("[limits]\nper_host_rps = -1.0\n").unwrap_err();
+        assert!(err.to_string().contains("limits.per_host_rps"), "{err}");
+        let err = Settings::load_from_str("[log]\nformat = \"xml\"\n").unwrap_err();
+        assert!(err.to_string().contains("log.format"), "{err}");
+        let err = Settings::load_from_str("[limits]\nper_host_rpz = 1.0\n").unwrap_err();
+        assert!(err.to_string().contains("per_host_rpz"), "{err}");
+    }
+
+    #[test]
+    fn database_urls_and_paths_are_both_accepted() {
+        assert_eq!(
+            database_path("sqlite://a/b.db").unwrap(),
+            PathBuf::from("a/b.db")
+        );
+        assert_eq!(
+            database_path("sqlite:b.db?mode=rwc").unwrap(),
+            PathBuf::from("b.db")
+        );
+        assert_eq!(
+            database_path("/tmp/c.db").unwrap(),
+            PathBuf::from("/tmp/c.db")
+        );
+        assert!(database_path("sqlite::memory:").is_err());
+    }
+}

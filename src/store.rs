@@ -1,0 +1,579 @@
+//! The database: every SQL statement crawlq runs lives in this module, and it is the only
+//! one that names `sqlx`. The rest of the code speaks in domain types.
+//!
+//! Concurrency rules (users write to the same file with their own SQLite clients):
+//! - WAL mode, a busy timeout, and short write transactions that start with their write.
+//! - Claiming a job *is* taking its lease: one `UPDATE … RETURNING` moves queued jobs to
+//!   running with our owner id and an expiry, and bumps `attempts`.
+//! - Every later change to a running job checks in its `WHERE` that the lease is still
+//!   ours (owner + attempt); zero rows changed means the lease was lost (the user cancelled
+//!   or edited the job, or it expired and someone else took it) and the result is dropped.
+//! - A job's result and its new status are written in one transaction, and a batch of
+//!   finished jobs shares one transaction (group commit).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::job::{Admitted, Attempt, ClaimedJob, JobId, PageRecord, Status, Verdict};
+use crate::settings::DatabaseSettings;
+
+/// All timestamps are UTC ISO-8601 text written by SQLite, so comparisons use one clock.
+macro_rules! now {
+    () => {
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    };
+}
+
+/// `now` plus a bound number of seconds (fractional allowed).
+macro_rules! now_plus {
+    ($param:literal) => {
+        concat!(
+            "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+' || ",
+            $param,
+            " || ' seconds')"
+        )
+    };
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: could not create its directory: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database {path}: could not open: {source}")]
+    Open { path: String, source: sqlx::Error },
+    #[error("database {path}: could not apply migrations: {source}")]
+    Migrate {
+        path: String,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("database error while {doing}: {source}")]
+    Query {
+        doing: &'static str,
+        source: sqlx::Error,
+    },
+}
+
+trait Doing<T> {
+    fn doing(self, doing: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Doing<T> for Result<T, sqlx::Error> {
+    fn doing(self, doing: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Query { doing, source })
+    }
+}
+
+/// A job row nobody has validated yet.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    pub url: String,
+    pub selectors: Option<String>,
+}
+
+/// How many jobs a host should be given in one claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPick {
+    pub host: String,
+    pub jobs: usize,
+}
+
+/// What `finish` did with a batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FinishReport {
+    pub stored: usize,
+    /// Attempts whose lease was gone by the time they finished; their results were dropped.
+    pub lost: usize,
+}
+
+/// Jobs per status, for stats lines and `crawlq status`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub queued: i64,
+    pub running: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub skipped: i64,
+}
+
+impl StatusCounts {
+    pub fn get(&self, status: Status) -> i64 {
+        match status {
+            Status::Queued => self.queued,
+            Status::Running => self.running,
+            Status::Done => self.done,
+            Status::Failed => self.failed,
+            Status::Cancelled => self.cancelled,
+            Status::Skipped => self.skipped,
+        }
+    }
+}
+
+/// A summary for `crawlq status`.
+#[derive(Debug, Clone)]
+pub struct QueueSummary {
+    pub counts: StatusCounts,
+    pub oldest_queued_at: Option<String>,
+    pub finished_last_minute: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating it and its directory if needed) and migrates the database.
+    pub async fn open(settings: &DatabaseSettings) -> Result<Store, StoreError> {
+        let path = settings.path.display().to_string();
+        if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .expect("static options parse")
+            .filename(&settings.path)
+            .create_if_missing(true)
+            // WAL lets users read while we write, and their inserts wait on the busy
+            // timeout instead of failing. NORMAL sync is durable against a crash of this
+            // process (only an OS crash can lose the last commits).
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(settings.busy_timeout)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate { path, source })?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- Adding jobs (the `add` command; users usually INSERT themselves). ----
+
+    pub async fn insert_job(
+        &self,
+        url: &str,
+        priority: i64,
+        selectors: Option<&str>,
+    ) -> Result<JobId, StoreError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (url, priority, selectors) VALUES (?1, ?2, ?3) RETURNING id",
+        )
+        .bind(url)
+        .bind(priority)
+        .bind(selectors)
+        .fetch_one(&self.pool)
+        .await
+        .doing("adding a job")?;
+        Ok(JobId(id))
+    }
+
+    // ---- Admission: validate new rows and fill in their host. ----
+
+    pub async fn unadmitted(&self, limit: usize) -> Result<Vec<NewJob>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, url, selectors FROM jobs
+              WHERE status = 'queued' AND host IS NULL
+              ORDER BY id LIMIT ?1",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading new jobs")?;
+        rows.iter()
+            .map(|row| {
+                Ok(NewJob {
+                    id: JobId(row.try_get("id")?),
+                    url: row.try_get("url")?,
+                    selectors: row.try_get("selectors")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .doing("reading new jobs")
+    }
+
+    /// Records admission decisions: a host for good jobs, `failed` with the reason for bad
+    /// ones. Rows the user changed meanwhile (no longer queued) are left alone.
+    pub async fn record_admissions(
+        &self,
+        decisions: &[(JobId, Result<Admitted, String>)],
+    ) -> Result<(), StoreError> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.doing("admitting new jobs")?;
+        for (id, decision) in decisions {
+            let query = match decision {
+                Ok(admitted) => sqlx::query(concat!(
+                    "UPDATE jobs SET host = ?2, updated_at = ",
+                    now!(),
+                    " WHERE id = ?1 AND status = 'queued' AND host IS NULL"
+                ))
+                .bind(id.0)
+                .bind(&admitted.host),
+                Err(reason) => sqlx::query(concat!(
+                    "UPDATE jobs SET status = 'failed', error = ?2, finished_at = ",
+                    now!(),
+                    ", updated_at = ",
+                    now!(),
+                    " WHERE id = ?1 AND status = 'queued' AND host IS NULL"
+                ))
+                .bind(id.0)
+                .bind(reason),
+            };
+            query.execute(&mut *tx).await.doing("admitting new jobs")?;
+        }
+        tx.commit().await.doing("admitting new jobs")
+    }
+
+    // ---- Claiming. ----
+
+    /// Hosts that have admitted, queued jobs, in host order starting after `after`, at most
+    /// `limit`. A loose index scan: one index seek per host, however many jobs each has.
+    pub async fn hosts_with_queued_jobs(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "WITH RECURSIVE next_host(host) AS (
+                 SELECT (SELECT MIN(host) FROM jobs
+                          WHERE status = 'queued' AND host IS NOT NULL AND host > ?1)
+                 UNION ALL
+                 SELECT (SELECT MIN(j.host) FROM jobs j
+                          WHERE j.status = 'queued' AND j.host IS NOT NULL AND j.host > n.host)
+                   FROM next_host n WHERE n.host IS NOT NULL
+             )
+             SELECT host FROM next_host WHERE host IS NOT NULL LIMIT ?2",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .doing("listing hosts with queued jobs")
+    }
+
+    /// Claims up to `pick.jobs` due jobs of each picked host (highest priority, then oldest
+    /// first) in one statement: they become `running` under our lease.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        picks: &[HostPick],
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        if picks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let per_host = (0..picks.len())
+            .map(|i| {
+                format!(
+                    "SELECT id FROM (SELECT id FROM jobs
+                      WHERE status = 'queued' AND host = ?{} AND run_after <= {}
+                      ORDER BY priority DESC, id LIMIT ?{})",
+                    3 + 2 * i,
+                    now!(),
+                    4 + 2 * i
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let sql = format!(
+            "UPDATE jobs
+                SET status = 'running', lease_owner = ?1, lease_expires_at = {},
+                    attempts = attempts + 1, updated_at = {}
+              WHERE id IN ({per_host})
+          RETURNING id, url, host, attempts, max_attempts, selectors",
+            now_plus!("?2"),
+            now!(),
+        );
+        // Only placeholders are spliced in; every value is bound.
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(lease.as_secs_f64());
+        for pick in picks {
+            query = query.bind(pick.host.as_str()).bind(pick.jobs as i64);
+        }
+        let rows = query.fetch_all(&self.pool).await.doing("claiming jobs")?;
+        rows.iter()
+            .map(claimed_job)
+            .collect::<Result<_, sqlx::Error>>()
+            .doing("claiming jobs")
+    }
+
+    /// Pushes back the expiry of every lease `owner` holds.
+    pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE jobs SET lease_expires_at = ",
+            now_plus!("?2"),
+            " WHERE status = 'running' AND lease_owner = ?1"
+        ))
+        .bind(owner)
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .doing("renewing leases")?;
+        Ok(done.rows_affected())
+    }
+
+    /// Jobs whose lease ran out (their daemon died) go back to `queued`, or to `failed` if
+    /// that was their last attempt, so a job that crashes the daemon cannot loop forever.
+    /// A `running` row without a lease (written by hand) counts as expired.
+    pub async fn requeue_expired(&self, default_max_attempts: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE jobs
+                SET status = CASE WHEN attempts >= COALESCE(max_attempts, ?1)
+                                  THEN 'failed' ELSE 'queued' END,
+                    error = CASE WHEN attempts >= COALESCE(max_attempts, ?1)
+                                 THEN 'lease expired: the daemon running it stopped before finishing (gave up after '
+                                      || attempts || ' attempts)'
+                                 ELSE 'lease expired: the daemon running it stopped before finishing; queued again' END,
+                    finished_at = CASE WHEN attempts >= COALESCE(max_attempts, ?1) THEN ",
+            now!(),
+            " END,
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = ",
+            now!(),
+            " WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < ",
+            now!(),
+            ")"
+        ))
+        .bind(default_max_attempts)
+        .execute(&self.pool)
+        .await
+        .doing("re-queueing jobs with expired leases")?;
+        Ok(done.rows_affected())
+    }
+
+    /// On shutdown: hands every job we still hold back to the queue. The interrupted
+    /// attempt is not counted against the job.
+    pub async fn release(&self, owner: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(concat!(
+            "UPDATE jobs
+                SET status = 'queued', attempts = MAX(attempts - 1, 0),
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = ",
+            now!(),
+            " WHERE status = 'running' AND lease_owner = ?1"
+        ))
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .doing("releasing jobs on shutdown")?;
+        Ok(done.rows_affected())
+    }
+
+    // ---- Finishing. ----
+
+    /// Stores a batch of finished attempts in one transaction: each job's new status and,
+    /// if a response came back, its `results` row. Nothing is acknowledged before commit.
+    pub async fn finish(
+        &self,
+        owner: &str,
+        attempts: &[Attempt],
+    ) -> Result<FinishReport, StoreError> {
+        let mut report = FinishReport::default();
+        if attempts.is_empty() {
+            return Ok(report);
+        }
+        let mut tx = self.pool.begin().await.doing("storing results")?;
+        for attempt in attempts {
+            let job = &attempt.job;
+            let sql = match attempt.verdict {
+                Verdict::Done => FINISH_DONE,
+                Verdict::Retry { .. } => FINISH_RETRY,
+                Verdict::Failed { .. } => FINISH_FAILED,
+            };
+            let mut query = sqlx::query(sql)
+                .bind(job.id.0)
+                .bind(owner)
+                .bind(job.attempt);
+            match &attempt.verdict {
+                Verdict::Done => {}
+                Verdict::Retry { after, reason } => {
+                    query = query.bind(reason).bind(after.as_secs_f64());
+                }
+                Verdict::Failed { reason } => query = query.bind(reason),
+            }
+            let changed = query
+                .execute(&mut *tx)
+                .await
+                .doing("storing results")?
+                .rows_affected();
+            if changed == 0 {
+                report.lost += 1;
+                tracing::warn!(
+                    job.id = %job.id,
+                    url = %job.url,
+                    "lease lost before the result was stored (job cancelled, edited or expired); result dropped"
+                );
+                continue;
+            }
+            if let Some(page) = &attempt.page {
+                upsert_result(&mut tx, job.id, page).await?;
+            }
+            report.stored += 1;
+        }
+        tx.commit().await.doing("storing results")?;
+        Ok(report)
+    }
+
+    // ---- Reading state. ----
+
+    pub async fn has_unfinished_jobs(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE status IN ('queued', 'running'))",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .doing("checking for unfinished jobs")
+    }
+
+    pub async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .doing("counting jobs")?;
+        let mut counts = StatusCounts::default();
+        for row in rows {
+            let status: String = row.try_get("status").doing("counting jobs")?;
+            let n: i64 = row.try_get("n").doing("counting jobs")?;
+            match status.as_str() {
+                "queued" => counts.queued = n,
+                "running" => counts.running = n,
+                "done" => counts.done = n,
+                "failed" => counts.failed = n,
+                "cancelled" => counts.cancelled = n,
+                "skipped" => counts.skipped = n,
+                _ => {}
+            }
+        }
+        Ok(counts)
+    }
+
+    pub async fn summary(&self) -> Result<QueueSummary, StoreError> {
+        let counts = self.status_counts().await?;
+        let oldest_queued_at =
+            sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE status = 'queued'")
+                .fetch_one(&self.pool)
+                .await
+                .doing("finding the oldest queued job")?;
+        let finished_last_minute = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs
+              WHERE finished_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-60 seconds')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .doing("measuring recent throughput")?;
+        Ok(QueueSummary {
+            counts,
+            oldest_queued_at,
+            finished_last_minute,
+        })
+    }
+}
+
+/// The lease check shared by every change to a running job: ?1 id, ?2 owner, ?3 attempt.
+macro_rules! while_leased {
+    () => {
+        " WHERE id = ?1 AND status = 'running' AND lease_owner = ?2 AND attempts = ?3"
+    };
+}
+
+const FINISH_DONE: &str = concat!(
+    "UPDATE jobs SET status = 'done', error = NULL, finished_at = ",
+    now!(),
+    ", updated_at = ",
+    now!(),
+    ", lease_owner = NULL, lease_expires_at = NULL",
+    while_leased!()
+);
+
+const FINISH_RETRY: &str = concat!(
+    "UPDATE jobs SET status = 'queued', error = ?4, run_after = ",
+    now_plus!("?5"),
+    ", updated_at = ",
+    now!(),
+    ", lease_owner = NULL, lease_expires_at = NULL",
+    while_leased!()
+);
+
+const FINISH_FAILED: &str = concat!(
+    "UPDATE jobs SET status = 'failed', error = ?4, finished_at = ",
+    now!(),
+    ", updated_at = ",
+    now!(),
+    ", lease_owner = NULL, lease_expires_at = NULL",
+    while_leased!()
+);
+
+fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
+    Ok(ClaimedJob {
+        id: JobId(row.try_get("id")?),
+        url: row.try_get("url")?,
+        host: row.try_get("host")?,
+        attempt: row.try_get("attempts")?,
+        max_attempts: row.try_get("max_attempts")?,
+        selectors: row.try_get("selectors")?,
+    })
+}
+
+async fn upsert_result(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    job: JobId,
+    page: &PageRecord,
+) -> Result<(), StoreError> {
+    let links = serde_json::to_string(&page.links).expect("strings serialize");
+    let data = serde_json::to_string(&page.data).expect("strings serialize");
+    sqlx::query(concat!(
+        "INSERT INTO results (job_id, url, final_url, http_status, content_type, title,
+                              description, links, data, bytes, elapsed_ms, fetched_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ",
+        now!(),
+        ")
+         ON CONFLICT (job_id) DO UPDATE SET
+             url = excluded.url, final_url = excluded.final_url,
+             http_status = excluded.http_status, content_type = excluded.content_type,
+             title = excluded.title, description = excluded.description,
+             links = excluded.links, data = excluded.data, bytes = excluded.bytes,
+             elapsed_ms = excluded.elapsed_ms, fetched_at = excluded.fetched_at"
+    ))
+    .bind(job.0)
+    .bind(&page.url)
+    .bind(&page.final_url)
+    .bind(page.http_status)
+    .bind(&page.content_type)
+    .bind(&page.title)
+    .bind(&page.description)
+    .bind(links)
+    .bind(data)
+    .bind(page.bytes as i64)
+    .bind(page.elapsed.as_millis() as i64)
+    .execute(&mut **tx)
+    .await
+    .doing("storing results")?;
+    Ok(())
+}
