@@ -5,6 +5,8 @@
 //! the job's span; `RUST_LOG=crawlq=debug` shows every job go claim → wait → fetch → parse →
 //! store, with each span's duration when it closes.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::EnvFilter;
 
@@ -30,6 +32,8 @@ pub fn init(log: &LogSettings) -> Result<(), BadLogLevel> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not for files and log shippers.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_span_events(FmtSpan::CLOSE);
     let _already_installed = match log.format {
         LogFormat::Pretty => builder.try_init(),

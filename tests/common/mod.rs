@@ -1,0 +1,268 @@
+#![allow(dead_code)] // each test binary uses only part of this module
+
+//! Shared test helpers: start crawlq the way `main` does (in-process or the built binary)
+//! on a fresh SQLite file in a temp dir, talk to it with plain SQL from a second
+//! connection, and wait on conditions with deadlines.
+
+pub mod server;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+
+use crawlq::daemon::{Daemon, RunOptions, RunReport};
+use crawlq::runtime::{self, JoinHandle};
+use crawlq::settings::Settings;
+use crawlq::shutdown::{self, ShutdownTrigger};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Test settings: fast polling and backoff, limits high enough to stay out of the way
+/// unless a test lowers them. Logs go to stderr only when TEST_LOG is set.
+pub fn test_settings(database: &Path) -> Settings {
+    let mut settings = Settings::load_from_str(
+        r#"
+        [daemon]
+        poll_interval_ms = 20
+        stats_interval_secs = 0
+        shutdown_grace_secs = 5
+        [retry]
+        backoff_initial_ms = 50
+        backoff_max_secs = 1
+        [limits]
+        per_host_rps = 1000.0
+        per_host_in_flight = 8
+        [fetch]
+        timeout_secs = 5
+        connect_timeout_secs = 2
+        "#,
+    )
+    .expect("test settings are valid");
+    settings.database.path = database.to_owned();
+    if std::env::var_os("TEST_LOG").is_some() {
+        settings.log.level = "crawlq=debug".to_owned();
+        crawlq::telemetry::init(&settings.log).expect("valid log level");
+    }
+    settings
+}
+
+/// A temp dir holding a database path, removed when dropped.
+pub struct TempDb {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl TempDb {
+    pub fn new() -> TempDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("crawlq.db");
+        TempDb { dir, path }
+    }
+}
+
+/// A second connection to the daemon's database, as a user's SQLite client would be.
+pub async fn user_connection(path: &Path) -> SqlitePool {
+    let options = SqliteConnectOptions::from_str("sqlite:")
+        .unwrap()
+        .filename(path)
+        .busy_timeout(Duration::from_secs(5));
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("open the test's own connection")
+}
+
+/// The daemon running in-process on a task, with a user connection beside it.
+pub struct RunningDaemon {
+    pub db: TempDb,
+    pub sql: SqlitePool,
+    trigger: ShutdownTrigger,
+    handle: Option<JoinHandle<Result<RunReport, crawlq::daemon::DaemonError>>>,
+}
+
+impl RunningDaemon {
+    /// Starts a daemon on a fresh database; `adjust` changes settings first.
+    pub async fn start(adjust: impl FnOnce(&mut Settings)) -> RunningDaemon {
+        RunningDaemon::start_on(TempDb::new(), adjust, |_| async {}).await
+    }
+
+    /// Like `start`, but `before` runs SQL on the migrated database before the daemon's
+    /// loop begins (to set up rows the daemon must find at start-up).
+    pub async fn start_on<F, Fut>(
+        db: TempDb,
+        adjust: impl FnOnce(&mut Settings),
+        before: F,
+    ) -> RunningDaemon
+    where
+        F: FnOnce(SqlitePool) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut settings = test_settings(&db.path);
+        adjust(&mut settings);
+        let daemon = Daemon::build(settings).await.expect("daemon builds");
+        let sql = user_connection(&db.path).await;
+        before(sql.clone()).await;
+        let (trigger, shutdown) = shutdown::channel();
+        let handle = runtime::spawn(daemon.run_until_stopped(shutdown, RunOptions::default()));
+        RunningDaemon {
+            db,
+            sql,
+            trigger,
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn insert(&self, url: &str) -> i64 {
+        insert_job(&self.sql, url).await
+    }
+
+    /// Stops the daemon as SIGTERM would and returns its report.
+    pub async fn stop(mut self) -> RunReport {
+        self.trigger.fire();
+        let handle = self.handle.take().expect("not stopped twice");
+        runtime::timeout(DEADLINE, handle)
+            .await
+            .expect("daemon stops within the deadline")
+            .expect("daemon ran without error")
+    }
+
+    pub async fn job(&self, id: i64) -> JobRow {
+        job_row(&self.sql, id).await
+    }
+
+    pub async fn result(&self, id: i64) -> Option<ResultRow> {
+        result_row(&self.sql, id).await
+    }
+
+    /// Waits until job `id` reaches a final status (done, failed, cancelled, skipped).
+    pub async fn wait_finished(&self, id: i64) -> JobRow {
+        let sql = self.sql.clone();
+        wait_until(&format!("job {id} to finish"), || {
+            let sql = sql.clone();
+            async move {
+                let row = job_row(&sql, id).await;
+                !matches!(row.status.as_str(), "queued" | "running")
+            }
+        })
+        .await;
+        self.job(id).await
+    }
+}
+
+impl Drop for RunningDaemon {
+    fn drop(&mut self) {
+        // A failed assertion must not leave the daemon running into the next test.
+        self.trigger.fire();
+    }
+}
+
+pub async fn insert_job(sql: &SqlitePool, url: &str) -> i64 {
+    sqlx::query_scalar("INSERT INTO jobs (url) VALUES (?1) RETURNING id")
+        .bind(url)
+        .fetch_one(sql)
+        .await
+        .expect("insert a job")
+}
+
+/// Runs one statement from the user's side.
+pub async fn execute(sql: &SqlitePool, statement: &'static str) {
+    sqlx::query(statement)
+        .execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+}
+
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: i64,
+    pub url: String,
+    pub status: String,
+    pub attempts: i64,
+    pub error: Option<String>,
+    pub finished_at: Option<String>,
+    pub lease_owner: Option<String>,
+}
+
+pub async fn job_row(sql: &SqlitePool, id: i64) -> JobRow {
+    let row = sqlx::query(
+        "SELECT id, url, status, attempts, error, finished_at, lease_owner FROM jobs WHERE id = ?1",
+    )
+    .bind(id)
+    .fetch_one(sql)
+    .await
+    .expect("job row exists");
+    JobRow {
+        id: row.get("id"),
+        url: row.get("url"),
+        status: row.get("status"),
+        attempts: row.get("attempts"),
+        error: row.get("error"),
+        finished_at: row.get("finished_at"),
+        lease_owner: row.get("lease_owner"),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResultRow {
+    pub url: String,
+    pub final_url: String,
+    pub http_status: i64,
+    pub content_type: Option<String>,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    pub links: serde_json::Value,
+    pub data: serde_json::Value,
+    pub bytes: i64,
+}
+
+pub async fn result_row(sql: &SqlitePool, job_id: i64) -> Option<ResultRow> {
+    let row = sqlx::query("SELECT * FROM results WHERE job_id = ?1")
+        .bind(job_id)
+        .fetch_optional(sql)
+        .await
+        .expect("query results")?;
+    let json = |column: &str| -> serde_json::Value {
+        serde_json::from_str(&row.get::<String, _>(column)).expect("JSON column holds JSON")
+    };
+    Some(ResultRow {
+        url: row.get("url"),
+        final_url: row.get("final_url"),
+        http_status: row.get("http_status"),
+        content_type: row.get("content_type"),
+        title: row.get("title"),
+        description: row.get("description"),
+        links: json("links"),
+        data: json("data"),
+        bytes: row.get("bytes"),
+    })
+}
+
+/// Polls `check` until it holds; fails the test with `what` once `DEADLINE` passes.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        runtime::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Gaps between consecutive arrival times.
+pub fn gaps(times: &[Instant]) -> Vec<Duration> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}

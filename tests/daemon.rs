@@ -1,0 +1,706 @@
+//! The daemon in-process, against real local HTTP servers and a real SQLite file; jobs are
+//! inserted and results read with plain SQL from a separate connection.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::server::{Reply, TestServer};
+use common::{execute, gaps, insert_job, wait_until, RunningDaemon, TempDb};
+use crawlq::runtime::block_on;
+
+#[test]
+fn a_page_is_fetched_parsed_and_stored() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |_| {
+            Reply::html(
+                r#"<html><head><title> Hello </title><meta name="description" content="About"></head>
+                   <body><a href="/b#x">b</a><a href="/b">b again</a><a href="https://other.test/c">c</a></body></html>"#,
+            )
+        });
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id = daemon.insert(&server.url("/a")).await;
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "done");
+        assert_eq!(job.attempts, 1);
+        assert_eq!(job.error, None);
+        assert!(job.finished_at.is_some());
+        assert_eq!(job.lease_owner, None);
+        let result = daemon.result(id).await.expect("a results row");
+        assert_eq!(result.http_status, 200);
+        assert_eq!(result.url, server.url("/a"));
+        assert_eq!(result.final_url, server.url("/a"));
+        assert_eq!(result.title.as_deref(), Some("Hello"));
+        assert_eq!(result.description.as_deref(), Some("About"));
+        assert_eq!(
+            result.links,
+            serde_json::json!([server.url("/b"), "https://other.test/c"])
+        );
+        assert_eq!(
+            result.content_type.as_deref(),
+            Some("text/html; charset=utf-8")
+        );
+        assert!(result.bytes > 100);
+
+        // JSON columns work with SQLite's own JSON functions.
+        let links: Vec<String> = sqlx::query_scalar(
+            "SELECT value FROM results, json_each(results.links) WHERE job_id = ?1",
+        )
+        .bind(id)
+        .fetch_all(&daemon.sql)
+        .await
+        .unwrap();
+        assert_eq!(
+            links,
+            vec![server.url("/b"), "https://other.test/c".to_owned()]
+        );
+
+        let hits = server.hits();
+        assert_eq!(hits.len(), 1, "fetched once");
+        assert!(hits[0].header("user-agent").unwrap().starts_with("crawlq/"));
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn selectors_take_text_attributes_and_report_no_match_as_empty() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |_| {
+            Reply::html(
+                r#"<span class="price"> $ 10 </span><span class="price">$20</span>
+                   <img class="hero" src="/hero.png">"#,
+            )
+        });
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO jobs (url, selectors) VALUES (?1, ?2) RETURNING id")
+                .bind(server.url("/p"))
+                .bind(
+                    r#"{"price": "span.price", "image": "img.hero@src", "missing": "div.nothing"}"#,
+                )
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        assert_eq!(daemon.wait_finished(id).await.status, "done");
+        let data = daemon.result(id).await.unwrap().data;
+        assert_eq!(
+            data,
+            serde_json::json!({"price": ["$ 10", "$20"], "image": ["/hero.png"], "missing": []})
+        );
+        let price: String = sqlx::query_scalar(
+            "SELECT json_extract(data, '$.price[1]') FROM results WHERE job_id = ?1",
+        )
+        .bind(id)
+        .fetch_one(&daemon.sql)
+        .await
+        .unwrap();
+        assert_eq!(price, "$20");
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn invalid_selectors_fail_the_job_before_any_fetch() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let insert = |selectors: &'static str| {
+            let sql = daemon.sql.clone();
+            let url = server.url("/never");
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "INSERT INTO jobs (url, selectors) VALUES (?1, ?2) RETURNING id",
+                )
+                .bind(url)
+                .bind(selectors)
+                .fetch_one(&sql)
+                .await
+                .unwrap()
+            }
+        };
+        let bad_css = insert(r#"{"price": "span..price"}"#).await;
+        let bad_json = insert(r#"{"price": "#).await;
+        let not_object = insert(r#"["span"]"#).await;
+
+        let job = daemon.wait_finished(bad_css).await;
+        assert_eq!(job.status, "failed");
+        let error = job.error.unwrap();
+        assert!(
+            error.contains("\"price\"")
+                && error.contains("span..price")
+                && error.contains("invalid CSS"),
+            "{error}"
+        );
+        let job = daemon.wait_finished(bad_json).await;
+        assert_eq!(job.status, "failed");
+        assert!(job
+            .error
+            .unwrap()
+            .starts_with("selectors is not valid JSON"));
+        let job = daemon.wait_finished(not_object).await;
+        assert!(job.error.unwrap().contains("must be a JSON object"));
+        for id in [bad_css, bad_json, not_object] {
+            assert_eq!(daemon.job(id).await.attempts, 0, "never claimed");
+            assert!(daemon.result(id).await.is_none());
+        }
+        assert!(server.hits().is_empty(), "nothing was fetched");
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn invalid_urls_and_other_schemes_fail_at_once_with_a_reason() {
+    block_on(async {
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let cases = [
+            (
+                "ftp://example.com/file.txt",
+                "unsupported URL scheme \"ftp\"",
+            ),
+            ("not a url", "invalid URL"),
+            ("", "invalid URL: empty"),
+            ("http://", "invalid URL"),
+            (
+                "javascript:alert(1)",
+                "unsupported URL scheme \"javascript\"",
+            ),
+        ];
+        let mut ids = Vec::new();
+        for (url, _) in cases {
+            ids.push(daemon.insert(url).await);
+        }
+        for (id, (url, expected)) in ids.into_iter().zip(cases) {
+            let job = daemon.wait_finished(id).await;
+            assert_eq!(job.status, "failed", "{url:?}");
+            let error = job.error.unwrap();
+            assert!(error.contains(expected), "{url:?}: {error}");
+            assert_eq!(job.attempts, 0);
+        }
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn server_errors_are_retried_with_backoff_until_success() {
+    block_on(async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let server = TestServer::start("127.0.0.1", move |_| {
+            match seen.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Reply::status(500),
+                _ => Reply::html("<title>third time</title>"),
+            }
+        });
+        let daemon = RunningDaemon::start(|s| {
+            s.retry.backoff_initial = Duration::from_millis(200);
+        })
+        .await;
+        let id = daemon.insert(&server.url("/flaky")).await;
+
+        // Between attempts the job is queued again with the reason and a future run_after.
+        let sql = daemon.sql.clone();
+        wait_until("the first retry to be scheduled", || {
+            let sql = sql.clone();
+            async move {
+                let row: Option<(String, Option<String>)> = sqlx::query_as(
+                    "SELECT status, error FROM jobs WHERE id = ?1 AND attempts = 1 AND status = 'queued'",
+                )
+                .bind(id)
+                .fetch_optional(&sql)
+                .await
+                .unwrap();
+                row.is_some_and(|(_, e)| e.unwrap_or_default().contains("HTTP 500 Internal Server Error (attempt 1 of 3"))
+            }
+        })
+        .await;
+
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "done");
+        assert_eq!(job.attempts, 3);
+        assert_eq!(job.error, None);
+        let result = daemon.result(id).await.unwrap();
+        assert_eq!(result.http_status, 200);
+        assert_eq!(result.title.as_deref(), Some("third time"));
+        let times: Vec<Instant> = server.hits().iter().map(|h| h.at).collect();
+        assert_eq!(times.len(), 3);
+        let gaps = gaps(&times);
+        // Backoff 200 ms then 400 ms, each with ±20 % jitter.
+        assert!(gaps[0] >= Duration::from_millis(160), "{gaps:?}");
+        assert!(gaps[1] >= Duration::from_millis(320), "{gaps:?}");
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn retries_stop_at_max_attempts() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |_| Reply::status(503));
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO jobs (url, max_attempts) VALUES (?1, 2) RETURNING id")
+                .bind(server.url("/down"))
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "failed");
+        assert_eq!(job.attempts, 2);
+        assert_eq!(
+            job.error.as_deref(),
+            Some("HTTP 503 Service Unavailable (gave up after 2 attempts)")
+        );
+        assert_eq!(daemon.result(id).await.unwrap().http_status, 503);
+        assert_eq!(server.hits().len(), 2);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn not_found_fails_at_once_and_keeps_its_result() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |_| {
+            Reply::html("<title>Not here</title>").with_status(404)
+        });
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id = daemon.insert(&server.url("/missing")).await;
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "failed");
+        assert_eq!(job.attempts, 1);
+        assert_eq!(job.error.as_deref(), Some("HTTP 404 Not Found"));
+        let result = daemon
+            .result(id)
+            .await
+            .expect("non-2xx responses are stored too");
+        assert_eq!(result.http_status, 404);
+        assert_eq!(result.title.as_deref(), Some("Not here"));
+        assert_eq!(server.hits().len(), 1);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_slow_server_times_out_with_a_readable_reason() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |_| {
+            Reply::html("late").with_delay(Duration::from_secs(3))
+        });
+        let daemon = RunningDaemon::start(|s| {
+            s.fetch.timeout = Duration::from_millis(300);
+        })
+        .await;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO jobs (url, max_attempts) VALUES (?1, 1) RETURNING id")
+                .bind(server.url("/slow"))
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        let started = Instant::now();
+        let job = daemon.wait_finished(id).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "gave up before the server answered"
+        );
+        assert_eq!(job.status, "failed");
+        let error = job.error.unwrap();
+        assert!(
+            error.contains("timed out after 0.3 s waiting for 127.0.0.1")
+                && error.contains("/slow"),
+            "{error}"
+        );
+        assert!(daemon.result(id).await.is_none());
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn redirect_chains_are_followed_and_loops_are_refused() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |request| match request.path.as_str() {
+            "/r1" => Reply::redirect(301, "/r2"),
+            "/r2" => Reply::redirect(302, "r3#frag"),
+            "/r3" => Reply::redirect(307, "/final"),
+            "/final" => Reply::html("<title>landed</title><a href='next'>n</a>"),
+            "/loop1" => Reply::redirect(302, "/loop2"),
+            "/loop2" => Reply::redirect(302, "/loop1"),
+            "/to-ftp" => Reply::redirect(302, "ftp://example.com/x"),
+            path if path.starts_with("/hop") => {
+                let n: u32 = path[4..].parse().unwrap();
+                Reply::redirect(302, &format!("/hop{}", n + 1))
+            }
+            _ => Reply::status(404),
+        });
+        let daemon = RunningDaemon::start(|s| s.fetch.max_redirects = 5).await;
+        let chain = daemon.insert(&server.url("/r1")).await;
+        let looped = daemon.insert(&server.url("/loop1")).await;
+        let ftp = daemon.insert(&server.url("/to-ftp")).await;
+        let long = daemon.insert(&server.url("/hop0")).await;
+
+        assert_eq!(daemon.wait_finished(chain).await.status, "done");
+        let result = daemon.result(chain).await.unwrap();
+        assert_eq!(result.url, server.url("/r1"));
+        assert_eq!(result.final_url, server.url("/final"));
+        assert_eq!(result.title.as_deref(), Some("landed"));
+        assert_eq!(
+            result.links,
+            serde_json::json!([server.url("/next")]),
+            "relative to the final URL"
+        );
+        for path in ["/r1", "/r2", "/r3", "/final"] {
+            assert_eq!(server.hits_for(path).len(), 1, "{path} fetched once");
+        }
+
+        let job = daemon.wait_finished(looped).await;
+        assert_eq!(job.status, "failed");
+        let error = job.error.unwrap();
+        assert!(error.starts_with("redirect loop: "), "{error}");
+        assert!(
+            error.contains("/loop1 -> ") && error.ends_with("/loop1"),
+            "{error}"
+        );
+        assert_eq!(job.attempts, 1, "a loop is not retried");
+
+        let job = daemon.wait_finished(ftp).await;
+        assert_eq!(job.status, "failed");
+        assert!(job
+            .error
+            .unwrap()
+            .contains("unsupported URL scheme \"ftp\""));
+
+        let job = daemon.wait_finished(long).await;
+        assert_eq!(job.status, "failed");
+        let error = job.error.unwrap();
+        assert!(
+            error.starts_with("too many redirects (fetch.max_redirects = 5)"),
+            "{error}"
+        );
+        assert_eq!(server.hits_for("/hop5").len(), 1);
+        assert!(
+            server.hits_for("/hop6").is_empty(),
+            "stopped at the hop limit"
+        );
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn bodies_over_the_cap_fail_the_job() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |request| {
+            let size = if request.path == "/big" { 5000 } else { 1000 };
+            Reply::bytes("text/html", vec![b'x'; size])
+        });
+        let daemon = RunningDaemon::start(|s| s.fetch.max_body_bytes = 1000).await;
+        let big = daemon.insert(&server.url("/big")).await;
+        let fits = daemon.insert(&server.url("/fits")).await;
+        let job = daemon.wait_finished(big).await;
+        assert_eq!(job.status, "failed");
+        assert!(job
+            .error
+            .unwrap()
+            .contains("larger than fetch.max_body_bytes (1000 bytes)"),);
+        assert_eq!(job.attempts, 1, "not retried");
+        assert_eq!(daemon.wait_finished(fits).await.status, "done");
+        assert_eq!(daemon.result(fits).await.unwrap().bytes, 1000);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn non_html_is_stored_without_parsing() {
+    block_on(async {
+        let pdf = b"%PDF-1.4 <title>not a title</title> <a href='/x'>".to_vec();
+        let body = pdf.clone();
+        let server = TestServer::start("127.0.0.1", move |_| {
+            Reply::bytes("application/pdf", body.clone())
+        });
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id = daemon.insert(&server.url("/doc.pdf")).await;
+        assert_eq!(daemon.wait_finished(id).await.status, "done");
+        let result = daemon.result(id).await.unwrap();
+        assert_eq!(result.content_type.as_deref(), Some("application/pdf"));
+        assert_eq!(result.bytes, pdf.len() as i64);
+        assert_eq!(result.title, None);
+        assert_eq!(result.links, serde_json::json!([]));
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn requests_to_one_host_respect_its_rate() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let daemon = RunningDaemon::start(|s| {
+            s.limits.per_host.rate.rps = 5.0;
+        })
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
+        }
+        for id in ids {
+            assert_eq!(daemon.wait_finished(id).await.status, "done");
+        }
+        let times: Vec<Instant> = server.hits().iter().map(|h| h.at).collect();
+        assert_eq!(times.len(), 6);
+        let gaps = gaps(&times);
+        let smallest = *gaps.iter().min().unwrap();
+        eprintln!("5 req/s, burst 1: gaps between requests seen by the server: {gaps:?}");
+        // 5 req/s with burst 1 allows one request per 200 ms. Arrival times carry a little
+        // network jitter on top of the limiter's exact schedule; allow 10 ms of it.
+        assert!(
+            smallest >= Duration::from_millis(190),
+            "smallest gap {smallest:?}"
+        );
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn two_hosts_proceed_in_parallel() {
+    block_on(async {
+        let a = TestServer::pages("127.0.0.1");
+        let b = TestServer::pages("127.0.0.2");
+        let daemon = RunningDaemon::start(|s| {
+            s.limits.per_host.rate.rps = 4.0;
+        })
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            ids.push(daemon.insert(&a.url(&format!("/a{i}"))).await);
+            ids.push(daemon.insert(&b.url(&format!("/b{i}"))).await);
+        }
+        for id in ids {
+            assert_eq!(daemon.wait_finished(id).await.status, "done");
+        }
+        let (a_hits, b_hits) = (a.hits(), b.hits());
+        assert_eq!((a_hits.len(), b_hits.len()), (4, 4));
+        // Each host alone needs 750 ms (4 requests at 4/s). Were the hosts served one after
+        // the other, one host's first request would come after the other's last.
+        assert!(b_hits[0].at < a_hits[3].at && a_hits[0].at < b_hits[3].at);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_slow_host_does_not_starve_a_fast_one() {
+    block_on(async {
+        let slow = TestServer::start("127.0.0.3", |_| {
+            Reply::html("<title>slow</title>").with_delay(Duration::from_secs(2))
+        });
+        let fast = TestServer::pages("127.0.0.4");
+        let daemon = RunningDaemon::start_on(
+            TempDb::new(),
+            |s| {
+                s.limits.max_in_flight = 4.try_into().unwrap();
+                s.limits.per_host.in_flight = 2.try_into().unwrap();
+            },
+            |sql| {
+                let (slow, fast) = (slow.url("/s"), fast.url("/f"));
+                async move {
+                    // The slow host's jobs are older and more important, and there are many.
+                    for i in 0..40 {
+                        sqlx::query("INSERT INTO jobs (url, priority) VALUES (?1, 10)")
+                            .bind(format!("{slow}{i}"))
+                            .execute(&sql)
+                            .await
+                            .unwrap();
+                    }
+                    for i in 0..10 {
+                        insert_job(&sql, &format!("{fast}{i}")).await;
+                    }
+                }
+            },
+        )
+        .await;
+        let sql = daemon.sql.clone();
+        wait_until("all fast-host jobs to be done", || {
+            let sql = sql.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM jobs WHERE url LIKE '%/f%' AND status = 'done'",
+                )
+                .fetch_one(&sql)
+                .await
+                .unwrap();
+                n == 10
+            }
+        })
+        .await;
+        let slow_done: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE url LIKE '%/s%' AND status = 'done'",
+        )
+        .fetch_one(&daemon.sql)
+        .await
+        .unwrap();
+        assert!(
+            slow_done <= 4,
+            "fast host finished while the slow one had done {slow_done}"
+        );
+        assert!(
+            slow.hits().len() <= 6,
+            "slow host kept within its in-flight cap"
+        );
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn higher_priority_runs_first_within_a_host() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let daemon = RunningDaemon::start_on(
+            TempDb::new(),
+            |s| s.limits.per_host.in_flight = 1.try_into().unwrap(),
+            |sql| {
+                let url = server.url("/");
+                async move {
+                    for (name, priority) in [("low", -5), ("mid", 0), ("top", 9), ("mid2", 0)] {
+                        sqlx::query("INSERT INTO jobs (url, priority) VALUES (?1, ?2)")
+                            .bind(format!("{url}{name}"))
+                            .bind(priority)
+                            .execute(&sql)
+                            .await
+                            .unwrap();
+                    }
+                }
+            },
+        )
+        .await;
+        wait_until("four requests", || async { server.hits().len() == 4 }).await;
+        let order: Vec<String> = server.hits().into_iter().map(|h| h.path).collect();
+        assert_eq!(order, ["/top", "/mid", "/mid2", "/low"]);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn expired_leases_of_a_dead_daemon_are_claimed_again() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let url = server.url("/orphan");
+        let last = server.url("/poison");
+        let daemon = RunningDaemon::start_on(
+            TempDb::new(),
+            |_| {},
+            |sql| async move {
+                // Rows as a daemon that was kill -9'd would leave them.
+                sqlx::query(
+                    "INSERT INTO jobs (url, status, host, attempts, lease_owner, lease_expires_at)
+                     VALUES (?1, 'running', '127.0.0.1', 1, 'dead-daemon', '2000-01-01T00:00:00.000Z'),
+                            (?2, 'running', '127.0.0.1', 3, 'dead-daemon', '2000-01-01T00:00:00.000Z')",
+                )
+                .bind(url)
+                .bind(last)
+                .execute(&sql)
+                .await
+                .unwrap();
+            },
+        )
+        .await;
+        let job = daemon.wait_finished(1).await;
+        assert_eq!(job.status, "done");
+        assert_eq!(job.attempts, 2, "the dead daemon's attempt counts");
+        // A job whose last attempt died with its daemon is not run again forever.
+        let job = daemon.wait_finished(2).await;
+        assert_eq!(job.status, "failed");
+        assert!(job.error.unwrap().starts_with("lease expired"));
+        assert!(server.hits_for("/poison").is_empty());
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_cancelled_job_is_never_fetched() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let (keep, cancel) = (server.url("/keep"), server.url("/cancel"));
+        let daemon = RunningDaemon::start_on(
+            TempDb::new(),
+            |_| {},
+            |sql| async move {
+                insert_job(&sql, &cancel).await;
+                execute(&sql, "UPDATE jobs SET status = 'cancelled' WHERE id = 1").await;
+                insert_job(&sql, &keep).await;
+            },
+        )
+        .await;
+        assert_eq!(daemon.wait_finished(2).await.status, "done");
+        assert_eq!(daemon.job(1).await.status, "cancelled");
+        assert!(server.hits_for("/cancel").is_empty());
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn cancelling_a_running_job_wins_over_its_result() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |_| {
+            Reply::html("<title>late</title>").with_delay(Duration::from_millis(800))
+        });
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id = daemon.insert(&server.url("/slow")).await;
+        wait_until("the request to arrive", || async {
+            !server.hits().is_empty()
+        })
+        .await;
+        execute(
+            &daemon.sql,
+            "UPDATE jobs SET status = 'cancelled' WHERE id = 1",
+        )
+        .await;
+        let sql = daemon.sql.clone();
+        // Stopping waits for the in-flight attempt, whose write then finds its lease gone.
+        let report = daemon.stop().await;
+        assert_eq!(report.lost, 1);
+        assert_eq!(common::job_row(&sql, id).await.status, "cancelled");
+        assert!(common::result_row(&sql, id).await.is_none());
+    });
+}
+
+#[test]
+fn jobs_inserted_while_running_are_all_crawled() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let reader = common::user_connection(&daemon.db.path).await;
+        let mut ids = Vec::new();
+        for i in 0..100 {
+            // One statement at a time, as a user with the sqlite3 CLI would, with reads between.
+            ids.push(daemon.insert(&server.url(&format!("/n{i}"))).await);
+            let _: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'done'")
+                .fetch_one(&reader)
+                .await
+                .expect("reads never fail with a busy error");
+        }
+        for id in ids {
+            assert_eq!(daemon.wait_finished(id).await.status, "done");
+        }
+        let paths: HashMap<String, usize> =
+            server.hits().into_iter().fold(HashMap::new(), |mut m, h| {
+                *m.entry(h.path).or_default() += 1;
+                m
+            });
+        assert_eq!(paths.len(), 100);
+        assert!(paths.values().all(|&n| n == 1), "each page fetched once");
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_new_job_is_claimed_soon_after_it_is_committed() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let daemon =
+            RunningDaemon::start(|s| s.daemon.poll_interval = Duration::from_millis(100)).await;
+        let inserted = Instant::now();
+        daemon.insert(&server.url("/soon")).await;
+        wait_until("the request", || async { !server.hits().is_empty() }).await;
+        let latency = server.hits()[0].at - inserted;
+        eprintln!("insert-to-request latency: {latency:?}");
+        assert!(latency < Duration::from_secs(1), "{latency:?}");
+        daemon.stop().await;
+    });
+}
