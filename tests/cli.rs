@@ -325,3 +325,45 @@ fn exit_when_idle_returns_once_the_queue_is_empty() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn json_logs_carry_stats_and_each_job_step() {
+    let server = TestServer::start("127.0.0.1", |_| {
+        Reply::html("<title>t</title>").with_delay(Duration::from_millis(1300))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(crawlq(dir.path()).args(["add", "--database", "q.db", &server.url("/x")]));
+    assert!(out.status.success());
+    let out = output(
+        crawlq(dir.path())
+            .args(["run", "--database", "q.db", "--exit-when-idle"])
+            .env("CRAWLQ__LOG__FORMAT", "json")
+            .env("CRAWLQ__DAEMON__STATS_INTERVAL_SECS", "1")
+            .env("RUST_LOG", "crawlq=debug"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stderr)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let message = |m: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == m)
+            .unwrap_or_else(|| panic!("no {m:?} line in {lines:#?}"))
+    };
+    assert_eq!(message("stats")["queued"], 0);
+    assert_eq!(message("stats")["running"], 1);
+    assert!(message("crawlq started")["per_host_rps"].is_number());
+    // claim -> wait -> fetch -> parse -> store, all inside the job's span.
+    assert_eq!(message("claimed")["span"]["job.id"], "1");
+    for stage in ["rate_limit_wait", "fetch", "parse"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["span"]["name"] == stage && l["spans"][0]["name"] == "job"),
+            "no {stage} span inside a job span"
+        );
+    }
+    assert!(lines.iter().any(|l| l["message"] == "stored: done"));
+}

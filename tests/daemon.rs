@@ -704,3 +704,75 @@ fn a_new_job_is_claimed_soon_after_it_is_committed() {
         daemon.stop().await;
     });
 }
+
+#[test]
+fn a_host_override_slows_only_that_host() {
+    block_on(async {
+        let limited = TestServer::pages("127.0.0.5");
+        let free = TestServer::pages("127.0.0.6");
+        let daemon = RunningDaemon::start(|s| {
+            let mut slow = s.limits.per_host.clone();
+            slow.rate.rps = 4.0;
+            s.limits.hosts.insert("127.0.0.5".to_owned(), slow);
+        })
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            ids.push(daemon.insert(&limited.url(&format!("/l{i}"))).await);
+            ids.push(daemon.insert(&free.url(&format!("/f{i}"))).await);
+        }
+        for id in ids {
+            assert_eq!(daemon.wait_finished(id).await.status, "done");
+        }
+        let spaced = |server: &TestServer| {
+            let times: Vec<Instant> = server.hits().iter().map(|h| h.at).collect();
+            *gaps(&times).iter().min().unwrap()
+        };
+        assert!(
+            spaced(&limited) >= Duration::from_millis(240),
+            "{:?}",
+            spaced(&limited)
+        );
+        // The default here is 1000 req/s: the other host is not held to the override.
+        assert!(
+            spaced(&free) < Duration::from_millis(200),
+            "{:?}",
+            spaced(&free)
+        );
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn the_global_quota_spans_all_hosts() {
+    block_on(async {
+        let a = TestServer::pages("127.0.0.7");
+        let b = TestServer::pages("127.0.0.8");
+        let daemon = RunningDaemon::start(|s| {
+            s.limits.global_rate = Some(crawlq::settings::Rate {
+                rps: 5.0,
+                burst: 1.try_into().unwrap(),
+            });
+        })
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(daemon.insert(&a.url(&format!("/a{i}"))).await);
+            ids.push(daemon.insert(&b.url(&format!("/b{i}"))).await);
+        }
+        for id in ids {
+            assert_eq!(daemon.wait_finished(id).await.status, "done");
+        }
+        let mut times: Vec<Instant> = a
+            .hits()
+            .iter()
+            .chain(b.hits().iter())
+            .map(|h| h.at)
+            .collect();
+        times.sort();
+        let gaps = gaps(&times);
+        let smallest = *gaps.iter().min().unwrap();
+        assert!(smallest >= Duration::from_millis(190), "{gaps:?}");
+        daemon.stop().await;
+    });
+}
