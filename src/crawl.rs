@@ -1,11 +1,8 @@
 //! One attempt at one job: wait for the host's rate limit, fetch, follow redirects (each
-//! hop through the limiter again), parse, and say how it ended. Never panics outward: a
-//! panic inside the HTTP client or parser becomes a failed job with the reason.
+//! hop through the limiter again), parse, and say how it ended.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures_lite::FutureExt;
 use tracing::Instrument;
 use url::Url;
 
@@ -46,21 +43,7 @@ impl Crawler {
         );
         async move {
             tracing::debug!("claimed");
-            let (page, ending) = match AssertUnwindSafe(self.run(&job)).catch_unwind().await {
-                Ok(outcome) => outcome,
-                Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".to_owned());
-                    tracing::error!(panic = %what, "crawling the job panicked");
-                    (
-                        None,
-                        Ending::Fatal(format!("internal error while crawling: {what}")),
-                    )
-                }
-            };
+            let (page, ending) = self.run(&job).await;
             let max_attempts = job
                 .max_attempts
                 .unwrap_or(self.settings.retry.max_attempts.get());

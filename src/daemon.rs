@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
 use futures_lite::FutureExt;
 use tracing::Instrument;
 
@@ -217,9 +220,17 @@ impl<'d> Scheduler<'d> {
                     self.store_failed(&e);
                 }
             }
-            if options.exit_when_idle && self.is_idle().await? {
-                tracing::info!("no queued or running jobs left; exiting (--exit-when-idle)");
-                return Ok(());
+            if options.exit_when_idle {
+                match self.is_idle().await {
+                    Ok(true) => {
+                        tracing::info!(
+                            "no queued or running jobs left; exiting (--exit-when-idle)"
+                        );
+                        return Ok(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => self.store_failed(&e),
+                }
             }
             self.wait_for_work(shutdown).await;
         }
@@ -452,13 +463,28 @@ impl<'d> Scheduler<'d> {
         let crawler = self.daemon.crawler.clone();
         let finished = self.finished_tx.clone();
         runtime::spawn(async move {
-            let attempt = crawler.attempt(job).await;
+            // Every claimed job must report back, or its slot leaks and its lease is renewed
+            // forever: a panic (say, in the HTTP client on a hostile response) fails the job.
+            let fallback = job.clone();
+            let attempt = match AssertUnwindSafe(crawler.attempt(job)).catch_unwind().await {
+                Ok(attempt) => attempt,
+                Err(panic) => {
+                    let reason =
+                        format!("internal error while crawling: {}", panic_message(&*panic));
+                    tracing::error!(job.id = %fallback.id, url = %fallback.url, %reason);
+                    Attempt {
+                        job: fallback,
+                        page: None,
+                        verdict: Verdict::Failed { reason },
+                    }
+                }
+            };
             // The receiver lives until the daemon exits; after that the job is released.
             let _ = finished.send(attempt).await;
         });
     }
 
-    async fn is_idle(&self) -> Result<bool, DaemonError> {
+    async fn is_idle(&self) -> Result<bool, StoreError> {
         if self.in_flight.total > 0 || !self.unstored.is_empty() {
             return Ok(false);
         }
@@ -504,4 +530,12 @@ impl<'d> Scheduler<'d> {
         }
         Ok(())
     }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }

@@ -120,7 +120,8 @@ pub struct ClaimedJob {
     pub id: JobId,
     pub url: String,
     pub host: String,
-    pub attempt: u32,
+    /// As stored (a user may write any number there); the lease check compares it exactly.
+    pub attempt: i64,
     /// NULL in the table means the configured default.
     pub max_attempts: Option<u32>,
     pub selectors: Option<String>,
@@ -170,7 +171,7 @@ pub struct Attempt {
 
 /// The retry policy, in one place: 2xx is done; 408, 429, 5xx and transient errors are
 /// retried with backoff until the attempts run out; everything else fails at once.
-pub fn decide(ending: &Ending, attempt: u32, max_attempts: u32, retry: &RetrySettings) -> Verdict {
+pub fn decide(ending: &Ending, attempt: i64, max_attempts: u32, retry: &RetrySettings) -> Verdict {
     let (retryable, reason) = match ending {
         Ending::Response(status) if (200..300).contains(status) => return Verdict::Done,
         Ending::Response(status) => (
@@ -183,7 +184,7 @@ pub fn decide(ending: &Ending, attempt: u32, max_attempts: u32, retry: &RetrySet
     if !retryable {
         return Verdict::Failed { reason };
     }
-    if attempt >= max_attempts {
+    if attempt >= i64::from(max_attempts) {
         return Verdict::Failed {
             reason: format!("{reason} (gave up after {attempt} attempts)"),
         };
@@ -200,8 +201,8 @@ pub fn decide(ending: &Ending, attempt: u32, max_attempts: u32, retry: &RetrySet
 
 /// Exponential backoff with ±20 % jitter: about `initial` after the first attempt, doubling,
 /// capped at `max`. Jitter keeps many jobs that failed together from retrying together.
-pub fn backoff(attempt: u32, retry: &RetrySettings) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(30);
+pub fn backoff(attempt: i64, retry: &RetrySettings) -> Duration {
+    let exponent = attempt.saturating_sub(1).clamp(0, 30) as u32;
     let base = retry
         .backoff_initial
         .saturating_mul(1u32 << exponent)

@@ -327,6 +327,20 @@ impl RawSettings {
         };
 
         let r = &self.retry;
+        if r.backoff_max_secs > 86_400 {
+            return Err(invalid(
+                "retry.backoff_max_secs",
+                r.backoff_max_secs,
+                "must be at most 86400 (a day)",
+            ));
+        }
+        if r.backoff_initial_ms > 86_400_000 {
+            return Err(invalid(
+                "retry.backoff_initial_ms",
+                r.backoff_initial_ms,
+                "must be at most 86400000 (a day)",
+            ));
+        }
         let retry = RetrySettings {
             max_attempts: NonZeroU32::new(r.max_attempts)
                 .ok_or_else(|| invalid("retry.max_attempts", 0, "must be at least 1"))?,

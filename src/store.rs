@@ -198,7 +198,9 @@ impl Store {
 
     pub async fn unadmitted(&self, limit: usize) -> Result<Vec<NewJob>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, url, selectors FROM jobs
+            // CAST: SQLite lets users store any type in any column; a number or blob in
+            // `url` must become a readable failure, not a decoding error that stalls us.
+            "SELECT id, CAST(url AS TEXT) AS url, CAST(selectors AS TEXT) AS selectors FROM jobs
               WHERE status = 'queued' AND host IS NULL
               ORDER BY id LIMIT ?1",
         )
@@ -210,8 +212,8 @@ impl Store {
             .map(|row| {
                 Ok(NewJob {
                     id: JobId(row.try_get("id")?),
-                    url: row.try_get("url")?,
-                    selectors: row.try_get("selectors")?,
+                    url: lossy_text(row, "url")?.unwrap_or_default(),
+                    selectors: lossy_text(row, "selectors")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -308,7 +310,9 @@ impl Store {
                 SET status = 'running', lease_owner = ?1, lease_expires_at = {},
                     attempts = attempts + 1, updated_at = {}
               WHERE id IN ({per_host})
-          RETURNING id, url, host, attempts, max_attempts, selectors",
+          RETURNING id, CAST(url AS TEXT) AS url, host, attempts,
+                    CAST(max_attempts AS INTEGER) AS max_attempts,
+                    CAST(selectors AS TEXT) AS selectors",
             now_plus!("?2"),
             now!(),
         );
@@ -533,12 +537,21 @@ const FINISH_FAILED: &str = concat!(
 fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
     Ok(ClaimedJob {
         id: JobId(row.try_get("id")?),
-        url: row.try_get("url")?,
+        url: lossy_text(row, "url")?.unwrap_or_default(),
         host: row.try_get("host")?,
         attempt: row.try_get("attempts")?,
-        max_attempts: row.try_get("max_attempts")?,
-        selectors: row.try_get("selectors")?,
+        max_attempts: row
+            .try_get::<Option<i64>, _>("max_attempts")?
+            // A limit below 1 still allows the attempt that was just claimed.
+            .map(|n| n.clamp(1, i64::from(u32::MAX)) as u32),
+        selectors: lossy_text(row, "selectors")?,
     })
+}
+
+/// A user-written text column read without trusting it to be UTF-8 (SQLite does not check).
+fn lossy_text(row: &SqliteRow, column: &str) -> Result<Option<String>, sqlx::Error> {
+    let bytes: Option<Vec<u8>> = row.try_get(column)?;
+    Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
 async fn upsert_result(

@@ -776,3 +776,45 @@ fn the_global_quota_spans_all_hosts() {
         daemon.stop().await;
     });
 }
+
+#[test]
+fn odd_values_written_by_users_do_not_stall_the_daemon() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let good = server.url("/good");
+        let daemon = RunningDaemon::start_on(
+            TempDb::new(),
+            |_| {},
+            |sql| async move {
+                // SQLite keeps whatever type it is given: a blob URL, non-UTF-8 selectors,
+                // a negative or textual max_attempts.
+                execute(&sql, "INSERT INTO jobs (url) VALUES (X'00FF68747470')").await;
+                execute(
+                    &sql,
+                    "INSERT INTO jobs (url, selectors) VALUES ('http://127.0.0.1:1/', X'FFFE')",
+                )
+                .await;
+                sqlx::query(
+                    "INSERT INTO jobs (url, max_attempts) VALUES (?1, -4), (?1 || '2', 'many')",
+                )
+                .bind(&good)
+                .execute(&sql)
+                .await
+                .unwrap();
+            },
+        )
+        .await;
+        let job = daemon.wait_finished(1).await;
+        assert_eq!(job.status, "failed");
+        assert!(job.error.unwrap().starts_with("invalid URL"));
+        let job = daemon.wait_finished(2).await;
+        assert_eq!(job.status, "failed");
+        assert!(job
+            .error
+            .unwrap()
+            .starts_with("selectors is not valid JSON"));
+        assert_eq!(daemon.wait_finished(3).await.status, "done");
+        assert_eq!(daemon.wait_finished(4).await.status, "done");
+        daemon.stop().await;
+    });
+}

@@ -191,7 +191,10 @@ pub struct JobRow {
 
 pub async fn job_row(sql: &SqlitePool, id: i64) -> JobRow {
     let row = sqlx::query(
-        "SELECT id, url, status, attempts, error, finished_at, lease_owner FROM jobs WHERE id = ?1",
+        // A test may store a blob in `url` on purpose; show it as its SQL literal.
+        "SELECT id, CASE typeof(url) WHEN 'text' THEN url ELSE quote(url) END AS url,
+                status, attempts, error, finished_at, lease_owner
+           FROM jobs WHERE id = ?1",
     )
     .bind(id)
     .fetch_one(sql)
