@@ -17,7 +17,7 @@ use futures_lite::FutureExt;
 use tracing::Instrument;
 
 use crate::crawl::Crawler;
-use crate::job::{self, Attempt, ClaimedJob, Verdict};
+use crate::job::{self, Attempt, ClaimedJob, JobId, Verdict};
 use crate::runtime;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
@@ -29,7 +29,7 @@ const ADMISSION_BATCH: usize = 1000;
 const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often idle hosts are dropped from the rate limiter's memory.
 const PRUNE_LIMITER_EVERY: Duration = Duration::from_secs(60);
-/// After a database error, wait this long before trying again.
+/// After a database error, the loop turns this often until a turn succeeds.
 const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +57,8 @@ pub struct RunReport {
     pub lost: u64,
     /// Jobs handed back to the queue at shutdown.
     pub released: u64,
+    /// Database operations that failed (each is retried; none fails a job).
+    pub store_errors: u64,
 }
 
 pub struct Daemon {
@@ -131,31 +133,44 @@ impl Daemon {
     }
 }
 
-/// Jobs this daemon holds, in all and per host.
+/// Attempts this daemon is running: their leases are renewed and their slots counted.
+/// Keyed by lease (job id + attempt): after a user edits a running job's URL, the old
+/// attempt and the new one of the same job are in flight together.
 #[derive(Debug, Default)]
 struct InFlight {
-    total: usize,
+    attempts: HashMap<(JobId, i64), String>,
     by_host: HashMap<String, usize>,
 }
 
 impl InFlight {
-    fn add(&mut self, host: &str) {
-        self.total += 1;
-        *self.by_host.entry(host.to_owned()).or_default() += 1;
+    fn total(&self) -> usize {
+        self.attempts.len()
     }
 
-    fn remove(&mut self, host: &str) {
-        self.total -= 1;
-        if let Some(n) = self.by_host.get_mut(host) {
+    fn add(&mut self, job: &ClaimedJob) {
+        self.attempts
+            .insert((job.id, job.attempt), job.host.clone());
+        *self.by_host.entry(job.host.clone()).or_default() += 1;
+    }
+
+    fn remove(&mut self, job: &ClaimedJob) {
+        let Some(host) = self.attempts.remove(&(job.id, job.attempt)) else {
+            return;
+        };
+        if let Some(n) = self.by_host.get_mut(&host) {
             *n -= 1;
             if *n == 0 {
-                self.by_host.remove(host);
+                self.by_host.remove(&host);
             }
         }
     }
 
     fn on_host(&self, host: &str) -> usize {
         self.by_host.get(host).copied().unwrap_or(0)
+    }
+
+    fn ids(&self) -> Vec<JobId> {
+        self.attempts.keys().map(|(id, _)| *id).collect()
     }
 }
 
@@ -169,7 +184,10 @@ struct Scheduler<'d> {
     /// Round-robin position: the next claim starts with the host after this one.
     cursor: String,
     report: RunReport,
+    /// False after a database error, until a whole loop turn succeeds again.
     store_healthy: bool,
+    /// Set by any database error during the current loop turn.
+    turn_failed: bool,
     last_expiry_check: Instant,
     last_renewal: Instant,
     last_prune: Instant,
@@ -191,6 +209,7 @@ impl<'d> Scheduler<'d> {
             cursor: String::new(),
             report: RunReport::default(),
             store_healthy: true,
+            turn_failed: false,
             last_expiry_check: long_ago,
             last_renewal: now,
             last_prune: now,
@@ -209,16 +228,17 @@ impl<'d> Scheduler<'d> {
 
     async fn run(&mut self, shutdown: &Shutdown, options: RunOptions) -> Result<(), DaemonError> {
         loop {
+            self.turn_failed = false;
             self.collect_finished();
             self.store_finished().await;
             if shutdown.is_fired() {
                 return Ok(());
             }
-            if self.store_healthy {
-                self.housekeeping().await;
-                if let Err(e) = self.admit_and_claim().await {
-                    self.store_failed(&e);
-                }
+            // Runs even while the database is failing: these are the writes that find out
+            // it works again, and renewals must keep trying so our leases do not lapse.
+            self.housekeeping().await;
+            if let Err(e) = self.admit_and_claim().await {
+                self.store_failed(&e);
             }
             if options.exit_when_idle {
                 match self.is_idle().await {
@@ -231,6 +251,10 @@ impl<'d> Scheduler<'d> {
                     Ok(false) => {}
                     Err(e) => self.store_failed(&e),
                 }
+            }
+            if !self.turn_failed && !self.store_healthy {
+                tracing::info!("database usable again; resuming");
+                self.store_healthy = true;
             }
             self.wait_for_work(shutdown).await;
         }
@@ -276,14 +300,12 @@ impl<'d> Scheduler<'d> {
             .await;
         match stored {
             Ok(report) => {
-                self.report.lost += report.lost as u64;
+                self.report.lost += report.lost.len() as u64;
                 for attempt in std::mem::take(&mut self.unstored) {
-                    self.count(&attempt);
-                    self.in_flight.remove(&attempt.job.host);
-                }
-                if !self.store_healthy {
-                    tracing::info!("database writable again; resuming");
-                    self.store_healthy = true;
+                    if !report.lost.contains(&attempt.job.id) {
+                        self.count(&attempt);
+                    }
+                    self.in_flight.remove(&attempt.job);
                 }
             }
             Err(e) => self.store_failed(&e),
@@ -308,21 +330,41 @@ impl<'d> Scheduler<'d> {
         }
     }
 
-    /// A database error stops claiming (loudly) until the next write succeeds. Jobs are not
-    /// marked failed for it: their results wait in memory, and their leases protect them.
+    /// A database error is logged loudly and the loop slows to one turn per second until a
+    /// turn succeeds. Jobs are not marked failed for it: finished results wait in memory,
+    /// and leases keep the rest safe.
     fn store_failed(&mut self, error: &StoreError) {
+        self.report.store_errors += 1;
+        self.turn_failed = true;
+        self.store_healthy = false;
         tracing::error!(
             %error,
             unstored = self.unstored.len(),
-            "database error; not claiming new jobs until it can be written again"
+            "database error; retrying every second (no job is failed for it)"
         );
-        self.store_healthy = false;
     }
 
     async fn housekeeping(&mut self) {
         let now = Instant::now();
         let settings = self.daemon.settings.clone();
-        if now.duration_since(self.last_expiry_check) >= EXPIRY_CHECK_EVERY {
+        // Renew before looking for expired leases: after a database outage our own leases
+        // may have lapsed, and they must be renewed before they could be taken back.
+        if !self.store_healthy || now.duration_since(self.last_renewal) >= settings.daemon.lease / 3
+        {
+            match self
+                .store()
+                .renew_leases(
+                    &self.daemon.owner,
+                    settings.daemon.lease,
+                    &self.in_flight.ids(),
+                )
+                .await
+            {
+                Ok(_) => self.last_renewal = now,
+                Err(e) => self.store_failed(&e),
+            }
+        }
+        if !self.turn_failed && now.duration_since(self.last_expiry_check) >= EXPIRY_CHECK_EVERY {
             self.last_expiry_check = now;
             match self
                 .store()
@@ -335,16 +377,6 @@ impl<'d> Scheduler<'d> {
                     "took back jobs whose lease expired (a daemon died?)"
                 ),
                 Err(e) => self.store_failed(&e),
-            }
-        }
-        if now.duration_since(self.last_renewal) >= settings.daemon.lease / 3 {
-            self.last_renewal = now;
-            if let Err(e) = self
-                .store()
-                .renew_leases(&self.daemon.owner, settings.daemon.lease)
-                .await
-            {
-                self.store_failed(&e);
             }
         }
         if now.duration_since(self.last_prune) >= PRUNE_LIMITER_EVERY {
@@ -370,7 +402,7 @@ impl<'d> Scheduler<'d> {
                 running = counts.running,
                 done = counts.done,
                 failed = counts.failed,
-                in_flight = self.in_flight.total,
+                in_flight = self.in_flight.total(),
                 limiter_hosts = self.daemon.crawler.limits().tracked_hosts(),
                 "stats"
             ),
@@ -384,7 +416,7 @@ impl<'d> Scheduler<'d> {
             .limits
             .max_in_flight
             .get()
-            .saturating_sub(self.in_flight.total);
+            .saturating_sub(self.in_flight.total());
         if free == 0 {
             return Ok(());
         }
@@ -409,11 +441,11 @@ impl<'d> Scheduler<'d> {
         }
         let decisions: Vec<_> = new_jobs
             .iter()
-            .map(|new| (new.id, job::admit(&new.url, new.selectors.as_deref())))
+            .map(|new| (new, job::admit(&new.url, new.selectors.as_deref())))
             .collect();
-        for (id, decision) in &decisions {
+        for (new, decision) in &decisions {
             if let Err(reason) = decision {
-                tracing::info!(job.id = %id, %reason, "refused a new job");
+                tracing::info!(job.id = %new.id, %reason, "refused a new job");
             }
         }
         self.store().record_admissions(&decisions).await
@@ -427,12 +459,12 @@ impl<'d> Scheduler<'d> {
         let wanted = free + self.in_flight.by_host.len();
         let mut hosts = self
             .store()
-            .hosts_with_queued_jobs(&self.cursor, wanted)
+            .hosts_with_due_jobs(&self.cursor, wanted)
             .await?;
         if hosts.len() < wanted && !self.cursor.is_empty() {
             let wrapped = self
                 .store()
-                .hosts_with_queued_jobs("", wanted - hosts.len())
+                .hosts_with_due_jobs("", wanted - hosts.len())
                 .await?;
             for host in wrapped {
                 if !hosts.contains(&host) {
@@ -459,7 +491,7 @@ impl<'d> Scheduler<'d> {
 
     fn start(&mut self, job: ClaimedJob) {
         self.report.claimed += 1;
-        self.in_flight.add(&job.host);
+        self.in_flight.add(&job);
         let crawler = self.daemon.crawler.clone();
         let finished = self.finished_tx.clone();
         runtime::spawn(async move {
@@ -485,7 +517,7 @@ impl<'d> Scheduler<'d> {
     }
 
     async fn is_idle(&self) -> Result<bool, StoreError> {
-        if self.in_flight.total > 0 || !self.unstored.is_empty() {
+        if self.in_flight.total() > 0 || !self.unstored.is_empty() {
             return Ok(false);
         }
         Ok(!self.store().has_unfinished_jobs().await?)
@@ -496,14 +528,14 @@ impl<'d> Scheduler<'d> {
     async fn drain(&mut self) -> Result<(), DaemonError> {
         let grace = self.settings().daemon.shutdown_grace;
         let deadline = Instant::now() + grace;
-        if self.in_flight.total > 0 {
+        if self.in_flight.total() > 0 {
             tracing::info!(
-                in_flight = self.in_flight.total,
+                in_flight = self.in_flight.total(),
                 grace_secs = grace.as_secs_f64(),
                 "shutting down: waiting for in-flight jobs"
             );
         }
-        while self.in_flight.total > self.unstored.len() {
+        while self.in_flight.total() > self.unstored.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;

@@ -1,8 +1,10 @@
 //! HTTP with `surf`: one GET, body capped, time-limited, errors in words.
 //!
 //! surf is unmaintained; this is the only module that names it, so the HTTP client can be
-//! swapped here alone. We use surf's curl backend (isahc), built by hand so that we can set
-//! a connect timeout and turn curl's own redirect handling off. Redirects are followed by
+//! swapped here alone. We use surf's curl backend (isahc) through our own small adapter
+//! ([`CurlBackend`]): it sets a connect timeout, turns curl's redirect handling off, and,
+//! unlike http-client's adapter, does not panic on a status http-types does not know
+//! (e.g. 299) or on header bytes that are not ASCII. Redirects are followed by
 //! the caller ([`crate::crawl`]) so every hop passes the rate limiter; surf's Redirect
 //! middleware is deliberately not used (it sends an extra request past the limiter).
 //! `surf::Error` is not a `std::error::Error`: it is turned into [`FetchError`] here.
@@ -79,8 +81,7 @@ impl Fetcher {
             .tcp_nodelay()
             .build()
             .map_err(|e| format!("could not start the HTTP client: {e}"))?;
-        let client =
-            surf::Client::with_http_client(http_client::isahc::IsahcClient::from_client(isahc));
+        let client = surf::Client::with_http_client(CurlBackend { client: isahc });
         Ok(Fetcher {
             client,
             settings: settings.clone(),
@@ -117,7 +118,9 @@ impl Fetcher {
             .header("User-Agent", self.settings.user_agent.as_str())
             .header("Accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8");
         let mut response = request.await.map_err(|e| self.classify(e, host))?;
-        let status = u16::from(response.status());
+        let status = response
+            .ext::<RawStatus>()
+            .map_or_else(|| u16::from(response.status()), |raw| raw.0);
         let header = |name: &str| response.header(name).map(|v| v.last().as_str().to_owned());
         let content_type = header("Content-Type");
         let location = header("Location");
@@ -184,5 +187,87 @@ fn isahc_reason(error: &isahc::Error) -> String {
     match text.split_once(": ") {
         Some((_, description)) if !description.is_empty() => description.to_owned(),
         _ => text,
+    }
+}
+
+/// The status line's code as sent; surf's own status type only holds codes it knows.
+#[derive(Debug, Clone, Copy)]
+struct RawStatus(u16);
+
+/// surf's backend: curl through isahc, adapted by hand (see the module comment).
+#[derive(Debug)]
+struct CurlBackend {
+    client: isahc::HttpClient,
+}
+
+#[http_client::async_trait]
+impl http_client::HttpClient for CurlBackend {
+    async fn send(
+        &self,
+        request: http_client::Request,
+    ) -> Result<http_client::Response, http_client::Error> {
+        use http_client::http_types::{Body, StatusCode};
+
+        let method = isahc::http::Method::from_bytes(request.method().to_string().as_bytes())
+            .map_err(|e| http_client::Error::from_str(StatusCode::BadRequest, e.to_string()))?;
+        let mut builder = isahc::http::Request::builder()
+            .uri(request.url().as_str())
+            .method(method);
+        for (name, values) in request.iter() {
+            for value in values.iter() {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+        }
+        // crawlq only sends GETs, without a body.
+        let outgoing = builder
+            .body(isahc::Body::empty())
+            .map_err(|e| http_client::Error::from_str(StatusCode::BadRequest, e.to_string()))?;
+        let incoming = self
+            .client
+            .send_async(outgoing)
+            .await
+            .map_err(http_client::Error::from)?;
+        let (parts, body) = incoming.into_parts();
+        let code = parts.status.as_u16();
+        let mut response =
+            http_client::Response::new(StatusCode::try_from(code).unwrap_or(StatusCode::Ok));
+        response.ext_mut().insert(RawStatus(code));
+        for (name, value) in &parts.headers {
+            response.append_header(name.as_str(), ascii_header_value(value.as_bytes()).as_str());
+        }
+        response.set_body(Body::from_reader(
+            futures_lite::io::BufReader::new(body),
+            None,
+        ));
+        Ok(response)
+    }
+}
+
+/// Header values must be ASCII for http-types; other bytes (raw UTF-8 in a Location, say)
+/// are percent-encoded, which is also how a URL parser would treat them.
+fn ascii_header_value(bytes: &[u8]) -> String {
+    let mut value = String::with_capacity(bytes.len());
+    for &byte in bytes {
+        if byte == b'\t' || (0x20..0x7f).contains(&byte) {
+            value.push(byte as char);
+        } else {
+            value.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_become_ascii_without_losing_information() {
+        assert_eq!(
+            ascii_header_value(b"text/html; charset=utf-8"),
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(ascii_header_value("/caf\u{e9}".as_bytes()), "/caf%C3%A9");
+        assert_eq!(ascii_header_value(b"a\x00b\x7f"), "a%00b%7F");
     }
 }

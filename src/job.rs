@@ -87,6 +87,9 @@ pub fn check_url(raw: &str) -> Result<Url, String> {
     if raw.trim().is_empty() {
         return Err("invalid URL: empty".to_owned());
     }
+    if raw.contains(char::REPLACEMENT_CHARACTER) {
+        return Err(format!("invalid URL {raw:?}: not valid UTF-8 text"));
+    }
     let url = Url::parse(raw.trim()).map_err(|e| format!("invalid URL {raw:?}: {e}"))?;
     check_fetchable(&url)?;
     Ok(url)

@@ -17,6 +17,9 @@ use serde::Deserialize;
 /// The defaults, compiled in so that the binary runs from any working directory.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "CRAWLQ";
+/// Bodies are held in memory while parsed; more than this per page is a mistake or an attack.
+const MAX_BODY_BYTES: u64 = 1 << 30;
+const MAX_IN_FLIGHT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -268,10 +271,13 @@ fn invalid(key: &'static str, value: impl ToString, reason: &'static str) -> Set
     }
 }
 
-/// A rate must be a finite, positive number of requests per second.
+/// A rate must lie between one request a day and a million a second.
 fn positive_rps(rps: f64) -> bool {
-    rps.is_finite() && rps > 0.0 && rps <= 1_000_000.0
+    rps.is_finite() && (1.0 / 86_400.0..=1_000_000.0).contains(&rps)
 }
+
+const RPS_RANGE: &str =
+    "must be a number of requests per second from 0.0000116 (one a day) to 1000000";
 
 fn seconds(key: &'static str, value: f64) -> Result<Duration, SettingsError> {
     if value.is_finite() && value > 0.0 && value <= 86_400.0 {
@@ -303,6 +309,14 @@ impl RawSettings {
                 "must be at least 2 (it is renewed every third of it)",
             ));
         }
+        // In-flight jobs finishing during the grace period must still hold their leases.
+        if d.shutdown_grace_secs.saturating_mul(2) >= d.lease_secs {
+            return Err(invalid(
+                "daemon.shutdown_grace_secs",
+                d.shutdown_grace_secs,
+                "must be less than half of daemon.lease_secs",
+            ));
+        }
         let daemon = DaemonSettings {
             poll_interval: Duration::from_millis(d.poll_interval_ms),
             lease: Duration::from_secs(d.lease_secs),
@@ -315,8 +329,12 @@ impl RawSettings {
         if f.user_agent.trim().is_empty() {
             return Err(invalid("fetch.user_agent", "\"\"", "must not be empty"));
         }
-        if f.max_body_bytes == 0 {
-            return Err(invalid("fetch.max_body_bytes", 0, "must be at least 1"));
+        if !(1..=MAX_BODY_BYTES).contains(&f.max_body_bytes) {
+            return Err(invalid(
+                "fetch.max_body_bytes",
+                f.max_body_bytes,
+                "must be from 1 to 1073741824 (1 GiB)",
+            ));
         }
         let fetch = FetchSettings {
             user_agent: f.user_agent.clone(),
@@ -350,11 +368,7 @@ impl RawSettings {
 
         let l = &self.limits;
         if !positive_rps(l.per_host_rps) {
-            return Err(invalid(
-                "limits.per_host_rps",
-                l.per_host_rps,
-                "must be a number of requests per second above 0",
-            ));
+            return Err(invalid("limits.per_host_rps", l.per_host_rps, RPS_RANGE));
         }
         let per_host = HostLimits {
             rate: Rate {
@@ -377,11 +391,17 @@ impl RawSettings {
             return Err(invalid(
                 "limits.global_rps",
                 l.global_rps,
-                "must be 0 (no global limit) or a number of requests per second above 0",
+                "must be 0 (no global limit) or a number of requests per second from 0.0000116 (one a day) to 1000000",
             ));
         };
-        let max_in_flight = NonZeroUsize::new(l.max_in_flight)
-            .ok_or_else(|| invalid("limits.max_in_flight", 0, "must be at least 1"))?;
+        if !(1..=MAX_IN_FLIGHT).contains(&l.max_in_flight) {
+            return Err(invalid(
+                "limits.max_in_flight",
+                l.max_in_flight,
+                "must be from 1 to 10000",
+            ));
+        }
+        let max_in_flight = NonZeroUsize::new(l.max_in_flight).expect("checked above");
         let mut hosts = HashMap::new();
         for (host, raw) in &l.hosts {
             let host_error = |field, value: String, reason| SettingsError::InvalidHost {
@@ -392,11 +412,7 @@ impl RawSettings {
             };
             let rps = raw.rps.unwrap_or(per_host.rate.rps);
             if !positive_rps(rps) {
-                return Err(host_error(
-                    "rps",
-                    rps.to_string(),
-                    "must be a number of requests per second above 0",
-                ));
+                return Err(host_error("rps", rps.to_string(), RPS_RANGE));
             }
             let burst = match raw.burst {
                 None => per_host.rate.burst,
@@ -515,6 +531,14 @@ mod tests {
         assert!(err.to_string().contains("limits.per_host_rps"), "{err}");
         let err = Settings::load_from_str("[log]\nformat = \"xml\"\n").unwrap_err();
         assert!(err.to_string().contains("log.format"), "{err}");
+        let err = Settings::load_from_str("[limits]\nper_host_rps = 1e-20\n").unwrap_err();
+        assert!(err.to_string().contains("limits.per_host_rps"), "{err}");
+        let err = Settings::load_from_str("[daemon]\nlease_secs = 10\nshutdown_grace_secs = 5\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("daemon.shutdown_grace_secs"),
+            "{err}"
+        );
         let err = Settings::load_from_str("[limits]\nper_host_rpz = 1.0\n").unwrap_err();
         assert!(err.to_string().contains("per_host_rpz"), "{err}");
     }

@@ -7,7 +7,7 @@
 //!   running with our owner id and an expiry, and bumps `attempts`.
 //! - Every later change to a running job checks in its `WHERE` that the lease is still
 //!   ours (owner + attempt); zero rows changed means the lease was lost (the user cancelled
-//!   or edited the job, or it expired and someone else took it) and the result is dropped.
+//!   the job or edited its URL, or the lease expired) and the result is dropped.
 //! - A job's result and its new status are written in one transaction, and a batch of
 //!   finished jobs shares one transaction (group commit).
 
@@ -42,6 +42,9 @@ macro_rules! now_plus {
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Hosts per claim statement (SQLite allows 500 terms in a compound SELECT).
+const CLAIM_HOSTS_PER_STATEMENT: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -78,7 +81,11 @@ impl<T> Doing<T> for Result<T, sqlx::Error> {
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: JobId,
+    /// The URL as text; bytes that are not UTF-8 become U+FFFD.
     pub url: String,
+    /// The URL exactly as stored, so a decision is only recorded if the user has not
+    /// edited the row since it was read.
+    url_bytes: Vec<u8>,
     pub selectors: Option<String>,
 }
 
@@ -90,11 +97,11 @@ pub struct HostPick {
 }
 
 /// What `finish` did with a batch.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FinishReport {
     pub stored: usize,
     /// Attempts whose lease was gone by the time they finished; their results were dropped.
-    pub lost: usize,
+    pub lost: Vec<JobId>,
 }
 
 /// Jobs per status, for stats lines and `crawlq status`.
@@ -200,7 +207,7 @@ impl Store {
         let rows = sqlx::query(
             // CAST: SQLite lets users store any type in any column; a number or blob in
             // `url` must become a readable failure, not a decoding error that stalls us.
-            "SELECT id, CAST(url AS TEXT) AS url, CAST(selectors AS TEXT) AS selectors FROM jobs
+            "SELECT id, CAST(url AS BLOB) AS url, CAST(selectors AS TEXT) AS selectors FROM jobs
               WHERE status = 'queued' AND host IS NULL
               ORDER BY id LIMIT ?1",
         )
@@ -210,9 +217,12 @@ impl Store {
         .doing("reading new jobs")?;
         rows.iter()
             .map(|row| {
+                let url_bytes: Option<Vec<u8>> = row.try_get("url")?;
+                let url_bytes = url_bytes.unwrap_or_default();
                 Ok(NewJob {
                     id: JobId(row.try_get("id")?),
-                    url: lossy_text(row, "url")?.unwrap_or_default(),
+                    url: String::from_utf8_lossy(&url_bytes).into_owned(),
+                    url_bytes,
                     selectors: lossy_text(row, "selectors")?,
                 })
             })
@@ -221,32 +231,34 @@ impl Store {
     }
 
     /// Records admission decisions: a host for good jobs, `failed` with the reason for bad
-    /// ones. Rows the user changed meanwhile (no longer queued) are left alone.
+    /// ones. Rows the user changed meanwhile (status or URL) are left for the next turn.
     pub async fn record_admissions(
         &self,
-        decisions: &[(JobId, Result<Admitted, String>)],
+        decisions: &[(&NewJob, Result<Admitted, String>)],
     ) -> Result<(), StoreError> {
         if decisions.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.doing("admitting new jobs")?;
-        for (id, decision) in decisions {
+        for (job, decision) in decisions {
             let query = match decision {
                 Ok(admitted) => sqlx::query(concat!(
-                    "UPDATE jobs SET host = ?2, updated_at = ",
+                    "UPDATE jobs SET host = ?3, updated_at = ",
                     now!(),
-                    " WHERE id = ?1 AND status = 'queued' AND host IS NULL"
+                    " WHERE id = ?1 AND CAST(url AS BLOB) = ?2 AND status = 'queued' AND host IS NULL"
                 ))
-                .bind(id.0)
+                .bind(job.id.0)
+                .bind(job.url_bytes.as_slice())
                 .bind(&admitted.host),
                 Err(reason) => sqlx::query(concat!(
-                    "UPDATE jobs SET status = 'failed', error = ?2, finished_at = ",
+                    "UPDATE jobs SET status = 'failed', error = ?3, finished_at = ",
                     now!(),
                     ", updated_at = ",
                     now!(),
-                    " WHERE id = ?1 AND status = 'queued' AND host IS NULL"
+                    " WHERE id = ?1 AND CAST(url AS BLOB) = ?2 AND status = 'queued' AND host IS NULL"
                 ))
-                .bind(id.0)
+                .bind(job.id.0)
+                .bind(job.url_bytes.as_slice())
                 .bind(reason),
             };
             query.execute(&mut *tx).await.doing("admitting new jobs")?;
@@ -256,14 +268,15 @@ impl Store {
 
     // ---- Claiming. ----
 
-    /// Hosts that have admitted, queued jobs, in host order starting after `after`, at most
-    /// `limit`. A loose index scan: one index seek per host, however many jobs each has.
-    pub async fn hosts_with_queued_jobs(
+    /// Hosts that have admitted, queued jobs due now, in host order starting after `after`,
+    /// at most `limit`. A loose index scan: two index seeks per host (is there a next host,
+    /// is its earliest job due), however many jobs each host has.
+    pub async fn hosts_with_due_jobs(
         &self,
         after: &str,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(
+        sqlx::query_scalar(concat!(
             "WITH RECURSIVE next_host(host) AS (
                  SELECT (SELECT MIN(host) FROM jobs
                           WHERE status = 'queued' AND host IS NOT NULL AND host > ?1)
@@ -272,18 +285,38 @@ impl Store {
                           WHERE j.status = 'queued' AND j.host IS NOT NULL AND j.host > n.host)
                    FROM next_host n WHERE n.host IS NOT NULL
              )
-             SELECT host FROM next_host WHERE host IS NOT NULL LIMIT ?2",
-        )
+             SELECT n.host FROM next_host n
+              WHERE n.host IS NOT NULL
+                AND (SELECT MIN(j.run_after) FROM jobs j
+                      WHERE j.status = 'queued' AND j.host = n.host) <= ",
+            now!(),
+            " LIMIT ?2"
+        ))
         .bind(after)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await
-        .doing("listing hosts with queued jobs")
+        .doing("listing hosts with due jobs")
     }
 
     /// Claims up to `pick.jobs` due jobs of each picked host (highest priority, then oldest
-    /// first) in one statement: they become `running` under our lease.
+    /// first): they become `running` under our lease.
     pub async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+        picks: &[HostPick],
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let mut claimed = Vec::new();
+        // SQLite allows at most 500 terms in one compound SELECT.
+        for chunk in picks.chunks(CLAIM_HOSTS_PER_STATEMENT) {
+            claimed.extend(self.claim_from(owner, lease, chunk).await?);
+        }
+        Ok(claimed)
+    }
+
+    /// One claim statement: the per-host picks are one `UNION ALL` of index range scans.
+    async fn claim_from(
         &self,
         owner: &str,
         lease: Duration,
@@ -305,10 +338,12 @@ impl Store {
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
+        // CASTs: users may have written any type into these columns; the values we return
+        // must decode, or the claimed rows would sit in `running` with nobody working on them.
         let sql = format!(
             "UPDATE jobs
                 SET status = 'running', lease_owner = ?1, lease_expires_at = {},
-                    attempts = attempts + 1, updated_at = {}
+                    attempts = CAST(attempts AS INTEGER) + 1, updated_at = {}
               WHERE id IN ({per_host})
           RETURNING id, CAST(url AS TEXT) AS url, host, attempts,
                     CAST(max_attempts AS INTEGER) AS max_attempts,
@@ -324,21 +359,41 @@ impl Store {
             query = query.bind(pick.host.as_str()).bind(pick.jobs as i64);
         }
         let rows = query.fetch_all(&self.pool).await.doing("claiming jobs")?;
-        rows.iter()
-            .map(claimed_job)
-            .collect::<Result<_, sqlx::Error>>()
-            .doing("claiming jobs")
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match claimed_job(row) {
+                Ok(job) => claimed.push(job),
+                // Not renewed (we do not hold it), so its lease expires and it comes back.
+                Err(e) => {
+                    tracing::error!(error = %e, "a claimed row could not be read; it will be re-queued when its lease expires")
+                }
+            }
+        }
+        Ok(claimed)
     }
 
-    /// Pushes back the expiry of every lease `owner` holds.
-    pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64, StoreError> {
+    /// Pushes back the expiry of the leases we hold on `jobs`. Only jobs the scheduler is
+    /// actually working on are renewed, so anything it lost track of expires and comes back.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        lease: Duration,
+        jobs: &[JobId],
+    ) -> Result<u64, StoreError> {
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let ids = serde_json::to_string(&jobs.iter().map(|j| j.0).collect::<Vec<_>>())
+            .expect("integers serialize");
         let done = sqlx::query(concat!(
             "UPDATE jobs SET lease_expires_at = ",
             now_plus!("?2"),
-            " WHERE status = 'running' AND lease_owner = ?1"
+            " WHERE status = 'running' AND lease_owner = ?1
+                AND id IN (SELECT value FROM json_each(?3))"
         ))
         .bind(owner)
         .bind(lease.as_secs_f64())
+        .bind(ids)
         .execute(&self.pool)
         .await
         .doing("renewing leases")?;
@@ -428,7 +483,7 @@ impl Store {
                 .doing("storing results")?
                 .rows_affected();
             if changed == 0 {
-                report.lost += 1;
+                report.lost.push(job.id);
                 tracing::warn!(
                     job.id = %job.id,
                     url = %job.url,

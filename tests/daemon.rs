@@ -195,7 +195,7 @@ fn server_errors_are_retried_with_backoff_until_success() {
             }
         });
         let daemon = RunningDaemon::start(|s| {
-            s.retry.backoff_initial = Duration::from_millis(200);
+            s.retry.backoff_initial = Duration::from_millis(500);
         })
         .await;
         let id = daemon.insert(&server.url("/flaky")).await;
@@ -227,9 +227,9 @@ fn server_errors_are_retried_with_backoff_until_success() {
         let times: Vec<Instant> = server.hits().iter().map(|h| h.at).collect();
         assert_eq!(times.len(), 3);
         let gaps = gaps(&times);
-        // Backoff 200 ms then 400 ms, each with ±20 % jitter.
-        assert!(gaps[0] >= Duration::from_millis(160), "{gaps:?}");
-        assert!(gaps[1] >= Duration::from_millis(320), "{gaps:?}");
+        // Backoff 500 ms then 1 s, each with ±20 % jitter.
+        assert!(gaps[0] >= Duration::from_millis(400), "{gaps:?}");
+        assert!(gaps[1] >= Duration::from_millis(800), "{gaps:?}");
         daemon.stop().await;
     });
 }
@@ -816,5 +816,180 @@ fn odd_values_written_by_users_do_not_stall_the_daemon() {
         assert_eq!(daemon.wait_finished(3).await.status, "done");
         assert_eq!(daemon.wait_finished(4).await.status, "done");
         daemon.stop().await;
+    });
+}
+
+#[test]
+fn the_body_cap_holds_for_compressed_bodies_without_a_usable_length() {
+    block_on(async {
+        use std::io::Write;
+        // 5 000 bytes of HTML that travel as a few dozen gzip bytes: only the decoded
+        // stream can tell it is over the cap.
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gzip.write_all(&[b'x'; 5000]).unwrap();
+        let compressed = gzip.finish().unwrap();
+        assert!(compressed.len() < 100);
+        let server = TestServer::start("127.0.0.1", move |_| {
+            Reply::bytes("text/html", compressed.clone()).with_header("Content-Encoding", "gzip")
+        });
+        let daemon = RunningDaemon::start(|s| s.fetch.max_body_bytes = 1000).await;
+        let id = daemon.insert(&server.url("/bomb")).await;
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "failed");
+        assert!(job
+            .error
+            .unwrap()
+            .contains("larger than fetch.max_body_bytes (1000 bytes)"));
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn unusual_statuses_and_non_ascii_headers_do_not_break_the_fetch() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |request| match request.path.as_str() {
+            "/299" => Reply::html("<title>odd</title>").with_status(299),
+            "/utf8-header" => Reply::html("<title>named</title>")
+                .with_header("Content-Disposition", "inline; filename=\"café.html\""),
+            "/utf8-location" => Reply::redirect(302, "/café"),
+            "/caf%C3%A9" => Reply::html("<title>arrived</title>"),
+            _ => Reply::status(404),
+        });
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let odd = daemon.insert(&server.url("/299")).await;
+        let named = daemon.insert(&server.url("/utf8-header")).await;
+        let moved = daemon.insert(&server.url("/utf8-location")).await;
+        let job = daemon.wait_finished(odd).await;
+        assert_eq!(job.status, "done", "{:?}", job.error);
+        assert_eq!(daemon.result(odd).await.unwrap().http_status, 299);
+        assert_eq!(daemon.wait_finished(named).await.status, "done");
+        let job = daemon.wait_finished(moved).await;
+        assert_eq!(job.status, "done", "{:?}", job.error);
+        let result = daemon.result(moved).await.unwrap();
+        assert_eq!(result.final_url, server.url("/caf%C3%A9"));
+        assert_eq!(result.title.as_deref(), Some("arrived"));
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn editing_the_url_of_a_running_job_fetches_the_new_url() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |request| {
+            let reply = Reply::html(format!("<title>{}</title>", request.path));
+            if request.path == "/old" {
+                reply.with_delay(Duration::from_millis(600))
+            } else {
+                reply
+            }
+        });
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id = daemon.insert(&server.url("/old")).await;
+        wait_until("the old URL's request", || async {
+            !server.hits().is_empty()
+        })
+        .await;
+        sqlx::query("UPDATE jobs SET url = ?1 WHERE id = ?2")
+            .bind(server.url("/new"))
+            .bind(id)
+            .execute(&daemon.sql)
+            .await
+            .unwrap();
+        let sql = daemon.sql.clone();
+        wait_until("the new URL's result", || {
+            let sql = sql.clone();
+            async move {
+                common::result_row(&sql, id)
+                    .await
+                    .is_some_and(|r| r.title.as_deref() == Some("/new"))
+            }
+        })
+        .await;
+        // Let the old attempt finish: its result must not replace the new one.
+        let report = daemon.stop().await;
+        assert_eq!(report.lost, 1);
+        let job = common::job_row(&sql, id).await;
+        assert_eq!(job.status, "done");
+        let result = common::result_row(&sql, id).await.unwrap();
+        assert_eq!(
+            (result.url, result.title.as_deref()),
+            (server.url("/new"), Some("/new"))
+        );
+    });
+}
+
+#[test]
+fn a_locked_database_pauses_the_daemon_without_losing_or_repeating_work() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |request| {
+            let reply = Reply::html(format!("<title>{}</title>", request.path));
+            // Outlasts the lock below, so the job is still running when the lock goes away.
+            if request.path == "/long" {
+                reply.with_delay(Duration::from_millis(5000))
+            } else {
+                reply
+            }
+        });
+        let daemon = RunningDaemon::start(|s| {
+            s.database.busy_timeout = Duration::from_millis(100);
+            s.fetch.timeout = Duration::from_secs(10);
+            s.daemon.lease = Duration::from_secs(3);
+            s.daemon.shutdown_grace = Duration::from_secs(1);
+        })
+        .await;
+        let long = daemon.insert(&server.url("/long")).await;
+        wait_until("the long request", || async { !server.hits().is_empty() }).await;
+
+        // A user holds the write lock for longer than the lease: every daemon write fails.
+        let mut locker = common::user_connection(&daemon.db.path)
+            .await
+            .acquire()
+            .await
+            .unwrap()
+            .detach();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut locker)
+            .await
+            .unwrap();
+        crawlq::runtime::sleep(Duration::from_secs(4)).await;
+        sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+
+        // The daemon comes back by itself and keeps going.
+        let after = daemon.insert(&server.url("/after")).await;
+        assert_eq!(daemon.wait_finished(after).await.status, "done");
+        let job = daemon.wait_finished(long).await;
+        assert_eq!(job.status, "done");
+        assert_eq!(job.attempts, 1, "its lease was renewed, not taken back");
+        assert_eq!(server.hits_for("/long").len(), 1, "fetched once");
+        let report = daemon.stop().await;
+        assert!(report.store_errors > 0, "the lock was noticed: {report:?}");
+    });
+}
+
+#[test]
+fn an_idle_daemon_recovers_from_a_locked_database() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let daemon = RunningDaemon::start(|s| {
+            s.database.busy_timeout = Duration::from_millis(100);
+        })
+        .await;
+        // Nothing is in flight, so no finished job will be what finds the database usable.
+        let mut locker = common::user_connection(&daemon.db.path)
+            .await
+            .acquire()
+            .await
+            .unwrap()
+            .detach();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut locker)
+            .await
+            .unwrap();
+        crawlq::runtime::sleep(Duration::from_millis(1500)).await;
+        sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+        let id = daemon.insert(&server.url("/after-lock")).await;
+        assert_eq!(daemon.wait_finished(id).await.status, "done");
+        let report = daemon.stop().await;
+        assert!(report.store_errors > 0, "the lock was noticed: {report:?}");
     });
 }

@@ -269,3 +269,24 @@ where
 pub fn gaps(times: &[Instant]) -> Vec<Duration> {
     times.windows(2).map(|w| w[1] - w[0]).collect()
 }
+
+/// Asserts that requests arriving at `times` kept to one per `period`. The limiter's
+/// schedule is exact, but arrival times also carry connection set-up and scheduling delay
+/// (a loaded machine adds tens of ms to one request and not the next), so each gap may
+/// fall short by that jitter while the series as a whole must not run ahead of the quota.
+pub fn assert_spaced(times: &[Instant], period: Duration) -> Vec<Duration> {
+    let jitter = Duration::from_millis(40);
+    let gaps = gaps(times);
+    let smallest = *gaps.iter().min().expect("at least two requests");
+    assert!(
+        smallest + jitter >= period,
+        "gap {smallest:?} < {period:?}: {gaps:?}"
+    );
+    let span = *times.last().unwrap() - times[0];
+    let ideal = period * (times.len() as u32 - 1);
+    assert!(
+        span + Duration::from_millis(10) >= ideal,
+        "{span:?} < {ideal:?}: {gaps:?}"
+    );
+    gaps
+}

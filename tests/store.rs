@@ -1,0 +1,109 @@
+//! The store's claim queries on a real SQLite file, at sizes the daemon tests do not reach.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{execute, test_settings, user_connection, TempDb};
+use crawlq::runtime::block_on;
+use crawlq::store::{HostPick, Store};
+
+async fn open() -> (TempDb, Store) {
+    let db = TempDb::new();
+    let store = Store::open(&test_settings(&db.path).database)
+        .await
+        .unwrap();
+    (db, store)
+}
+
+#[test]
+fn one_claim_can_span_more_hosts_than_a_compound_select_allows() {
+    block_on(async {
+        let (db, store) = open().await;
+        let sql = user_connection(&db.path).await;
+        execute(
+            &sql,
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 599)
+             INSERT INTO jobs (url, host) SELECT 'http://h' || i || '.test/', 'h' || i || '.test' FROM n",
+        )
+        .await;
+        let hosts = store.hosts_with_due_jobs("", 1000).await.unwrap();
+        assert_eq!(hosts.len(), 600);
+        let picks: Vec<HostPick> = hosts
+            .into_iter()
+            .map(|host| HostPick { host, jobs: 1 })
+            .collect();
+        let claimed = store
+            .claim("me", Duration::from_secs(60), &picks)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 600);
+        let running: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND lease_owner = 'me'",
+        )
+        .fetch_one(&sql)
+        .await
+        .unwrap();
+        assert_eq!(running, 600);
+    });
+}
+
+#[test]
+fn hosts_whose_jobs_all_wait_for_later_are_not_offered_for_claiming() {
+    block_on(async {
+        let (db, store) = open().await;
+        let sql = user_connection(&db.path).await;
+        // 300 hosts whose only job waits an hour (as after a retry backoff), and one that is due.
+        execute(
+            &sql,
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 299)
+             INSERT INTO jobs (url, host, run_after)
+             SELECT 'http://a' || i || '.test/', 'a' || i || '.test', datetime('now', '+1 hour') FROM n",
+        )
+        .await;
+        execute(
+            &sql,
+            "INSERT INTO jobs (url, host) VALUES ('http://z.test/', 'z.test')",
+        )
+        .await;
+        assert_eq!(
+            store.hosts_with_due_jobs("", 4).await.unwrap(),
+            vec!["z.test"]
+        );
+        assert_eq!(
+            store.hosts_with_due_jobs("z.test", 4).await.unwrap(),
+            Vec::<String>::new()
+        );
+    });
+}
+
+#[test]
+fn claiming_reads_odd_attempt_values_and_takes_the_best_jobs_first() {
+    block_on(async {
+        let (db, store) = open().await;
+        let sql = user_connection(&db.path).await;
+        execute(
+            &sql,
+            "INSERT INTO jobs (url, host, attempts, priority) VALUES
+               ('http://h.test/a', 'h.test', 0.5, 1),
+               ('http://h.test/b', 'h.test', 'x', 5),
+               ('http://h.test/c', 'h.test', 0, 0)",
+        )
+        .await;
+        let picks = [HostPick {
+            host: "h.test".into(),
+            jobs: 2,
+        }];
+        let mut claimed = store
+            .claim("me", Duration::from_secs(60), &picks)
+            .await
+            .unwrap();
+        claimed.sort_by_key(|j| j.id);
+        let got: Vec<(i64, i64)> = claimed.iter().map(|j| (j.id.0, j.attempt)).collect();
+        assert_eq!(
+            got,
+            vec![(1, 1), (2, 1)],
+            "priority 5 and 1 first; odd attempts count as 0"
+        );
+    });
+}
