@@ -993,3 +993,73 @@ fn an_idle_daemon_recovers_from_a_locked_database() {
         assert!(report.store_errors > 0, "the lock was noticed: {report:?}");
     });
 }
+
+#[test]
+fn an_unanswered_connect_times_out_with_its_own_reason() {
+    block_on(async {
+        use socket2::{Domain, Socket, Type};
+        // A listener whose accept queue is full: the kernel leaves further SYNs unanswered,
+        // which is what a black-holed address looks like to the client.
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let _fillers: Vec<_> = (0..4)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+            })
+            .collect();
+        let daemon = RunningDaemon::start(|s| {
+            s.fetch.connect_timeout = Duration::from_millis(500);
+        })
+        .await;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO jobs (url, max_attempts) VALUES (?1, 1) RETURNING id")
+                .bind(format!("http://{addr}/"))
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "failed");
+        let error = job.error.unwrap();
+        assert!(
+            error.contains("timed out after 0.5 s connecting to 127.0.0.1"),
+            "{error}"
+        );
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_refused_connection_is_retried_then_failed_with_a_reason() {
+    block_on(async {
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO jobs (url, max_attempts) VALUES (?1, 2) RETURNING id")
+                .bind(format!("http://127.0.0.1:{port}/"))
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "failed");
+        assert_eq!(job.attempts, 2);
+        let error = job.error.unwrap();
+        assert!(error.contains("could not connect to 127.0.0.1"), "{error}");
+        assert!(error.ends_with("(gave up after 2 attempts)"), "{error}");
+        assert!(daemon.result(id).await.is_none());
+        daemon.stop().await;
+    });
+}
