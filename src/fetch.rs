@@ -190,6 +190,14 @@ fn isahc_reason(error: &isahc::Error) -> String {
     }
 }
 
+/// "404 Not Found": the code with its standard reason phrase, when it has one.
+pub fn describe_status(status: u16) -> String {
+    match http_client::http_types::StatusCode::try_from(status) {
+        Ok(known) => format!("{status} {}", known.canonical_reason()),
+        Err(_) => status.to_string(),
+    }
+}
+
 /// The status line's code as sent; surf's own status type only holds codes it knows.
 #[derive(Debug, Clone, Copy)]
 struct RawStatus(u16);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::fetch;
 use crate::parse::SelectorSet;
 use crate::settings::RetrySettings;
 
@@ -179,7 +180,7 @@ pub fn decide(ending: &Ending, attempt: i64, max_attempts: u32, retry: &RetrySet
         Ending::Response(status) if (200..300).contains(status) => return Verdict::Done,
         Ending::Response(status) => (
             matches!(status, 408 | 429 | 500..=599),
-            format!("HTTP {}", describe_status(*status)),
+            format!("HTTP {}", fetch::describe_status(*status)),
         ),
         Ending::Transient(reason) => (true, reason.clone()),
         Ending::Fatal(reason) => (false, reason.clone()),
@@ -211,35 +212,6 @@ pub fn backoff(attempt: i64, retry: &RetrySettings) -> Duration {
         .saturating_mul(1u32 << exponent)
         .min(retry.backoff_max);
     base.mul_f64(0.8 + 0.4 * fastrand::f64())
-}
-
-fn describe_status(status: u16) -> String {
-    let reason = match status {
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        410 => "Gone",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "",
-    };
-    if reason.is_empty() {
-        status.to_string()
-    } else {
-        format!("{status} {reason}")
-    }
 }
 
 #[cfg(test)]

@@ -941,18 +941,7 @@ fn a_locked_database_pauses_the_daemon_without_losing_or_repeating_work() {
         wait_until("the long request", || async { !server.hits().is_empty() }).await;
 
         // A user holds the write lock for longer than the lease: every daemon write fails.
-        let mut locker = common::user_connection(&daemon.db.path)
-            .await
-            .acquire()
-            .await
-            .unwrap()
-            .detach();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut locker)
-            .await
-            .unwrap();
-        crawlq::runtime::sleep(Duration::from_secs(4)).await;
-        sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+        common::hold_write_lock(&daemon.db.path, Duration::from_secs(4)).await;
 
         // The daemon comes back by itself and keeps going.
         let after = daemon.insert(&server.url("/after")).await;
@@ -975,18 +964,7 @@ fn an_idle_daemon_recovers_from_a_locked_database() {
         })
         .await;
         // Nothing is in flight, so no finished job will be what finds the database usable.
-        let mut locker = common::user_connection(&daemon.db.path)
-            .await
-            .acquire()
-            .await
-            .unwrap()
-            .detach();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut locker)
-            .await
-            .unwrap();
-        crawlq::runtime::sleep(Duration::from_millis(1500)).await;
-        sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+        common::hold_write_lock(&daemon.db.path, Duration::from_millis(1500)).await;
         let id = daemon.insert(&server.url("/after-lock")).await;
         assert_eq!(daemon.wait_finished(id).await.status, "done");
         let report = daemon.stop().await;

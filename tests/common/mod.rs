@@ -246,6 +246,25 @@ pub async fn result_row(sql: &SqlitePool, job_id: i64) -> Option<ResultRow> {
     })
 }
 
+/// Holds the database's write lock for `how_long`, as a user's long transaction would.
+pub async fn hold_write_lock(path: &Path, how_long: Duration) {
+    let mut locker = user_connection(path)
+        .await
+        .acquire()
+        .await
+        .expect("a connection")
+        .detach();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut locker)
+        .await
+        .expect("take the write lock");
+    runtime::sleep(how_long).await;
+    sqlx::query("COMMIT")
+        .execute(&mut locker)
+        .await
+        .expect("release the write lock");
+}
+
 /// Polls `check` until it holds; fails the test with `what` once `DEADLINE` passes.
 pub async fn wait_until<F, Fut>(what: &str, mut check: F)
 where
