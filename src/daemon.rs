@@ -302,7 +302,7 @@ impl<'d> Scheduler<'d> {
             Ok(report) => {
                 self.report.lost += report.lost.len() as u64;
                 for attempt in std::mem::take(&mut self.unstored) {
-                    if !report.lost.contains(&attempt.job.id) {
+                    if !report.lost.contains(&(attempt.job.id, attempt.job.attempt)) {
                         self.count(&attempt);
                     }
                     self.in_flight.remove(&attempt.job);

@@ -141,8 +141,10 @@ impl Fetcher {
         }
         // Read one byte past the limit to tell "exactly at the limit" from "over it".
         let mut body = response.take_body().into_reader().take(limit + 1);
-        let mut buffer =
-            Vec::with_capacity(declared_length.unwrap_or(16 * 1024).min(limit) as usize);
+        // The declared length is a hint from the server, not a promise: cap the up-front
+        // allocation so a lying Content-Length cannot reserve the whole body limit.
+        let initial = declared_length.unwrap_or(16 * 1024).min(limit).min(1 << 20);
+        let mut buffer = Vec::with_capacity(initial as usize);
         body.read_to_end(&mut buffer)
             .await
             .map_err(|e| FetchError::Network {

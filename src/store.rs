@@ -100,8 +100,9 @@ pub struct HostPick {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FinishReport {
     pub stored: usize,
-    /// Attempts whose lease was gone by the time they finished; their results were dropped.
-    pub lost: Vec<JobId>,
+    /// Attempts (job, attempt number) whose lease was gone by the time they finished;
+    /// their results were dropped.
+    pub lost: Vec<(JobId, i64)>,
 }
 
 /// Jobs per status, for stats lines and `crawlq status`.
@@ -483,7 +484,7 @@ impl Store {
                 .doing("storing results")?
                 .rows_affected();
             if changed == 0 {
-                report.lost.push(job.id);
+                report.lost.push((job.id, job.attempt));
                 tracing::warn!(
                     job.id = %job.id,
                     url = %job.url,

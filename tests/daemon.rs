@@ -445,15 +445,9 @@ fn requests_to_one_host_respect_its_rate() {
         }
         let times: Vec<Instant> = server.hits().iter().map(|h| h.at).collect();
         assert_eq!(times.len(), 6);
-        let gaps = gaps(&times);
-        let smallest = *gaps.iter().min().unwrap();
+        // 5 req/s with burst 1: one request per 200 ms.
+        let gaps = common::assert_spaced(&times, Duration::from_millis(200));
         eprintln!("5 req/s, burst 1: gaps between requests seen by the server: {gaps:?}");
-        // 5 req/s with burst 1 allows one request per 200 ms. Arrival times carry a little
-        // network jitter on top of the limiter's exact schedule; allow 10 ms of it.
-        assert!(
-            smallest >= Duration::from_millis(190),
-            "smallest gap {smallest:?}"
-        );
         daemon.stop().await;
     });
 }
@@ -724,21 +718,14 @@ fn a_host_override_slows_only_that_host() {
         for id in ids {
             assert_eq!(daemon.wait_finished(id).await.status, "done");
         }
-        let spaced = |server: &TestServer| {
-            let times: Vec<Instant> = server.hits().iter().map(|h| h.at).collect();
-            *gaps(&times).iter().min().unwrap()
-        };
-        assert!(
-            spaced(&limited) >= Duration::from_millis(240),
-            "{:?}",
-            spaced(&limited)
-        );
+        let times =
+            |server: &TestServer| -> Vec<Instant> { server.hits().iter().map(|h| h.at).collect() };
+        // The override: 4 req/s, one request per 250 ms.
+        common::assert_spaced(&times(&limited), Duration::from_millis(250));
         // The default here is 1000 req/s: the other host is not held to the override.
-        assert!(
-            spaced(&free) < Duration::from_millis(200),
-            "{:?}",
-            spaced(&free)
-        );
+        let free_times = times(&free);
+        let free_span = *free_times.last().unwrap() - free_times[0];
+        assert!(free_span < Duration::from_millis(500), "{free_span:?}");
         daemon.stop().await;
     });
 }
@@ -770,9 +757,8 @@ fn the_global_quota_spans_all_hosts() {
             .map(|h| h.at)
             .collect();
         times.sort();
-        let gaps = gaps(&times);
-        let smallest = *gaps.iter().min().unwrap();
-        assert!(smallest >= Duration::from_millis(190), "{gaps:?}");
+        // 5 req/s over both hosts together: one request per 200 ms.
+        common::assert_spaced(&times, Duration::from_millis(200));
         daemon.stop().await;
     });
 }
