@@ -31,10 +31,8 @@ CREATE TABLE jobs (
 
 -- New jobs waiting for the daemon to validate them and fill `host`.
 CREATE INDEX jobs_unadmitted ON jobs (id) WHERE status = 'queued' AND host IS NULL;
--- Host-fair claiming: walk the hosts that have queued work (one seek per host), keep those
--- whose earliest run_after is due (one seek), then take each host's best jobs.
+-- Host-fair claiming: walk the hosts that have queued work, then take each host's best jobs.
 CREATE INDEX jobs_claimable ON jobs (host, priority DESC, id) WHERE status = 'queued' AND host IS NOT NULL;
-CREATE INDEX jobs_due ON jobs (host, run_after) WHERE status = 'queued' AND host IS NOT NULL;
 -- Expired leases (a crashed daemon) are found without scanning finished jobs.
 CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE status = 'running';
 CREATE INDEX jobs_status ON jobs (status);
@@ -77,18 +75,12 @@ BEGIN
      WHERE id = NEW.id;
 END;
 
--- A user who edits a job's URL gets it validated again. A running job goes back to the
--- queue: its lease is gone, so the old URL's result cannot be stored under the new URL.
+-- A user who edits a job's URL gets it validated again.
 CREATE TRIGGER jobs_url_changed
 AFTER UPDATE OF url ON jobs
 WHEN NEW.url IS NOT OLD.url
 BEGIN
-    UPDATE jobs
-       SET host = NULL,
-           status = CASE WHEN status = 'running' THEN 'queued' ELSE status END,
-           lease_owner = NULL,
-           lease_expires_at = NULL
-     WHERE id = NEW.id;
+    UPDATE jobs SET host = NULL WHERE id = NEW.id;
 END;
 
 -- Keep updated_at honest for changes made by users (the daemon sets it itself).

@@ -21,7 +21,7 @@ use crate::job::{self, Attempt, ClaimedJob, JobId, Verdict};
 use crate::runtime;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use crate::store::{HostPick, Store, StoreError};
+use crate::store::{self, HostPick, Store, StoreError};
 
 /// New rows validated per loop turn; bounds the time one turn spends on a bulk insert.
 const ADMISSION_BATCH: usize = 1000;
@@ -134,11 +134,11 @@ impl Daemon {
 }
 
 /// Attempts this daemon is running: their leases are renewed and their slots counted.
-/// Keyed by lease (job id + attempt): after a user edits a running job's URL, the old
-/// attempt and the new one of the same job are in flight together.
+/// Keyed by lease (job id + lease token): after a user re-queues a running job, the old
+/// attempt and a new one of the same job can be in flight together.
 #[derive(Debug, Default)]
 struct InFlight {
-    attempts: HashMap<(JobId, i64), String>,
+    attempts: HashMap<(JobId, String), ClaimedJob>,
     by_host: HashMap<String, usize>,
 }
 
@@ -148,13 +148,15 @@ impl InFlight {
     }
 
     fn add(&mut self, job: &ClaimedJob) {
-        self.attempts
-            .insert((job.id, job.attempt), job.host.clone());
-        *self.by_host.entry(job.host.clone()).or_default() += 1;
+        let key = (job.id, job.lease.clone());
+        if self.attempts.insert(key, job.clone()).is_none() {
+            *self.by_host.entry(job.host.clone()).or_default() += 1;
+        }
     }
 
     fn remove(&mut self, job: &ClaimedJob) {
-        let Some(host) = self.attempts.remove(&(job.id, job.attempt)) else {
+        let Some(ClaimedJob { host, .. }) = self.attempts.remove(&(job.id, job.lease.clone()))
+        else {
             return;
         };
         if let Some(n) = self.by_host.get_mut(&host) {
@@ -169,8 +171,8 @@ impl InFlight {
         self.by_host.get(host).copied().unwrap_or(0)
     }
 
-    fn ids(&self) -> Vec<JobId> {
-        self.attempts.keys().map(|(id, _)| *id).collect()
+    fn jobs(&self) -> Vec<&ClaimedJob> {
+        self.attempts.values().collect()
     }
 }
 
@@ -183,6 +185,8 @@ struct Scheduler<'d> {
     unstored: Vec<Attempt>,
     /// Round-robin position: the next claim starts with the host after this one.
     cursor: String,
+    /// Claims made so far; numbers each claim's lease token.
+    claims: u64,
     report: RunReport,
     /// False after a database error, until a whole loop turn succeeds again.
     store_healthy: bool,
@@ -207,6 +211,7 @@ impl<'d> Scheduler<'d> {
             finished_rx,
             unstored: Vec::new(),
             cursor: String::new(),
+            claims: 0,
             report: RunReport::default(),
             store_healthy: true,
             turn_failed: false,
@@ -294,10 +299,7 @@ impl<'d> Scheduler<'d> {
         }
         let store = self.daemon.store.clone();
         let span = tracing::debug_span!("store", jobs = self.unstored.len());
-        let stored = store
-            .finish(&self.daemon.owner, &self.unstored)
-            .instrument(span)
-            .await;
+        let stored = store.finish(&self.unstored).instrument(span).await;
         match stored {
             Ok(report) => {
                 self.report.lost += report.lost.len() as u64;
@@ -353,11 +355,7 @@ impl<'d> Scheduler<'d> {
         {
             match self
                 .store()
-                .renew_leases(
-                    &self.daemon.owner,
-                    settings.daemon.lease,
-                    &self.in_flight.ids(),
-                )
+                .renew_leases(settings.daemon.lease, &self.in_flight.jobs())
                 .await
             {
                 Ok(_) => self.last_renewal = now,
@@ -423,9 +421,11 @@ impl<'d> Scheduler<'d> {
         self.admit().await?;
         let picks = self.pick_hosts(free).await?;
         let settings = self.daemon.settings.clone();
+        self.claims += 1;
+        let token = store::lease_token(&self.daemon.owner, self.claims);
         let claimed = self
             .store()
-            .claim(&self.daemon.owner, settings.daemon.lease, &picks)
+            .claim(&token, settings.daemon.lease, &picks)
             .await?;
         for job in claimed {
             self.start(job);

@@ -122,6 +122,8 @@ pub fn host_key(url: &Url) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
     pub id: JobId,
+    /// The lease token this attempt runs under (`jobs.lease_owner`), unique per claim.
+    pub lease: String,
     pub url: String,
     pub host: String,
     /// As stored (a user may write any number there); the lease check compares it exactly.

@@ -4,9 +4,10 @@
 //! Concurrency rules (users write to the same file with their own SQLite clients):
 //! - WAL mode, a busy timeout, and short write transactions that start with their write.
 //! - Claiming a job *is* taking its lease: one `UPDATE … RETURNING` moves queued jobs to
-//!   running with our owner id and an expiry, and bumps `attempts`.
+//!   running with a lease token (daemon id + claim number) and an expiry, and bumps
+//!   `attempts`.
 //! - Every later change to a running job checks in its `WHERE` that the lease is still
-//!   ours (owner + attempt); zero rows changed means the lease was lost (the user cancelled
+//!   ours (token + attempt); zero rows changed means the lease was lost (the user cancelled
 //!   the job or edited its URL, or the lease expired) and the result is dropped.
 //! - A job's result and its new status are written in one transaction, and a batch of
 //!   finished jobs shares one transaction (group commit).
@@ -45,6 +46,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Hosts per claim statement (SQLite allows 500 terms in a compound SELECT).
 const CLAIM_HOSTS_PER_STATEMENT: usize = 200;
+
+/// The `lease_owner` a claim writes: the daemon's id and the claim's number. Unique per
+/// claim, so an attempt that outlived its lease (the user re-queued the job) can never
+/// match the lease of a later claim, whatever the user did to `attempts`.
+pub fn lease_token(owner: &str, claim: u64) -> String {
+    format!("{owner}/{claim}")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -208,7 +216,10 @@ impl Store {
         let rows = sqlx::query(
             // CAST: SQLite lets users store any type in any column; a number or blob in
             // `url` must become a readable failure, not a decoding error that stalls us.
-            "SELECT id, CAST(url AS BLOB) AS url, CAST(selectors AS TEXT) AS selectors FROM jobs
+            // INDEXED BY here and below: without statistics SQLite may pick jobs_status and
+            // scan every queued row; these are the indexes the queries were written for.
+            "SELECT id, CAST(url AS BLOB) AS url, CAST(selectors AS TEXT) AS selectors
+               FROM jobs INDEXED BY jobs_unadmitted
               WHERE status = 'queued' AND host IS NULL
               ORDER BY id LIMIT ?1",
         )
@@ -277,18 +288,18 @@ impl Store {
         after: &str,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar(concat!(
+        let rows = sqlx::query(concat!(
             "WITH RECURSIVE next_host(host) AS (
-                 SELECT (SELECT MIN(host) FROM jobs
+                 SELECT (SELECT MIN(host) FROM jobs INDEXED BY jobs_claimable
                           WHERE status = 'queued' AND host IS NOT NULL AND host > ?1)
                  UNION ALL
-                 SELECT (SELECT MIN(j.host) FROM jobs j
+                 SELECT (SELECT MIN(j.host) FROM jobs j INDEXED BY jobs_claimable
                           WHERE j.status = 'queued' AND j.host IS NOT NULL AND j.host > n.host)
                    FROM next_host n WHERE n.host IS NOT NULL
              )
-             SELECT n.host FROM next_host n
+             SELECT CAST(n.host AS BLOB) AS host FROM next_host n
               WHERE n.host IS NOT NULL
-                AND (SELECT MIN(j.run_after) FROM jobs j
+                AND (SELECT MIN(j.run_after) FROM jobs j INDEXED BY jobs_due
                       WHERE j.status = 'queued' AND j.host = n.host) <= ",
             now!(),
             " LIMIT ?2"
@@ -297,104 +308,56 @@ impl Store {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await
-        .doing("listing hosts with due jobs")
+        .doing("listing hosts with due jobs")?;
+        // Leniently: `host` is ours, but a user could still write bytes that are not UTF-8.
+        rows.iter()
+            .map(|row| lossy_text(row, "host").map(Option::unwrap_or_default))
+            .collect::<Result<_, _>>()
+            .doing("listing hosts with due jobs")
     }
 
     /// Claims up to `pick.jobs` due jobs of each picked host (highest priority, then oldest
-    /// first): they become `running` under our lease.
+    /// first): they become `running` under the lease token `lease_token`, which must be
+    /// unique to this claim (see [`lease_token`]). All or nothing.
     pub async fn claim(
         &self,
-        owner: &str,
-        lease: Duration,
-        picks: &[HostPick],
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
-        let mut claimed = Vec::new();
-        // SQLite allows at most 500 terms in one compound SELECT.
-        for chunk in picks.chunks(CLAIM_HOSTS_PER_STATEMENT) {
-            claimed.extend(self.claim_from(owner, lease, chunk).await?);
-        }
-        Ok(claimed)
-    }
-
-    /// One claim statement: the per-host picks are one `UNION ALL` of index range scans.
-    async fn claim_from(
-        &self,
-        owner: &str,
+        lease_token: &str,
         lease: Duration,
         picks: &[HostPick],
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         if picks.is_empty() {
             return Ok(Vec::new());
         }
-        let per_host = (0..picks.len())
-            .map(|i| {
-                format!(
-                    "SELECT id FROM (SELECT id FROM jobs
-                      WHERE status = 'queued' AND host = ?{} AND run_after <= {}
-                      ORDER BY priority DESC, id LIMIT ?{})",
-                    3 + 2 * i,
-                    now!(),
-                    4 + 2 * i
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ");
-        // CASTs: users may have written any type into these columns; the values we return
-        // must decode, or the claimed rows would sit in `running` with nobody working on them.
-        let sql = format!(
-            "UPDATE jobs
-                SET status = 'running', lease_owner = ?1, lease_expires_at = {},
-                    attempts = CAST(attempts AS INTEGER) + 1, updated_at = {}
-              WHERE id IN ({per_host})
-          RETURNING id, CAST(url AS TEXT) AS url, host, attempts,
-                    CAST(max_attempts AS INTEGER) AS max_attempts,
-                    CAST(selectors AS TEXT) AS selectors",
-            now_plus!("?2"),
-            now!(),
-        );
-        // Only placeholders are spliced in; every value is bound.
-        let mut query = sqlx::query(AssertSqlSafe(sql))
-            .bind(owner)
-            .bind(lease.as_secs_f64());
-        for pick in picks {
-            query = query.bind(pick.host.as_str()).bind(pick.jobs as i64);
+        let mut tx = self.pool.begin().await.doing("claiming jobs")?;
+        let mut claimed = Vec::new();
+        // SQLite allows at most 500 terms in one compound SELECT.
+        for chunk in picks.chunks(CLAIM_HOSTS_PER_STATEMENT) {
+            claimed.extend(claim_from(&mut tx, lease_token, lease, chunk).await?);
         }
-        let rows = query.fetch_all(&self.pool).await.doing("claiming jobs")?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match claimed_job(row) {
-                Ok(job) => claimed.push(job),
-                // Not renewed (we do not hold it), so its lease expires and it comes back.
-                Err(e) => {
-                    tracing::error!(error = %e, "a claimed row could not be read; it will be re-queued when its lease expires")
-                }
-            }
-        }
+        tx.commit().await.doing("claiming jobs")?;
         Ok(claimed)
     }
 
-    /// Pushes back the expiry of the leases we hold on `jobs`. Only jobs the scheduler is
-    /// actually working on are renewed, so anything it lost track of expires and comes back.
+    /// Pushes back the expiry of the leases we hold. Only the attempts the scheduler is
+    /// actually running are renewed, so anything it lost track of expires and comes back.
     pub async fn renew_leases(
         &self,
-        owner: &str,
         lease: Duration,
-        jobs: &[JobId],
+        held: &[&ClaimedJob],
     ) -> Result<u64, StoreError> {
-        if jobs.is_empty() {
+        if held.is_empty() {
             return Ok(0);
         }
-        let ids = serde_json::to_string(&jobs.iter().map(|j| j.0).collect::<Vec<_>>())
-            .expect("integers serialize");
+        let leases: Vec<(i64, &str)> = held.iter().map(|j| (j.id.0, j.lease.as_str())).collect();
+        let leases = serde_json::to_string(&leases).expect("ids and strings serialize");
         let done = sqlx::query(concat!(
             "UPDATE jobs SET lease_expires_at = ",
-            now_plus!("?2"),
-            " WHERE status = 'running' AND lease_owner = ?1
-                AND id IN (SELECT value FROM json_each(?3))"
+            now_plus!("?1"),
+            " WHERE status = 'running'
+                AND (id, lease_owner) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?2))"
         ))
-        .bind(owner)
         .bind(lease.as_secs_f64())
-        .bind(ids)
+        .bind(leases)
         .execute(&self.pool)
         .await
         .doing("renewing leases")?;
@@ -407,13 +370,13 @@ impl Store {
     pub async fn requeue_expired(&self, default_max_attempts: u32) -> Result<u64, StoreError> {
         let done = sqlx::query(concat!(
             "UPDATE jobs
-                SET status = CASE WHEN attempts >= COALESCE(max_attempts, ?1)
+                SET status = CASE WHEN CAST(attempts AS INTEGER) >= MAX(1, CAST(COALESCE(max_attempts, ?1) AS INTEGER))
                                   THEN 'failed' ELSE 'queued' END,
-                    error = CASE WHEN attempts >= COALESCE(max_attempts, ?1)
+                    error = CASE WHEN CAST(attempts AS INTEGER) >= MAX(1, CAST(COALESCE(max_attempts, ?1) AS INTEGER))
                                  THEN 'lease expired: the daemon running it stopped before finishing (gave up after '
                                       || attempts || ' attempts)'
                                  ELSE 'lease expired: the daemon running it stopped before finishing; queued again' END,
-                    finished_at = CASE WHEN attempts >= COALESCE(max_attempts, ?1) THEN ",
+                    finished_at = CASE WHEN CAST(attempts AS INTEGER) >= MAX(1, CAST(COALESCE(max_attempts, ?1) AS INTEGER)) THEN ",
             now!(),
             " END,
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = ",
@@ -429,17 +392,17 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// On shutdown: hands every job we still hold back to the queue. The interrupted
+    /// On shutdown: hands every job `owner` still holds back to the queue. The interrupted
     /// attempt is not counted against the job.
     pub async fn release(&self, owner: &str) -> Result<u64, StoreError> {
         let done = sqlx::query(concat!(
             "UPDATE jobs
-                SET status = 'queued', attempts = MAX(attempts - 1, 0),
+                SET status = 'queued', attempts = MAX(CAST(attempts AS INTEGER) - 1, 0),
                     lease_owner = NULL, lease_expires_at = NULL, updated_at = ",
             now!(),
-            " WHERE status = 'running' AND lease_owner = ?1"
+            " WHERE status = 'running' AND substr(lease_owner, 1, length(?1)) = ?1"
         ))
-        .bind(owner)
+        .bind(format!("{owner}/"))
         .execute(&self.pool)
         .await
         .doing("releasing jobs on shutdown")?;
@@ -450,11 +413,7 @@ impl Store {
 
     /// Stores a batch of finished attempts in one transaction: each job's new status and,
     /// if a response came back, its `results` row. Nothing is acknowledged before commit.
-    pub async fn finish(
-        &self,
-        owner: &str,
-        attempts: &[Attempt],
-    ) -> Result<FinishReport, StoreError> {
+    pub async fn finish(&self, attempts: &[Attempt]) -> Result<FinishReport, StoreError> {
         let mut report = FinishReport::default();
         if attempts.is_empty() {
             return Ok(report);
@@ -469,7 +428,7 @@ impl Store {
             };
             let mut query = sqlx::query(sql)
                 .bind(job.id.0)
-                .bind(owner)
+                .bind(job.lease.as_str())
                 .bind(job.attempt);
             match &attempt.verdict {
                 Verdict::Done => {}
@@ -556,7 +515,7 @@ impl Store {
     }
 }
 
-/// The lease check shared by every change to a running job: ?1 id, ?2 owner, ?3 attempt.
+/// The lease check shared by every change to a running job: ?1 id, ?2 lease token, ?3 attempt.
 macro_rules! while_leased {
     () => {
         " WHERE id = ?1 AND status = 'running' AND lease_owner = ?2 AND attempts = ?3"
@@ -590,11 +549,67 @@ const FINISH_FAILED: &str = concat!(
     while_leased!()
 );
 
+/// One claim statement: the per-host picks are one `UNION ALL` of index range scans.
+async fn claim_from(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    lease_token: &str,
+    lease: Duration,
+    picks: &[HostPick],
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    let per_host = (0..picks.len())
+        .map(|i| {
+            format!(
+                "SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_claimable
+                      WHERE status = 'queued' AND host = ?{} AND run_after <= {}
+                      ORDER BY priority DESC, id LIMIT ?{})",
+                3 + 2 * i,
+                now!(),
+                4 + 2 * i
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    // CASTs: users may have written any type into these columns; the values we return
+    // must decode, or the claimed rows would sit in `running` with nobody working on them.
+    let sql = format!(
+        "UPDATE jobs
+                SET status = 'running', lease_owner = ?1, lease_expires_at = {},
+                    attempts = MAX(0, MIN(CAST(attempts AS INTEGER), 2147483647)) + 1,
+                    updated_at = {}
+              WHERE id IN ({per_host})
+          RETURNING id, lease_owner, CAST(url AS BLOB) AS url, CAST(host AS BLOB) AS host, attempts,
+                    CAST(max_attempts AS INTEGER) AS max_attempts,
+                    CAST(selectors AS TEXT) AS selectors",
+        now_plus!("?2"),
+        now!(),
+    );
+    // Only placeholders are spliced in; every value is bound.
+    let mut query = sqlx::query(AssertSqlSafe(sql))
+        .bind(lease_token)
+        .bind(lease.as_secs_f64());
+    for pick in picks {
+        query = query.bind(pick.host.as_str()).bind(pick.jobs as i64);
+    }
+    let rows = query.fetch_all(&mut **tx).await.doing("claiming jobs")?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match claimed_job(row) {
+            Ok(job) => claimed.push(job),
+            // Not renewed (we do not hold it), so its lease expires and it comes back.
+            Err(e) => {
+                tracing::error!(error = %e, "a claimed row could not be read; it will be re-queued when its lease expires")
+            }
+        }
+    }
+    Ok(claimed)
+}
+
 fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
     Ok(ClaimedJob {
         id: JobId(row.try_get("id")?),
+        lease: row.try_get("lease_owner")?,
         url: lossy_text(row, "url")?.unwrap_or_default(),
-        host: row.try_get("host")?,
+        host: lossy_text(row, "host")?.unwrap_or_default(),
         attempt: row.try_get("attempts")?,
         max_attempts: row
             .try_get::<Option<i64>, _>("max_attempts")?

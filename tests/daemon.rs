@@ -875,7 +875,9 @@ fn editing_the_url_of_a_running_job_fetches_the_new_url() {
             !server.hits().is_empty()
         })
         .await;
-        sqlx::query("UPDATE jobs SET url = ?1 WHERE id = ?2")
+        // Resetting attempts too makes the new claim's attempt number equal the old one's:
+        // only the lease token tells the two attempts apart.
+        sqlx::query("UPDATE jobs SET url = ?1, attempts = 0 WHERE id = ?2")
             .bind(server.url("/new"))
             .bind(id)
             .execute(&daemon.sql)
@@ -896,6 +898,7 @@ fn editing_the_url_of_a_running_job_fetches_the_new_url() {
         assert_eq!(report.lost, 1);
         let job = common::job_row(&sql, id).await;
         assert_eq!(job.status, "done");
+        assert_eq!(job.attempts, 1);
         let result = common::result_row(&sql, id).await.unwrap();
         assert_eq!(
             (result.url, result.title.as_deref()),
