@@ -7,6 +7,7 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::fetch::{FetchError, Fetcher, Response};
+use crate::follow::{Child, Follow, QueryFilter};
 use crate::job::{self, Attempt, ClaimedJob, Ending, PageRecord};
 use crate::limits::RateLimits;
 use crate::parse::{self, SelectorSet};
@@ -16,6 +17,7 @@ use crate::settings::Settings;
 pub struct Crawler {
     fetcher: Fetcher,
     limits: RateLimits,
+    query_filter: QueryFilter,
     settings: Arc<Settings>,
 }
 
@@ -24,12 +26,18 @@ impl Crawler {
         Ok(Crawler {
             fetcher: Fetcher::new(&settings.fetch)?,
             limits: RateLimits::new(&settings.limits),
+            query_filter: QueryFilter::new(&settings.crawl.strip_query_params),
             settings,
         })
     }
 
     pub fn limits(&self) -> &RateLimits {
         &self.limits
+    }
+
+    /// The canonical-URL rules, shared with admission.
+    pub fn query_filter(&self) -> &QueryFilter {
+        &self.query_filter
     }
 
     /// Runs one attempt of a claimed job and applies the retry policy to its ending.
@@ -43,35 +51,52 @@ impl Crawler {
         );
         async move {
             tracing::debug!("claimed");
-            let (page, ending) = self.run(&job).await;
+            let (page, ending, children) = self.run(&job).await;
             let max_attempts = job
                 .max_attempts
                 .unwrap_or(self.settings.retry.max_attempts.get());
             let verdict = job::decide(&ending, job.attempt, max_attempts, &self.settings.retry);
             tracing::debug!(?verdict, "attempt finished");
-            Attempt { job, page, verdict }
+            Attempt {
+                job,
+                page,
+                verdict,
+                children,
+            }
         }
         .instrument(span)
         .await
     }
 
-    async fn run(&self, job: &ClaimedJob) -> (Option<PageRecord>, Ending) {
-        // Admission checked both already; the row may have been edited since.
+    async fn run(&self, job: &ClaimedJob) -> (Option<PageRecord>, Ending, Vec<Child>) {
+        // Admission checked these already; the row may have been edited since.
         let selectors = match SelectorSet::from_optional_json(job.selectors.as_deref()) {
             Ok(selectors) => selectors,
-            Err(e) => return (None, Ending::Fatal(e.to_string())),
+            Err(e) => return (None, Ending::Fatal(e.to_string()), Vec::new()),
+        };
+        let follow = match Follow::new(&job.crawl, &job.host) {
+            Ok(follow) => follow,
+            Err(reason) => return (None, Ending::Fatal(reason), Vec::new()),
         };
         let start = match job::check_url(&job.url) {
             Ok(url) => url,
-            Err(reason) => return (None, Ending::Fatal(reason)),
+            Err(reason) => return (None, Ending::Fatal(reason), Vec::new()),
         };
         let (final_url, response) = match self.fetch_following_redirects(start.clone()).await {
             Ok(found) => found,
-            Err(ending) => return (None, ending),
+            Err(ending) => return (None, ending, Vec::new()),
         };
         let status = response.status;
         let page = self.record(&start, final_url, response, selectors).await;
-        (Some(page), Ending::Response(status))
+        let children = if (200..300).contains(&status) {
+            follow.children(&page.links, &self.query_filter)
+        } else {
+            Vec::new()
+        };
+        if !children.is_empty() {
+            tracing::debug!(children = children.len(), "links to follow");
+        }
+        (Some(page), Ending::Response(status), children)
     }
 
     /// GETs `url`, following redirects by hand so each hop waits for its host's quota.

@@ -441,7 +441,15 @@ impl<'d> Scheduler<'d> {
         }
         let decisions: Vec<_> = new_jobs
             .iter()
-            .map(|new| (new, job::admit(&new.url, new.selectors.as_deref())))
+            .map(|new| {
+                let decision = job::admit(
+                    &new.url,
+                    new.selectors.as_deref(),
+                    &new.crawl,
+                    self.daemon.crawler.query_filter(),
+                );
+                (new, decision)
+            })
             .collect();
         for (new, decision) in &decisions {
             if let Err(reason) = decision {
@@ -508,6 +516,7 @@ impl<'d> Scheduler<'d> {
                         job: fallback,
                         page: None,
                         verdict: Verdict::Failed { reason },
+                        children: Vec::new(),
                     }
                 }
             };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::fetch;
+use crate::follow::{self, Child, CrawlSpec, QueryFilter};
 use crate::parse::SelectorSet;
 use crate::settings::RetrySettings;
 
@@ -58,22 +59,31 @@ impl Status {
 }
 
 /// A new job that passed admission: its URL parses, is http(s) and has a host, and its
-/// selectors (if any) are valid.
+/// selectors and crawl rules (if any) are valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
     /// The rate-limit key: host name in lower case, without port.
     pub host: String,
+    /// What per-crawl dedupe compares (see [`crate::follow::canonical`]).
+    pub canonical_url: String,
 }
 
 /// Checks a new job before anything is fetched. The error is the text stored in
 /// `jobs.error`, written for the person who inserted the row.
-pub fn admit(url: &str, selectors: Option<&str>) -> Result<Admitted, String> {
+pub fn admit(
+    url: &str,
+    selectors: Option<&str>,
+    crawl: &CrawlSpec,
+    filter: &QueryFilter,
+) -> Result<Admitted, String> {
     let url = check_url(url)?;
     if let Some(json) = selectors {
         SelectorSet::from_json(json).map_err(|e| e.to_string())?;
     }
+    follow::check(&crawl.scope, crawl.allow.as_deref(), crawl.deny.as_deref())?;
     Ok(Admitted {
         host: host_key(&url).expect("check_url ensures a host"),
+        canonical_url: follow::canonical(&url, filter).into(),
     })
 }
 
@@ -131,6 +141,9 @@ pub struct ClaimedJob {
     /// NULL in the table means the configured default.
     pub max_attempts: Option<u32>,
     pub selectors: Option<String>,
+    /// The crawl this job belongs to (its own id for a root) and its crawl columns.
+    pub root_id: i64,
+    pub crawl: CrawlSpec,
 }
 
 /// What the server answered, as stored in `results`.
@@ -173,6 +186,8 @@ pub struct Attempt {
     pub job: ClaimedJob,
     pub page: Option<PageRecord>,
     pub verdict: Verdict,
+    /// Links to queue as child jobs if the verdict is `Done`.
+    pub children: Vec<Child>,
 }
 
 /// The retry policy, in one place: 2xx is done; 408, 429, 5xx and transient errors are
@@ -277,23 +292,45 @@ mod tests {
         }
     }
 
+    fn admit_plain(url: &str, selectors: Option<&str>) -> Result<Admitted, String> {
+        let crawl = CrawlSpec {
+            scope: "host".into(),
+            ..CrawlSpec::default()
+        };
+        admit(url, selectors, &crawl, &QueryFilter::default())
+    }
+
     #[test]
     fn admission_explains_what_is_wrong() {
         assert_eq!(
-            admit("http://Example.COM:8080/a", None).unwrap().host,
+            admit_plain("http://Example.COM:8080/a", None).unwrap().host,
             "example.com"
         );
-        assert!(admit("  https://example.com/  ", None).is_ok());
-        assert!(admit("ftp://example.com/x", None)
+        assert!(admit_plain("  https://example.com/  ", None).is_ok());
+        assert!(admit_plain("ftp://example.com/x", None)
             .unwrap_err()
             .contains("unsupported URL scheme \"ftp\""));
-        assert!(admit("not a url", None)
+        assert!(admit_plain("not a url", None)
             .unwrap_err()
             .starts_with("invalid URL"));
-        assert!(admit("", None).unwrap_err().contains("empty"));
-        assert!(admit(&format!("http://e.com/{}", "a".repeat(MAX_URL_BYTES)), None).is_err());
-        assert!(admit("http://e.com/", Some("{\"a\": \"p..\"}"))
+        assert!(admit_plain("", None).unwrap_err().contains("empty"));
+        assert!(admit_plain(&format!("http://e.com/{}", "a".repeat(MAX_URL_BYTES)), None).is_err());
+        assert!(admit_plain("http://e.com/", Some("{\"a\": \"p..\"}"))
             .unwrap_err()
             .contains("\"a\""));
+        let crawl = CrawlSpec {
+            scope: "site".into(),
+            ..CrawlSpec::default()
+        };
+        let filter = QueryFilter::default();
+        assert!(admit("http://e.com/", None, &crawl, &filter)
+            .unwrap_err()
+            .contains("scope \"site\""));
+        assert_eq!(
+            admit_plain("HTTP://E.com:80/a/../b#x", None)
+                .unwrap()
+                .canonical_url,
+            "http://e.com/b"
+        );
     }
 }

@@ -13,12 +13,14 @@
 //! - [`parse`]     — the only module that names `scraper`: HTML in, owned data out.
 //! - [`job`]       — domain types: a job, its validation, and what its attempt came to.
 //! - [`crawl`]     — one job's attempt: wait, fetch (following redirects), parse.
+//! - [`follow`]    — link following: canonical URLs, scope, allow/deny.
 //! - [`daemon`]    — the scheduler loop: admit, claim fairly, run, store, shut down.
 //! - [`shutdown`]  — the stop signal handed to every long-running loop.
 
 pub mod crawl;
 pub mod daemon;
 pub mod fetch;
+pub mod follow;
 pub mod job;
 pub mod limits;
 pub mod parse;

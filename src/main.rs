@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crawlq::daemon::{Daemon, RunOptions};
+use crawlq::follow::{CrawlSpec, QueryFilter};
 use crawlq::job::{self, Status};
 use crawlq::runtime;
 use crawlq::settings::{Overrides, Settings};
@@ -157,8 +158,13 @@ async fn add(
 ) -> Result<(), Failure> {
     let selectors = selectors_json(&selectors).map_err(Failure::config)?;
     // Check everything before inserting anything, so a typo does not queue half a list.
+    let plain = CrawlSpec {
+        scope: "host".to_owned(),
+        ..CrawlSpec::default()
+    };
+    let filter = QueryFilter::new(&settings.crawl.strip_query_params);
     for url in &urls {
-        job::admit(url, selectors.as_deref()).map_err(Failure::config)?;
+        job::admit(url, selectors.as_deref(), &plain, &filter).map_err(Failure::config)?;
     }
     let store = Store::open(&settings.database)
         .await

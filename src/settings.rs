@@ -47,6 +47,7 @@ pub struct Settings {
     pub fetch: FetchSettings,
     pub retry: RetrySettings,
     pub limits: LimitSettings,
+    pub crawl: CrawlSettings,
     pub log: LogSettings,
     /// The configuration layers that were read, for the start-up line.
     pub sources: Vec<String>,
@@ -115,6 +116,12 @@ impl LimitSettings {
     pub fn for_host(&self, host: &str) -> &HostLimits {
         self.hosts.get(host).unwrap_or(&self.per_host)
     }
+}
+
+#[derive(Debug, Clone)]
+pub struct CrawlSettings {
+    /// Query parameters removed from followed links ("utm_*" is a prefix).
+    pub strip_query_params: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,7 +205,14 @@ struct RawSettings {
     fetch: RawFetch,
     retry: RawRetry,
     limits: RawLimits,
+    crawl: RawCrawl,
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCrawl {
+    strip_query_params: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -461,6 +475,9 @@ impl RawSettings {
             fetch,
             retry,
             limits,
+            crawl: CrawlSettings {
+                strip_query_params: self.crawl.strip_query_params.clone(),
+            },
             log,
             sources,
         })

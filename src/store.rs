@@ -21,6 +21,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::follow::{Child, CrawlSpec};
 use crate::job::{Admitted, Attempt, ClaimedJob, JobId, PageRecord, Status, Verdict};
 use crate::settings::DatabaseSettings;
 
@@ -95,6 +96,8 @@ pub struct NewJob {
     /// edited the row since it was read.
     url_bytes: Vec<u8>,
     pub selectors: Option<String>,
+    /// Its crawl rules (scope, allow, deny), checked at admission.
+    pub crawl: CrawlSpec,
 }
 
 /// How many jobs a host should be given in one claim.
@@ -218,7 +221,9 @@ impl Store {
             // `url` must become a readable failure, not a decoding error that stalls us.
             // INDEXED BY here and below: without statistics SQLite may pick jobs_status and
             // scan every queued row; these are the indexes the queries were written for.
-            "SELECT id, CAST(url AS BLOB) AS url, CAST(selectors AS TEXT) AS selectors
+            "SELECT id, CAST(url AS BLOB) AS url, CAST(selectors AS TEXT) AS selectors,
+                    CAST(scope AS TEXT) AS scope, CAST(allow AS TEXT) AS allow,
+                    CAST(deny AS TEXT) AS deny
                FROM jobs INDEXED BY jobs_unadmitted
               WHERE status = 'queued' AND host IS NULL
               ORDER BY id LIMIT ?1",
@@ -236,6 +241,12 @@ impl Store {
                     url: String::from_utf8_lossy(&url_bytes).into_owned(),
                     url_bytes,
                     selectors: lossy_text(row, "selectors")?,
+                    crawl: CrawlSpec {
+                        scope: lossy_text(row, "scope")?.unwrap_or_default(),
+                        allow: lossy_text(row, "allow")?,
+                        deny: lossy_text(row, "deny")?,
+                        ..CrawlSpec::default()
+                    },
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -254,14 +265,19 @@ impl Store {
         let mut tx = self.pool.begin().await.doing("admitting new jobs")?;
         for (job, decision) in decisions {
             let query = match decision {
+                // OR IGNORE: a URL already in the same crawl (a user added a seed to an
+                // existing crawl) is not admitted twice; it is marked skipped below.
                 Ok(admitted) => sqlx::query(concat!(
-                    "UPDATE jobs SET host = ?3, updated_at = ",
+                    "UPDATE OR IGNORE jobs
+                        SET host = ?3, canonical_url = ?4, root_id = COALESCE(root_id, id),
+                            crawl_host = COALESCE(crawl_host, ?3), updated_at = ",
                     now!(),
                     " WHERE id = ?1 AND CAST(url AS BLOB) = ?2 AND status = 'queued' AND host IS NULL"
                 ))
                 .bind(job.id.0)
                 .bind(job.url_bytes.as_slice())
-                .bind(&admitted.host),
+                .bind(&admitted.host)
+                .bind(&admitted.canonical_url),
                 Err(reason) => sqlx::query(concat!(
                     "UPDATE jobs SET status = 'failed', error = ?3, finished_at = ",
                     now!(),
@@ -273,7 +289,34 @@ impl Store {
                 .bind(job.url_bytes.as_slice())
                 .bind(reason),
             };
-            query.execute(&mut *tx).await.doing("admitting new jobs")?;
+            let changed = query
+                .execute(&mut *tx)
+                .await
+                .doing("admitting new jobs")?
+                .rows_affected();
+            if let (0, Ok(admitted)) = (changed, decision) {
+                sqlx::query(concat!(
+                    "UPDATE jobs
+                        SET status = 'skipped', finished_at = ",
+                    now!(),
+                    ", updated_at = ",
+                    now!(),
+                    ", error = 'already in this crawl as job '
+                                || (SELECT d.id FROM jobs d
+                                     WHERE d.root_id = COALESCE(jobs.root_id, jobs.id)
+                                       AND d.canonical_url = ?3)
+                      WHERE id = ?1 AND CAST(url AS BLOB) = ?2 AND status = 'queued' AND host IS NULL
+                        AND EXISTS (SELECT 1 FROM jobs d
+                                     WHERE d.root_id = COALESCE(jobs.root_id, jobs.id)
+                                       AND d.canonical_url = ?3)"
+                ))
+                .bind(job.id.0)
+                .bind(job.url_bytes.as_slice())
+                .bind(&admitted.canonical_url)
+                .execute(&mut *tx)
+                .await
+                .doing("admitting new jobs")?;
+            }
         }
         tx.commit().await.doing("admitting new jobs")
     }
@@ -454,6 +497,9 @@ impl Store {
             if let Some(page) = &attempt.page {
                 upsert_result(&mut tx, job.id, page).await?;
             }
+            if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
+                queue_children(&mut tx, job, &attempt.children).await?;
+            }
             report.stored += 1;
         }
         tx.commit().await.doing("storing results")?;
@@ -578,6 +624,10 @@ async fn claim_from(
                     updated_at = {}
               WHERE id IN ({per_host})
           RETURNING id, lease_owner, CAST(url AS BLOB) AS url, CAST(host AS BLOB) AS host, attempts,
+                    COALESCE(root_id, id) AS root_id, CAST(max_depth AS INTEGER) AS max_depth,
+                    CAST(depth AS INTEGER) AS depth, CAST(scope AS TEXT) AS scope,
+                    CAST(allow AS BLOB) AS allow, CAST(deny AS BLOB) AS deny,
+                    CAST(crawl_host AS BLOB) AS crawl_host,
                     CAST(max_attempts AS INTEGER) AS max_attempts,
                     CAST(selectors AS TEXT) AS selectors",
         now_plus!("?2"),
@@ -616,6 +666,15 @@ fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
             // A limit below 1 still allows the attempt that was just claimed.
             .map(|n| n.clamp(1, i64::from(u32::MAX)) as u32),
         selectors: lossy_text(row, "selectors")?,
+        root_id: row.try_get("root_id")?,
+        crawl: CrawlSpec {
+            max_depth: row.try_get("max_depth")?,
+            depth: row.try_get("depth")?,
+            scope: lossy_text(row, "scope")?.unwrap_or_default(),
+            allow: lossy_text(row, "allow")?,
+            deny: lossy_text(row, "deny")?,
+            crawl_host: lossy_text(row, "crawl_host")?,
+        },
     })
 }
 
@@ -623,6 +682,65 @@ fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
 fn lossy_text(row: &SqliteRow, column: &str) -> Result<Option<String>, sqlx::Error> {
     let bytes: Option<Vec<u8>> = row.try_get(column)?;
     Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// Queues a done page's links as child jobs of its crawl, in page order, skipping URLs the
+/// crawl already has and stopping at the crawl's `max_pages` (kept on its root job).
+async fn queue_children(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    parent: &ClaimedJob,
+    children: &[Child],
+) -> Result<(), StoreError> {
+    let room: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(0, CAST(max_pages AS INTEGER) - crawl_size) FROM jobs WHERE id = ?1",
+    )
+    .bind(parent.root_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .doing("queueing links")?
+    .flatten();
+    // No root row (deleted by the user) or no budget: no limit. SQLite reads LIMIT -1 so.
+    let room = room.unwrap_or(-1);
+    if room == 0 {
+        return Ok(());
+    }
+    let links: Vec<(&str, &str)> = children
+        .iter()
+        .map(|c| (c.url.as_str(), c.host.as_str()))
+        .collect();
+    let links = serde_json::to_string(&links).expect("strings serialize");
+    let queued = sqlx::query(
+        "INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
+                           max_depth, scope, allow, deny, max_pages, parent_id, root_id,
+                           depth, crawl_host)
+         SELECT l.value ->> 0, l.value ->> 1, l.value ->> 0, p.priority, p.selectors,
+                p.max_attempts, p.max_depth, p.scope, p.allow, p.deny, p.max_pages, p.id,
+                ?2, CAST(p.depth AS INTEGER) + 1, COALESCE(p.crawl_host, p.host)
+           FROM jobs p, json_each(?3) l
+          WHERE p.id = ?1
+            AND NOT EXISTS (SELECT 1 FROM jobs d
+                             WHERE d.root_id = ?2 AND d.canonical_url = l.value ->> 0)
+          ORDER BY l.key
+          LIMIT ?4
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(parent.id.0)
+    .bind(parent.root_id)
+    .bind(links)
+    .bind(room)
+    .execute(&mut **tx)
+    .await
+    .doing("queueing links")?
+    .rows_affected();
+    if queued > 0 {
+        sqlx::query("UPDATE jobs SET crawl_size = crawl_size + ?2 WHERE id = ?1")
+            .bind(parent.root_id)
+            .bind(queued as i64)
+            .execute(&mut **tx)
+            .await
+            .doing("queueing links")?;
+    }
+    Ok(())
 }
 
 async fn upsert_result(

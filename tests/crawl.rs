@@ -1,0 +1,276 @@
+//! Crawls: link following through the real daemon, against a small generated site on two
+//! loopback hosts, with exact expected page sets.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::server::{Reply, TestServer};
+use common::{wait_until, RunningDaemon};
+use crawlq::runtime::block_on;
+
+/// The site on 127.0.0.1: each path and the links on its page. "{other}" is the second
+/// host. There is a cycle (/a → /), a page linked from two pages (/c), a link that differs
+/// only by a fragment or a tracking parameter, and links off the host.
+fn site(other: &str) -> BTreeMap<&'static str, Vec<String>> {
+    let links = |ls: &[&str]| {
+        ls.iter()
+            .map(|l| l.replace("{other}", other))
+            .collect::<Vec<_>>()
+    };
+    BTreeMap::from([
+        (
+            "/",
+            links(&["/a", "/b", "/b#part", "/?utm_source=mail", "{other}/x"]),
+        ),
+        ("/a", links(&["/c", "/", "/a?utm_campaign=z"])),
+        ("/b", links(&["/c", "/d"])),
+        ("/c", links(&["/e"])),
+        ("/d", links(&[])),
+        ("/e", links(&[])),
+    ])
+}
+
+fn page(links: &[String]) -> Reply {
+    let anchors: String = links
+        .iter()
+        .map(|l| format!("<a href=\"{l}\">link</a>"))
+        .collect();
+    Reply::html(format!(
+        "<html><head><title>page</title></head><body>{anchors}</body></html>"
+    ))
+}
+
+struct Site {
+    main: TestServer,
+    other: TestServer,
+}
+
+impl Site {
+    fn start() -> Site {
+        let other = TestServer::start("127.0.0.2", |request| {
+            page(&[format!("/elsewhere{}", request.path)])
+        });
+        let other_url = format!("http://{}", other.addr());
+        let pages = site(&other_url);
+        let pages: BTreeMap<String, Vec<String>> =
+            pages.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let main = TestServer::start("127.0.0.1", move |request| {
+            let path = request.path.split('?').next().unwrap_or_default();
+            match pages.get(path) {
+                Some(links) => page(links),
+                None => Reply::status(404),
+            }
+        });
+        Site { main, other }
+    }
+
+    /// Paths fetched on the main host, each with how often.
+    fn fetched(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for hit in self.main.hits() {
+            *counts.entry(hit.path).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Starts a crawl of the site's root with extra column values, waits until it settles, and
+/// returns the crawl's job URLs with their status.
+async fn crawl(
+    daemon: &RunningDaemon,
+    site: &Site,
+    columns: &str,
+    values: &str,
+) -> BTreeMap<String, String> {
+    let sql = format!("INSERT INTO jobs (url{columns}) VALUES (?1{values}) RETURNING id");
+    let root: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(site.main.url("/"))
+        .fetch_one(&daemon.sql)
+        .await
+        .unwrap();
+    let sql = daemon.sql.clone();
+    wait_until("the crawl to finish", || {
+        let sql = sql.clone();
+        async move {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs WHERE COALESCE(root_id, id) = ?1 AND status IN ('queued', 'running')",
+            )
+            .bind(root)
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+            open == 0
+        }
+    })
+    .await;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT url, status FROM jobs WHERE root_id = ?1 ORDER BY id")
+            .bind(root)
+            .fetch_all(&daemon.sql)
+            .await
+            .unwrap();
+    let base = format!("http://{}", site.main.addr());
+    rows.into_iter()
+        .map(|(url, status)| (url.replace(&base, ""), status))
+        .collect()
+}
+
+fn paths(jobs: &BTreeMap<String, String>) -> BTreeSet<&str> {
+    jobs.keys().map(String::as_str).collect()
+}
+
+#[test]
+fn depth_zero_one_and_two_fetch_exactly_the_expected_pages_once() {
+    block_on(async {
+        for (depth, expected) in [
+            (0, vec!["/"]),
+            (1, vec!["/", "/a", "/b"]),
+            (2, vec!["/", "/a", "/b", "/c", "/d"]),
+        ] {
+            let site = Site::start();
+            let daemon = RunningDaemon::start(|_| {}).await;
+            let jobs = crawl(&daemon, &site, ", max_depth", &format!(", {depth}")).await;
+            assert_eq!(
+                paths(&jobs),
+                expected.iter().copied().collect(),
+                "depth {depth}"
+            );
+            assert!(jobs.values().all(|s| s == "done"), "{jobs:?}");
+            let fetched = site.fetched();
+            assert_eq!(
+                fetched.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+                expected.iter().copied().collect()
+            );
+            assert!(
+                fetched.values().all(|&n| n == 1),
+                "each page once: {fetched:?}"
+            );
+            assert!(
+                site.other.hits().is_empty(),
+                "scope 'host' stays on the host"
+            );
+            daemon.stop().await;
+        }
+    });
+}
+
+/// url, parent_id, root_id, depth, max_depth, selectors
+type CrawlRow = (String, Option<i64>, i64, i64, i64, Option<String>);
+
+#[test]
+fn children_record_their_parent_root_and_depth() {
+    block_on(async {
+        let site = Site::start();
+        let daemon = RunningDaemon::start(|_| {}).await;
+        crawl(
+            &daemon,
+            &site,
+            ", max_depth, selectors",
+            ", 2, '{\"t\": \"title\"}'",
+        )
+        .await;
+        let rows: Vec<CrawlRow> = sqlx::query_as(
+            "SELECT url, parent_id, root_id, depth, max_depth, selectors FROM jobs ORDER BY id",
+        )
+        .fetch_all(&daemon.sql)
+        .await
+        .unwrap();
+        let by_path: BTreeMap<String, _> = rows
+            .into_iter()
+            .map(|(url, parent, root, depth, max, sel)| {
+                (
+                    url.replace(&format!("http://{}", site.main.addr()), ""),
+                    (parent, root, depth, max, sel),
+                )
+            })
+            .collect();
+        assert_eq!(by_path["/"].0, None);
+        assert_eq!(by_path["/"].1, 1);
+        assert_eq!(by_path["/a"].0, Some(1));
+        assert_eq!(by_path["/a"].2, 1);
+        assert_eq!(by_path["/c"].2, 2);
+        assert!(by_path
+            .values()
+            .all(|v| v.1 == 1 && v.3 == 2 && v.4.as_deref() == Some("{\"t\": \"title\"}")));
+        // The children's pages were parsed with the inherited selectors.
+        let titles: Vec<String> =
+            sqlx::query_scalar("SELECT json_extract(data, '$.t[0]') FROM results")
+                .fetch_all(&daemon.sql)
+                .await
+                .unwrap();
+        assert_eq!(titles.len(), 5);
+        assert!(titles.iter().all(|t| t == "page"));
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn scope_any_follows_other_hosts() {
+    block_on(async {
+        let site = Site::start();
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let jobs = crawl(&daemon, &site, ", max_depth, scope", ", 1, 'any'").await;
+        assert_eq!(paths(&jobs).len(), 4, "{jobs:?}");
+        assert_eq!(site.other.hits().len(), 1);
+        assert_eq!(site.other.hits()[0].path, "/x");
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn allow_and_deny_patterns_filter_links() {
+    block_on(async {
+        let site = Site::start();
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let jobs = crawl(&daemon, &site, ", max_depth, deny", ", 2, '/b$'").await;
+        assert_eq!(paths(&jobs), BTreeSet::from(["/", "/a", "/c"]));
+        assert!(!site.fetched().contains_key("/b"));
+        daemon.stop().await;
+
+        let site = Site::start();
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let jobs = crawl(&daemon, &site, ", max_depth, allow", ", 2, '/[ab]$'").await;
+        assert_eq!(paths(&jobs), BTreeSet::from(["/", "/a", "/b"]));
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_page_budget_stops_the_crawl() {
+    block_on(async {
+        let site = Site::start();
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let jobs = crawl(&daemon, &site, ", max_depth, max_pages", ", 5, 3").await;
+        assert_eq!(paths(&jobs), BTreeSet::from(["/", "/a", "/b"]));
+        assert_eq!(site.fetched().len(), 3);
+        let size: i64 = sqlx::query_scalar("SELECT crawl_size FROM jobs WHERE id = 1")
+            .fetch_one(&daemon.sql)
+            .await
+            .unwrap();
+        assert_eq!(size, 3);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn bad_crawl_rules_fail_the_job_before_any_fetch() {
+    block_on(async {
+        let site = Site::start();
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let jobs = crawl(&daemon, &site, ", max_depth, allow", ", 1, '(unclosed'").await;
+        assert!(jobs.is_empty(), "not admitted, so not part of a crawl");
+        let (status, error): (String, String) =
+            sqlx::query_as("SELECT status, error FROM jobs WHERE id = 1")
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        assert_eq!(status, "failed");
+        assert!(
+            error.starts_with("allow \"(unclosed\" is not a valid regular expression"),
+            "{error}"
+        );
+        assert!(site.main.hits().is_empty());
+        daemon.stop().await;
+    });
+}
