@@ -172,9 +172,10 @@ impl Crawler {
         if parse::is_html(response.content_type.as_deref()) && !response.body.is_empty() {
             let span = tracing::debug_span!("parse", bytes);
             let body = response.body;
+            let content_type = response.content_type;
             let parsed = runtime::spawn_blocking(move || {
                 span.in_scope(|| {
-                    let text = String::from_utf8_lossy(&body);
+                    let text = parse::decode_html(&body, content_type.as_deref());
                     let parsed = parse::parse_html(&text, &final_url, &selectors);
                     tracing::debug!(links = parsed.links.len(), "parsed");
                     parsed

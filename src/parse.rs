@@ -232,6 +232,74 @@ fn collapse_whitespace(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Decodes an HTML body to text: the charset in `Content-Type` if it names a known
+/// encoding, else a `<meta charset>` (or `http-equiv`) in the first 1024 bytes, else UTF-8;
+/// a byte-order mark wins over all of them, as browsers do. Undecodable bytes become
+/// U+FFFD, so the result is always valid UTF-8.
+pub fn decode_html(body: &[u8], content_type: Option<&str>) -> String {
+    let declared = content_type
+        .and_then(charset_param)
+        .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes()));
+    let encoding = declared
+        .or_else(|| meta_charset(&body[..body.len().min(1024)]))
+        .unwrap_or(encoding_rs::UTF_8);
+    let (text, _, _) = encoding.decode(body);
+    text.into_owned()
+}
+
+/// `text/html; charset="Shift_JIS"` → `Shift_JIS`.
+fn charset_param(content_type: &str) -> Option<&str> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("charset")
+            .then(|| value.trim().trim_matches(['"', '\'']))
+    })
+}
+
+/// The encoding a `<meta charset=…>` or `<meta http-equiv content="…charset=…">` names,
+/// found by a byte scan of the document's start (the HTML spec's "prescan", simplified).
+fn meta_charset(head: &[u8]) -> Option<&'static encoding_rs::Encoding> {
+    let lower: Vec<u8> = head.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = find(&lower[from..], b"charset") {
+        let mut i = from + at + b"charset".len();
+        from = i;
+        while lower.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+            i += 1;
+        }
+        if lower.get(i) != Some(&b'=') {
+            continue;
+        }
+        i += 1;
+        while lower
+            .get(i)
+            .is_some_and(|b| b.is_ascii_whitespace() || *b == b'"' || *b == b'\'')
+        {
+            i += 1;
+        }
+        let end = lower[i..]
+            .iter()
+            .position(|b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b';' | b'>' | b'/'))
+            .map_or(lower.len(), |n| i + n);
+        if let Some(encoding) = encoding_rs::Encoding::for_label(&lower[i..end]) {
+            // A page cannot really be UTF-16 if its bytes spelled this out in ASCII.
+            return Some(
+                if encoding == encoding_rs::UTF_16LE || encoding == encoding_rs::UTF_16BE {
+                    encoding_rs::UTF_8
+                } else {
+                    encoding
+                },
+            );
+        }
+    }
+    None
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// Whether a response with this Content-Type is parsed as HTML. A missing type is parsed
 /// (many small servers omit it); anything else non-HTML is stored without parsing.
 pub fn is_html(content_type: Option<&str>) -> bool {
@@ -334,6 +402,25 @@ mod tests {
             (r#"a[href*="@"]"#, None)
         );
         assert_eq!(split_attribute("a@data-id"), ("a", Some("data-id")));
+    }
+
+    #[test]
+    fn charsets_are_taken_from_the_header_then_meta_then_utf8() {
+        let (sjis, _, _) = encoding_rs::SHIFT_JIS.encode("<title>日本語</title>");
+        assert!(decode_html(&sjis, Some("text/html; charset=Shift_JIS")).contains("日本語"));
+        let latin1 = b"<title>caf\xe9</title>";
+        assert!(decode_html(latin1, Some("text/html; charset=\"ISO-8859-1\"")).contains("café"));
+        let meta = b"<html><head><meta charset='windows-1252'><title>na\xefve</title>";
+        assert!(decode_html(meta, Some("text/html")).contains("naïve"));
+        let http_equiv =
+            b"<meta http-equiv=\"Content-Type\" content=\"text/html; charset=iso-8859-1\"><p>\xe9";
+        assert!(decode_html(http_equiv, None).contains('é'));
+        // An unknown declared charset falls through to meta, then UTF-8, lossily.
+        assert_eq!(
+            decode_html(b"ok \xff", Some("text/html; charset=x-bogus")),
+            "ok \u{fffd}"
+        );
+        assert_eq!(decode_html("é".as_bytes(), None), "é");
     }
 
     #[test]

@@ -1030,3 +1030,42 @@ fn a_refused_connection_is_retried_then_failed_with_a_reason() {
         daemon.stop().await;
     });
 }
+
+#[test]
+fn pages_are_decoded_by_their_declared_charset() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |request| match request.path.as_str() {
+            "/sjis" => {
+                let (body, _, _) = encoding_rs::SHIFT_JIS.encode("<title>日本語のページ</title>");
+                Reply::bytes("text/html; charset=Shift_JIS", body.into_owned())
+            }
+            "/latin1" => Reply::bytes(
+                "text/html; charset=ISO-8859-1",
+                b"<title>Caf\xe9</title>".to_vec(),
+            ),
+            "/meta" => Reply::bytes(
+                "text/html",
+                b"<head><meta charset=\"windows-1252\"><title>na\xefve \x93quotes\x94</title>"
+                    .to_vec(),
+            ),
+            _ => Reply::bytes("text/html", b"<title>bad \xff byte</title>".to_vec()),
+        });
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let cases = [
+            ("/sjis", "日本語のページ"),
+            ("/latin1", "Café"),
+            ("/meta", "naïve \u{201c}quotes\u{201d}"),
+            ("/invalid", "bad \u{fffd} byte"),
+        ];
+        for (path, title) in cases {
+            let id = daemon.insert(&server.url(path)).await;
+            assert_eq!(daemon.wait_finished(id).await.status, "done");
+            assert_eq!(
+                daemon.result(id).await.unwrap().title.as_deref(),
+                Some(title),
+                "{path}"
+            );
+        }
+        daemon.stop().await;
+    });
+}
