@@ -6,13 +6,34 @@ use std::sync::Arc;
 use tracing::Instrument;
 use url::Url;
 
-use crate::fetch::{FetchError, Fetcher, Response};
+use std::time::{Duration, SystemTime};
+
+use crate::fetch::{self, FetchError, Fetcher, Response};
 use crate::follow::{Child, Follow, QueryFilter};
 use crate::job::{self, Attempt, ClaimedJob, Ending, PageRecord};
 use crate::limits::RateLimits;
 use crate::parse::{self, SelectorSet};
 use crate::runtime;
 use crate::settings::Settings;
+
+/// What one attempt came to, before the retry policy.
+struct Outcome {
+    page: Option<PageRecord>,
+    ending: Ending,
+    children: Vec<Child>,
+    pause: Option<(String, Duration)>,
+}
+
+impl Outcome {
+    fn ended(ending: Ending) -> Outcome {
+        Outcome {
+            page: None,
+            ending,
+            children: Vec::new(),
+            pause: None,
+        }
+    }
+}
 
 pub struct Crawler {
     fetcher: Fetcher,
@@ -51,42 +72,50 @@ impl Crawler {
         );
         async move {
             tracing::debug!("claimed");
-            let (page, ending, children) = self.run(&job).await;
+            let outcome = self.run(&job).await;
             let max_attempts = job
                 .max_attempts
                 .unwrap_or(self.settings.retry.max_attempts.get());
-            let verdict = job::decide(&ending, job.attempt, max_attempts, &self.settings.retry);
+            let verdict = job::decide(
+                &outcome.ending,
+                job.attempt,
+                max_attempts,
+                &self.settings.retry,
+                outcome.pause.as_ref().map(|(_, how_long)| *how_long),
+            );
             tracing::debug!(?verdict, "attempt finished");
             Attempt {
                 job,
-                page,
+                page: outcome.page,
                 verdict,
-                children,
+                children: outcome.children,
+                pause: outcome.pause,
             }
         }
         .instrument(span)
         .await
     }
 
-    async fn run(&self, job: &ClaimedJob) -> (Option<PageRecord>, Ending, Vec<Child>) {
+    async fn run(&self, job: &ClaimedJob) -> Outcome {
         // Admission checked these already; the row may have been edited since.
         let selectors = match SelectorSet::from_optional_json(job.selectors.as_deref()) {
             Ok(selectors) => selectors,
-            Err(e) => return (None, Ending::Fatal(e.to_string()), Vec::new()),
+            Err(e) => return Outcome::ended(Ending::Fatal(e.to_string())),
         };
         let follow = match Follow::new(&job.crawl, &job.host) {
             Ok(follow) => follow,
-            Err(reason) => return (None, Ending::Fatal(reason), Vec::new()),
+            Err(reason) => return Outcome::ended(Ending::Fatal(reason)),
         };
         let start = match job::check_url(&job.url) {
             Ok(url) => url,
-            Err(reason) => return (None, Ending::Fatal(reason), Vec::new()),
+            Err(reason) => return Outcome::ended(Ending::Fatal(reason)),
         };
         let (final_url, response) = match self.fetch_following_redirects(start.clone()).await {
             Ok(found) => found,
-            Err(ending) => return (None, ending, Vec::new()),
+            Err(ending) => return Outcome::ended(ending),
         };
         let status = response.status;
+        let pause = self.honour_retry_after(&final_url, &response);
         let page = self.record(&start, final_url, response, selectors).await;
         let children = if (200..300).contains(&status) {
             follow.children(&page.links, &self.query_filter)
@@ -96,7 +125,34 @@ impl Crawler {
         if !children.is_empty() {
             tracing::debug!(children = children.len(), "links to follow");
         }
-        (Some(page), Ending::Response(status), children)
+        Outcome {
+            page: Some(page),
+            ending: Ending::Response(status),
+            children,
+            pause,
+        }
+    }
+
+    /// A 429 or 503 with Retry-After pauses the whole host (at most
+    /// `retry.max_retry_after_secs`), at once for requests already waiting here, and, once
+    /// stored, for claims and restarts too.
+    fn honour_retry_after(&self, url: &Url, response: &Response) -> Option<(String, Duration)> {
+        if !matches!(response.status, 429 | 503) {
+            return None;
+        }
+        let value = response.retry_after.as_deref()?;
+        let asked = fetch::retry_after(value, SystemTime::now())?;
+        let how_long = asked.min(self.settings.retry.max_retry_after);
+        let host = job::host_key(url)?;
+        self.limits.pause(&host, how_long);
+        tracing::info!(
+            %host,
+            status = response.status,
+            retry_after = value,
+            pause_secs = how_long.as_secs_f64(),
+            "host asked us to wait; pausing it"
+        );
+        Some((host, how_long))
     }
 
     /// GETs `url`, following redirects by hand so each hop waits for its host's quota.

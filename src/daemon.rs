@@ -77,6 +77,9 @@ impl Daemon {
         let settings = Arc::new(settings);
         let store = Store::open(&settings.database).await?;
         let crawler = Arc::new(Crawler::new(settings.clone()).map_err(DaemonError::Http)?);
+        for (host, left) in store.active_pauses().await? {
+            crawler.limits().pause(&host, left);
+        }
         let owner = format!("crawlq-{}-{:08x}", std::process::id(), fastrand::u32(..));
         Ok(Daemon {
             settings,
@@ -517,6 +520,7 @@ impl<'d> Scheduler<'d> {
                         page: None,
                         verdict: Verdict::Failed { reason },
                         children: Vec::new(),
+                        pause: None,
                     }
                 }
             };

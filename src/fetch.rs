@@ -56,6 +56,8 @@ pub struct Response {
     pub status: u16,
     pub content_type: Option<String>,
     pub location: Option<String>,
+    /// The `Retry-After` header as sent (see [`retry_after`]).
+    pub retry_after: Option<String>,
     pub body: Vec<u8>,
     pub elapsed: Duration,
 }
@@ -124,11 +126,13 @@ impl Fetcher {
         let header = |name: &str| response.header(name).map(|v| v.last().as_str().to_owned());
         let content_type = header("Content-Type");
         let location = header("Location");
+        let retry_after = header("Retry-After");
         let declared_length = header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
         let mut parsed = Response {
             status,
             content_type,
             location,
+            retry_after,
             body: Vec::new(),
             elapsed: Duration::ZERO,
         };
@@ -190,6 +194,17 @@ fn isahc_reason(error: &isahc::Error) -> String {
         Some((_, description)) if !description.is_empty() => description.to_owned(),
         _ => text,
     }
+}
+
+/// How long a `Retry-After` value asks us to wait from `now`: delay-seconds or an
+/// HTTP-date (a date in the past means no wait). None when the value is neither.
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// "404 Not Found": the code with its standard reason phrase, when it has one.
@@ -270,6 +285,18 @@ fn ascii_header_value(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(retry_after(&later, now), Some(Duration::from_secs(30)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
+    }
 
     #[test]
     fn header_values_become_ascii_without_losing_information() {

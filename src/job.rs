@@ -186,13 +186,23 @@ pub struct Attempt {
     pub job: ClaimedJob,
     pub page: Option<PageRecord>,
     pub verdict: Verdict,
+    /// A host that asked (Retry-After) not to be contacted for a while, and for how long.
+    pub pause: Option<(String, Duration)>,
     /// Links to queue as child jobs if the verdict is `Done`.
     pub children: Vec<Child>,
 }
 
 /// The retry policy, in one place: 2xx is done; 408, 429, 5xx and transient errors are
-/// retried with backoff until the attempts run out; everything else fails at once.
-pub fn decide(ending: &Ending, attempt: i64, max_attempts: u32, retry: &RetrySettings) -> Verdict {
+/// retried with backoff until the attempts run out; everything else fails at once. A
+/// retry waits at least `not_before` (a Retry-After), and still counts as an attempt, so a
+/// host that always answers 429 cannot keep a job forever.
+pub fn decide(
+    ending: &Ending,
+    attempt: i64,
+    max_attempts: u32,
+    retry: &RetrySettings,
+    not_before: Option<Duration>,
+) -> Verdict {
     let (retryable, reason) = match ending {
         Ending::Response(status) if (200..300).contains(status) => return Verdict::Done,
         Ending::Response(status) => (
@@ -210,7 +220,7 @@ pub fn decide(ending: &Ending, attempt: i64, max_attempts: u32, retry: &RetrySet
             reason: format!("{reason} (gave up after {attempt} attempts)"),
         };
     }
-    let after = backoff(attempt, retry);
+    let after = backoff(attempt, retry).max(not_before.unwrap_or_default());
     Verdict::Retry {
         reason: format!(
             "{reason} (attempt {attempt} of {max_attempts}; retrying in {:.1} s)",
@@ -241,40 +251,47 @@ mod tests {
             max_attempts: NonZeroU32::new(3).unwrap(),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
         }
     }
 
     #[test]
     fn statuses_are_judged_by_the_documented_policy() {
         let r = retry();
-        assert_eq!(decide(&Ending::Response(200), 1, 3, &r), Verdict::Done);
-        assert_eq!(decide(&Ending::Response(204), 3, 3, &r), Verdict::Done);
+        assert_eq!(
+            decide(&Ending::Response(200), 1, 3, &r, None),
+            Verdict::Done
+        );
+        assert_eq!(
+            decide(&Ending::Response(204), 3, 3, &r, None),
+            Verdict::Done
+        );
         for status in [408, 429, 500, 503] {
             assert!(matches!(
-                decide(&Ending::Response(status), 1, 3, &r),
+                decide(&Ending::Response(status), 1, 3, &r, None),
                 Verdict::Retry { .. }
             ));
             assert!(matches!(
-                decide(&Ending::Response(status), 3, 3, &r),
+                decide(&Ending::Response(status), 3, 3, &r, None),
                 Verdict::Failed { .. }
             ));
         }
         for status in [301, 400, 403, 404, 410] {
             assert!(matches!(
-                decide(&Ending::Response(status), 1, 3, &r),
+                decide(&Ending::Response(status), 1, 3, &r, None),
                 Verdict::Failed { .. }
             ));
         }
-        let Verdict::Failed { reason } = decide(&Ending::Response(404), 1, 3, &r) else {
+        let Verdict::Failed { reason } = decide(&Ending::Response(404), 1, 3, &r, None) else {
             panic!()
         };
         assert_eq!(reason, "HTTP 404 Not Found");
         assert!(matches!(
-            decide(&Ending::Transient("x".into()), 1, 3, &r),
+            decide(&Ending::Transient("x".into()), 1, 3, &r, None),
             Verdict::Retry { .. }
         ));
         assert!(matches!(
-            decide(&Ending::Fatal("x".into()), 1, 3, &r),
+            decide(&Ending::Fatal("x".into()), 1, 3, &r, None),
             Verdict::Failed { .. }
         ));
     }

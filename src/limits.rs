@@ -5,6 +5,8 @@
 //! be called now and then (the daemon does it in its housekeeping) to forget idle hosts.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -15,6 +17,8 @@ pub struct RateLimits {
     /// Hosts with their own quota in config; a fixed set, so it never needs pruning.
     overrides: HashMap<String, DefaultDirectRateLimiter>,
     global: Option<DefaultDirectRateLimiter>,
+    /// Hosts that asked us (Retry-After) to stay away until an instant.
+    paused: Mutex<HashMap<String, Instant>>,
 }
 
 fn quota(rate: &Rate) -> Quota {
@@ -36,6 +40,7 @@ impl RateLimits {
                 .global_rate
                 .as_ref()
                 .map(|rate| RateLimiter::direct(quota(rate))),
+            paused: Mutex::new(HashMap::new()),
         }
     }
 
@@ -44,6 +49,10 @@ impl RateLimits {
     /// slower than its quota, never faster.
     #[tracing::instrument(level = "debug", name = "rate_limit_wait", skip(self))]
     pub async fn until_ready(&self, host: &str) {
+        // A pause can be set (or lengthened) while we sleep, so look again after each.
+        while let Some(left) = self.pause_left(host) {
+            crate::runtime::sleep(left).await;
+        }
         match self.overrides.get(host) {
             Some(limiter) => limiter.until_ready().await,
             None => self.per_host.until_key_ready(&host.to_owned()).await,
@@ -53,11 +62,30 @@ impl RateLimits {
         }
     }
 
-    /// Forgets hosts whose state is back to "fully replenished", so memory does not grow
-    /// with the number of hosts ever seen.
+    /// Keeps every request to `host` back for `how_long` (a longer pause already set wins).
+    pub fn pause(&self, host: &str, how_long: Duration) {
+        let until = Instant::now() + how_long;
+        let mut paused = self.paused.lock().expect("pause map lock");
+        let entry = paused.entry(host.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    fn pause_left(&self, host: &str) -> Option<Duration> {
+        let paused = self.paused.lock().expect("pause map lock");
+        let left = paused.get(host)?.checked_duration_since(Instant::now())?;
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Forgets hosts whose state is back to "fully replenished", and pauses that are over,
+    /// so memory does not grow with the number of hosts ever seen.
     pub fn prune(&self) {
         self.per_host.retain_recent();
         self.per_host.shrink_to_fit();
+        let now = Instant::now();
+        self.paused
+            .lock()
+            .expect("pause map lock")
+            .retain(|_, until| *until > now);
     }
 
     /// Hosts the keyed limiter currently tracks (for stats and tests).

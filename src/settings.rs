@@ -81,6 +81,8 @@ pub struct RetrySettings {
     pub max_attempts: NonZeroU32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// The longest host pause a Retry-After header can ask for.
+    pub max_retry_after: Duration,
 }
 
 /// A request rate: `rps` requests per second on average, at most `burst` back to back.
@@ -247,6 +249,7 @@ struct RawRetry {
     max_attempts: u32,
     backoff_initial_ms: u64,
     backoff_max_secs: u64,
+    max_retry_after_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,11 +376,19 @@ impl RawSettings {
                 "must be at most 86400000 (a day)",
             ));
         }
+        if r.max_retry_after_secs > 86_400 {
+            return Err(invalid(
+                "retry.max_retry_after_secs",
+                r.max_retry_after_secs,
+                "must be at most 86400 (a day)",
+            ));
+        }
         let retry = RetrySettings {
             max_attempts: NonZeroU32::new(r.max_attempts)
                 .ok_or_else(|| invalid("retry.max_attempts", 0, "must be at least 1"))?,
             backoff_initial: Duration::from_millis(r.backoff_initial_ms),
             backoff_max: Duration::from_secs(r.backoff_max_secs),
+            max_retry_after: Duration::from_secs(r.max_retry_after_secs),
         };
 
         let l = &self.limits;

@@ -345,7 +345,10 @@ impl Store {
                 AND (SELECT MIN(j.run_after) FROM jobs j INDEXED BY jobs_due
                       WHERE j.status = 'queued' AND j.host = n.host) <= ",
             now!(),
-            " LIMIT ?2"
+            "   AND NOT EXISTS (SELECT 1 FROM hosts h
+                                 WHERE h.host = n.host AND h.paused_until > ",
+            now!(),
+            ") LIMIT ?2"
         ))
         .bind(after)
         .bind(limit as i64)
@@ -500,10 +503,30 @@ impl Store {
             if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
                 queue_children(&mut tx, job, &attempt.children).await?;
             }
+            if let Some((host, how_long)) = &attempt.pause {
+                pause_host(&mut tx, host, *how_long, &attempt.verdict).await?;
+            }
             report.stored += 1;
         }
         tx.commit().await.doing("storing results")?;
         Ok(report)
+    }
+
+    /// Hosts still paused (Retry-After), with how long is left: the limiter is told at
+    /// start-up, so a restart does not forget a host's request to wait.
+    pub async fn active_pauses(&self) -> Result<Vec<(String, Duration)>, StoreError> {
+        let rows: Vec<(String, f64)> = sqlx::query_as(concat!(
+            "SELECT host, (julianday(paused_until) - julianday('now')) * 86400.0 FROM hosts
+              WHERE paused_until > ",
+            now!()
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading paused hosts")?;
+        Ok(rows
+            .into_iter()
+            .map(|(host, secs)| (host, Duration::from_secs_f64(secs.max(0.0))))
+            .collect())
     }
 
     // ---- Reading state. ----
@@ -740,6 +763,38 @@ async fn queue_children(
             .await
             .doing("queueing links")?;
     }
+    Ok(())
+}
+
+/// Records a host's pause (a longer one already recorded wins).
+async fn pause_host(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    host: &str,
+    how_long: Duration,
+    verdict: &Verdict,
+) -> Result<(), StoreError> {
+    let reason = match verdict {
+        Verdict::Retry { reason, .. } | Verdict::Failed { reason } => reason.as_str(),
+        Verdict::Done => "Retry-After",
+    };
+    sqlx::query(concat!(
+        "INSERT INTO hosts (host, paused_until, pause_reason, updated_at)
+         VALUES (?1, ",
+        now_plus!("?2"),
+        ", ?3, ",
+        now!(),
+        ")
+         ON CONFLICT (host) DO UPDATE SET
+             paused_until = MAX(COALESCE(hosts.paused_until, ''), excluded.paused_until),
+             pause_reason = excluded.pause_reason,
+             updated_at = excluded.updated_at"
+    ))
+    .bind(host)
+    .bind(how_long.as_secs_f64())
+    .bind(reason)
+    .execute(&mut **tx)
+    .await
+    .doing("recording a host pause")?;
     Ok(())
 }
 

@@ -1069,3 +1069,92 @@ fn pages_are_decoded_by_their_declared_charset() {
         daemon.stop().await;
     });
 }
+
+#[test]
+fn retry_after_seconds_pauses_the_whole_host() {
+    block_on(async {
+        let answered_429 = Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let seen = answered_429.clone();
+        let server = TestServer::start("127.0.0.1", move |request| {
+            let mut first = seen.lock().unwrap();
+            if request.path == "/limited" && first.is_none() {
+                *first = Some(Instant::now());
+                return Reply::status(429).with_header("Retry-After", "2");
+            }
+            Reply::html("<title>ok</title>")
+        });
+        let other = TestServer::pages("127.0.0.2");
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let limited = daemon.insert(&server.url("/limited")).await;
+        wait_until("the 429", || async {
+            answered_429.lock().unwrap().is_some()
+        })
+        .await;
+        let mut later = Vec::new();
+        for i in 0..3 {
+            later.push(daemon.insert(&server.url(&format!("/later{i}"))).await);
+        }
+        let elsewhere = daemon.insert(&other.url("/free")).await;
+        assert_eq!(daemon.wait_finished(elsewhere).await.status, "done");
+        let job = daemon.wait_finished(limited).await;
+        assert_eq!(job.status, "done");
+        assert_eq!(job.attempts, 2, "the retry counts as an attempt");
+        for id in later {
+            assert_eq!(daemon.wait_finished(id).await.status, "done");
+        }
+        let resume_at = answered_429.lock().unwrap().unwrap() + Duration::from_secs(2);
+        let hits = server.hits();
+        assert_eq!(hits.len(), 5);
+        for hit in &hits[1..] {
+            assert!(
+                hit.at >= resume_at,
+                "{} came {:?} early",
+                hit.path,
+                resume_at - hit.at
+            );
+        }
+        assert!(other.hits()[0].at < resume_at, "another host is not paused");
+        let paused: Option<String> =
+            sqlx::query_scalar("SELECT paused_until FROM hosts WHERE host = '127.0.0.1'")
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        assert!(paused.is_some());
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn retry_after_as_an_http_date_is_honoured() {
+    block_on(async {
+        // The server says "not before <date>", and notes the instant that date stands for.
+        let not_before = Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let noted = not_before.clone();
+        let server = TestServer::start("127.0.0.1", move |_| {
+            let mut resume = noted.lock().unwrap();
+            if resume.is_some() {
+                return Reply::html("<title>back</title>");
+            }
+            let now = std::time::SystemTime::now();
+            let date = now + Duration::from_secs(2);
+            // HTTP-dates have whole seconds: the wait ends at the start of that second.
+            let whole = std::time::UNIX_EPOCH
+                + Duration::from_secs(
+                    date.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs(),
+                );
+            *resume = Some(Instant::now() + whole.duration_since(now).unwrap());
+            Reply::status(503).with_header("Retry-After", &httpdate::fmt_http_date(whole))
+        });
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id = daemon.insert(&server.url("/busy")).await;
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "done");
+        let hits = server.hits();
+        assert_eq!(hits.len(), 2);
+        let resume = not_before.lock().unwrap().unwrap();
+        assert!(hits[1].at >= resume, "came {:?} early", resume - hits[1].at);
+        daemon.stop().await;
+    });
+}

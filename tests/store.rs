@@ -107,3 +107,30 @@ fn claiming_reads_odd_attempt_values_and_takes_the_best_jobs_first() {
         );
     });
 }
+
+#[test]
+fn a_paused_host_is_not_offered_and_its_pause_is_reloaded() {
+    block_on(async {
+        let (db, store) = open().await;
+        let sql = user_connection(&db.path).await;
+        execute(&sql, "INSERT INTO jobs (url, host) VALUES ('http://p.test/', 'p.test'), ('http://q.test/', 'q.test')").await;
+        execute(
+            &sql,
+            "INSERT INTO hosts (host, paused_until) VALUES
+               ('p.test', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+60 seconds')),
+               ('q.test', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 seconds'))",
+        )
+        .await;
+        assert_eq!(
+            store.hosts_with_due_jobs("", 10).await.unwrap(),
+            vec!["q.test"]
+        );
+        let pauses = store.active_pauses().await.unwrap();
+        assert_eq!(pauses.len(), 1);
+        assert_eq!(pauses[0].0, "p.test");
+        assert!(
+            (55.0..=60.0).contains(&pauses[0].1.as_secs_f64()),
+            "{pauses:?}"
+        );
+    });
+}
