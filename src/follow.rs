@@ -172,6 +172,9 @@ impl Follow {
                 continue;
             }
             let text = String::from(url);
+            if text.len() > job::MAX_URL_BYTES {
+                continue;
+            }
             if self.allow.as_ref().is_some_and(|a| !a.is_match(&text))
                 || self.deny.as_ref().is_some_and(|d| d.is_match(&text))
             {

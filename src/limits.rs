@@ -49,16 +49,22 @@ impl RateLimits {
     /// slower than its quota, never faster.
     #[tracing::instrument(level = "debug", name = "rate_limit_wait", skip(self))]
     pub async fn until_ready(&self, host: &str) {
-        // A pause can be set (or lengthened) while we sleep, so look again after each.
-        while let Some(left) = self.pause_left(host) {
-            crate::runtime::sleep(left).await;
-        }
-        match self.overrides.get(host) {
-            Some(limiter) => limiter.until_ready().await,
-            None => self.per_host.until_key_ready(&host.to_owned()).await,
-        }
-        if let Some(global) = &self.global {
-            global.until_ready().await;
+        loop {
+            // A pause can be set (or lengthened) while we wait, for the quota too: look
+            // again after every wait, and only go when no pause stands.
+            while let Some(left) = self.pause_left(host) {
+                crate::runtime::sleep(left).await;
+            }
+            match self.overrides.get(host) {
+                Some(limiter) => limiter.until_ready().await,
+                None => self.per_host.until_key_ready(&host.to_owned()).await,
+            }
+            if let Some(global) = &self.global {
+                global.until_ready().await;
+            }
+            if self.pause_left(host).is_none() {
+                return;
+            }
         }
     }
 

@@ -258,39 +258,59 @@ fn charset_param(content_type: &str) -> Option<&str> {
 }
 
 /// The encoding a `<meta charset=…>` or `<meta http-equiv content="…charset=…">` names,
-/// found by a byte scan of the document's start (the HTML spec's "prescan", simplified).
+/// found by a byte scan of the document's start (the HTML spec's "prescan", simplified):
+/// only inside `<meta …>` tags, so "charset=" in text or scripts does not count.
 fn meta_charset(head: &[u8]) -> Option<&'static encoding_rs::Encoding> {
     let lower: Vec<u8> = head.to_ascii_lowercase();
     let mut from = 0;
-    while let Some(at) = find(&lower[from..], b"charset") {
+    while let Some(at) = find(&lower[from..], b"<meta") {
+        let start = from + at + b"<meta".len();
+        let end = lower[start..]
+            .iter()
+            .position(|&b| b == b'>')
+            .map_or(lower.len(), |n| start + n);
+        from = end;
+        if let Some(encoding) = charset_in(&lower[start..end]) {
+            return Some(encoding);
+        }
+    }
+    None
+}
+
+/// The first `charset=NAME` inside one tag's bytes that names a usable encoding.
+fn charset_in(tag: &[u8]) -> Option<&'static encoding_rs::Encoding> {
+    let mut from = 0;
+    while let Some(at) = find(&tag[from..], b"charset") {
         let mut i = from + at + b"charset".len();
         from = i;
-        while lower.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+        while tag.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
             i += 1;
         }
-        if lower.get(i) != Some(&b'=') {
+        if tag.get(i) != Some(&b'=') {
             continue;
         }
         i += 1;
-        while lower
+        while tag
             .get(i)
             .is_some_and(|b| b.is_ascii_whitespace() || *b == b'"' || *b == b'\'')
         {
             i += 1;
         }
-        let end = lower[i..]
+        let end = tag[i..]
             .iter()
-            .position(|b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b';' | b'>' | b'/'))
-            .map_or(lower.len(), |n| i + n);
-        if let Some(encoding) = encoding_rs::Encoding::for_label(&lower[i..end]) {
+            .position(|b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b';' | b'/'))
+            .map_or(tag.len(), |n| i + n);
+        match encoding_rs::Encoding::for_label(&tag[i..end]) {
+            // The "replacement" encoding decodes anything to one U+FFFD: never from a page.
+            Some(encoding) if encoding == encoding_rs::REPLACEMENT => continue,
             // A page cannot really be UTF-16 if its bytes spelled this out in ASCII.
-            return Some(
-                if encoding == encoding_rs::UTF_16LE || encoding == encoding_rs::UTF_16BE {
-                    encoding_rs::UTF_8
-                } else {
-                    encoding
-                },
-            );
+            Some(encoding)
+                if encoding == encoding_rs::UTF_16LE || encoding == encoding_rs::UTF_16BE =>
+            {
+                return Some(encoding_rs::UTF_8)
+            }
+            Some(encoding) => return Some(encoding),
+            None => continue,
         }
     }
     None
@@ -421,6 +441,11 @@ mod tests {
             "ok \u{fffd}"
         );
         assert_eq!(decode_html("é".as_bytes(), None), "é");
+        // Only <meta> tags count, and never the "replacement" encoding.
+        let text = "<title>é</title><p>set charset=iso-8859-2 like this</p>".as_bytes();
+        assert!(decode_html(text, None).contains("<title>é</title>"));
+        let hostile = "<meta charset=iso-2022-kr><title>é</title>".as_bytes();
+        assert!(decode_html(hostile, None).contains("<title>é</title>"));
     }
 
     #[test]

@@ -268,9 +268,15 @@ impl Store {
                 // OR IGNORE: a URL already in the same crawl (a user added a seed to an
                 // existing crawl) is not admitted twice; it is marked skipped below.
                 Ok(admitted) => sqlx::query(concat!(
+                    // A seed added to an existing crawl (root_id given) is scoped from
+                    // that crawl's first URL, like the rest of the crawl.
                     "UPDATE OR IGNORE jobs
                         SET host = ?3, canonical_url = ?4, root_id = COALESCE(root_id, id),
-                            crawl_host = COALESCE(crawl_host, ?3), updated_at = ",
+                            crawl_host = COALESCE(crawl_host,
+                                                  (SELECT r.crawl_host FROM jobs r
+                                                    WHERE r.id = jobs.root_id),
+                                                  ?3),
+                            updated_at = ",
                     now!(),
                     " WHERE id = ?1 AND CAST(url AS BLOB) = ?2 AND status = 'queued' AND host IS NULL"
                 ))
@@ -294,6 +300,17 @@ impl Store {
                 .await
                 .doing("admitting new jobs")?
                 .rows_affected();
+            if let (1, Ok(_)) = (changed, decision) {
+                // A seed joining another job's crawl counts toward that crawl's size.
+                sqlx::query(
+                    "UPDATE jobs SET crawl_size = crawl_size + 1
+                      WHERE id = (SELECT root_id FROM jobs WHERE id = ?1) AND id <> ?1",
+                )
+                .bind(job.id.0)
+                .execute(&mut *tx)
+                .await
+                .doing("admitting new jobs")?;
+            }
             if let (0, Ok(admitted)) = (changed, decision) {
                 sqlx::query(concat!(
                     "UPDATE jobs
@@ -488,6 +505,10 @@ impl Store {
                 .await
                 .doing("storing results")?
                 .rows_affected();
+            // The host's request to wait stands even if this job's lease was lost.
+            if let Some((host, how_long)) = &attempt.pause {
+                pause_host(&mut tx, host, *how_long, &attempt.verdict).await?;
+            }
             if changed == 0 {
                 report.lost.push((job.id, job.attempt));
                 tracing::warn!(
@@ -503,9 +524,7 @@ impl Store {
             if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
                 queue_children(&mut tx, job, &attempt.children).await?;
             }
-            if let Some((host, how_long)) = &attempt.pause {
-                pause_host(&mut tx, host, *how_long, &attempt.verdict).await?;
-            }
+
             report.stored += 1;
         }
         tx.commit().await.doing("storing results")?;

@@ -258,8 +258,7 @@ fn bad_crawl_rules_fail_the_job_before_any_fetch() {
     block_on(async {
         let site = Site::start();
         let daemon = RunningDaemon::start(|_| {}).await;
-        let jobs = crawl(&daemon, &site, ", max_depth, allow", ", 1, '(unclosed'").await;
-        assert!(jobs.is_empty(), "not admitted, so not part of a crawl");
+        crawl(&daemon, &site, ", max_depth, allow", ", 1, '(unclosed'").await;
         let (status, error): (String, String) =
             sqlx::query_as("SELECT status, error FROM jobs WHERE id = 1")
                 .fetch_one(&daemon.sql)
@@ -271,6 +270,50 @@ fn bad_crawl_rules_fail_the_job_before_any_fetch() {
             "{error}"
         );
         assert!(site.main.hits().is_empty());
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_seed_added_to_a_crawl_shares_its_scope_budget_and_dedupe() {
+    block_on(async {
+        let site = Site::start();
+        let daemon = RunningDaemon::start(|_| {}).await;
+        crawl(&daemon, &site, ", max_depth", ", 1").await;
+        // A new seed on the other host joins crawl 1, and one it already has.
+        sqlx::query("INSERT INTO jobs (url, root_id, max_depth) VALUES (?1, 1, 1), (?2, 1, 1)")
+            .bind(site.other.url("/joined"))
+            .bind(site.main.url("/a"))
+            .execute(&daemon.sql)
+            .await
+            .unwrap();
+        let joined = daemon.wait_finished(4).await;
+        assert_eq!(joined.status, "done");
+        let duplicate = daemon.wait_finished(5).await;
+        assert_eq!(duplicate.status, "skipped");
+        assert_eq!(
+            duplicate.error.as_deref(),
+            Some("already in this crawl as job 2")
+        );
+        // Scope is measured from the crawl's first URL: the joined page's own-host link
+        // (/elsewhere/joined on the other host) is not followed.
+        let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE root_id = 1")
+            .fetch_one(&daemon.sql)
+            .await
+            .unwrap();
+        assert_eq!(
+            jobs, 5,
+            "root, /a, /b, the joined seed and the skipped duplicate"
+        );
+        assert_eq!(site.other.hits().len(), 1);
+        let size: i64 = sqlx::query_scalar("SELECT crawl_size FROM jobs WHERE id = 1")
+            .fetch_one(&daemon.sql)
+            .await
+            .unwrap();
+        assert_eq!(
+            size, 4,
+            "the joined seed counts; the skipped duplicate does not"
+        );
         daemon.stop().await;
     });
 }

@@ -1158,3 +1158,46 @@ fn retry_after_as_an_http_date_is_honoured() {
         daemon.stop().await;
     });
 }
+
+#[test]
+fn a_request_already_waiting_for_its_turn_respects_a_new_pause() {
+    block_on(async {
+        let answered_429 = Arc::new(std::sync::Mutex::new(None::<Instant>));
+        let seen = answered_429.clone();
+        // Whichever request comes first is told to wait.
+        let server = TestServer::start("127.0.0.1", move |_| {
+            let mut first = seen.lock().unwrap();
+            if first.is_none() {
+                *first = Some(Instant::now());
+                return Reply::status(429).with_header("Retry-After", "2");
+            }
+            Reply::html("<title>ok</title>")
+        });
+        let (first, second) = (server.url("/first"), server.url("/second"));
+        // Both jobs are claimed together; the other one waits 0.5 s for the host's quota
+        // and is still waiting when the 429 arrives.
+        let daemon = RunningDaemon::start_on(
+            TempDb::new(),
+            |s| s.limits.per_host.rate.rps = 2.0,
+            |sql| async move {
+                insert_job(&sql, &first).await;
+                insert_job(&sql, &second).await;
+            },
+        )
+        .await;
+        assert_eq!(daemon.wait_finished(1).await.status, "done");
+        assert_eq!(daemon.wait_finished(2).await.status, "done");
+        let resume_at = answered_429.lock().unwrap().unwrap() + Duration::from_secs(2);
+        let hits = server.hits();
+        assert_eq!(hits.len(), 3, "the 429, then both jobs after the pause");
+        for hit in &hits[1..] {
+            assert!(
+                hit.at >= resume_at,
+                "{} came {:?} early",
+                hit.path,
+                resume_at - hit.at
+            );
+        }
+        daemon.stop().await;
+    });
+}
