@@ -1070,19 +1070,44 @@ fn pages_are_decoded_by_their_declared_charset() {
     });
 }
 
+/// A handler that answers the first request with 429 and `Retry-After: <retry_after>` and
+/// every later one with a page, and the instant that 429 went out.
+fn says_wait_once(
+    retry_after: &'static str,
+) -> (
+    impl Fn(&common::server::Request) -> Reply,
+    Arc<std::sync::Mutex<Option<Instant>>>,
+) {
+    let answered = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let seen = answered.clone();
+    let handler = move |_: &common::server::Request| {
+        let mut first = seen.lock().unwrap();
+        if first.is_none() {
+            *first = Some(Instant::now());
+            return Reply::status(429).with_header("Retry-After", retry_after);
+        }
+        Reply::html("<title>ok</title>")
+    };
+    (handler, answered)
+}
+
+/// Asserts no request in `hits` arrived before `resume_at` (server-side arrival times).
+fn assert_none_before(hits: &[common::server::Hit], resume_at: Instant) {
+    for hit in hits {
+        assert!(
+            hit.at >= resume_at,
+            "{} came {:?} early",
+            hit.path,
+            resume_at - hit.at
+        );
+    }
+}
+
 #[test]
 fn retry_after_seconds_pauses_the_whole_host() {
     block_on(async {
-        let answered_429 = Arc::new(std::sync::Mutex::new(None::<Instant>));
-        let seen = answered_429.clone();
-        let server = TestServer::start("127.0.0.1", move |request| {
-            let mut first = seen.lock().unwrap();
-            if request.path == "/limited" && first.is_none() {
-                *first = Some(Instant::now());
-                return Reply::status(429).with_header("Retry-After", "2");
-            }
-            Reply::html("<title>ok</title>")
-        });
+        let (handler, answered_429) = says_wait_once("2");
+        let server = TestServer::start("127.0.0.1", handler);
         let other = TestServer::pages("127.0.0.2");
         let daemon = RunningDaemon::start(|_| {}).await;
         let limited = daemon.insert(&server.url("/limited")).await;
@@ -1105,14 +1130,7 @@ fn retry_after_seconds_pauses_the_whole_host() {
         let resume_at = answered_429.lock().unwrap().unwrap() + Duration::from_secs(2);
         let hits = server.hits();
         assert_eq!(hits.len(), 5);
-        for hit in &hits[1..] {
-            assert!(
-                hit.at >= resume_at,
-                "{} came {:?} early",
-                hit.path,
-                resume_at - hit.at
-            );
-        }
+        assert_none_before(&hits[1..], resume_at);
         assert!(other.hits()[0].at < resume_at, "another host is not paused");
         let paused: Option<String> =
             sqlx::query_scalar("SELECT paused_until FROM hosts WHERE host = '127.0.0.1'")
@@ -1162,17 +1180,9 @@ fn retry_after_as_an_http_date_is_honoured() {
 #[test]
 fn a_request_already_waiting_for_its_turn_respects_a_new_pause() {
     block_on(async {
-        let answered_429 = Arc::new(std::sync::Mutex::new(None::<Instant>));
-        let seen = answered_429.clone();
         // Whichever request comes first is told to wait.
-        let server = TestServer::start("127.0.0.1", move |_| {
-            let mut first = seen.lock().unwrap();
-            if first.is_none() {
-                *first = Some(Instant::now());
-                return Reply::status(429).with_header("Retry-After", "2");
-            }
-            Reply::html("<title>ok</title>")
-        });
+        let (handler, answered_429) = says_wait_once("2");
+        let server = TestServer::start("127.0.0.1", handler);
         let (first, second) = (server.url("/first"), server.url("/second"));
         // Both jobs are claimed together; the other one waits 0.5 s for the host's quota
         // and is still waiting when the 429 arrives.
@@ -1190,14 +1200,7 @@ fn a_request_already_waiting_for_its_turn_respects_a_new_pause() {
         let resume_at = answered_429.lock().unwrap().unwrap() + Duration::from_secs(2);
         let hits = server.hits();
         assert_eq!(hits.len(), 3, "the 429, then both jobs after the pause");
-        for hit in &hits[1..] {
-            assert!(
-                hit.at >= resume_at,
-                "{} came {:?} early",
-                hit.path,
-                resume_at - hit.at
-            );
-        }
+        assert_none_before(&hits[1..], resume_at);
         daemon.stop().await;
     });
 }
