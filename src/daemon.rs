@@ -300,9 +300,8 @@ impl<'d> Scheduler<'d> {
         if self.unstored.is_empty() {
             return;
         }
-        let store = self.daemon.store.clone();
         let span = tracing::debug_span!("store", jobs = self.unstored.len());
-        let stored = store.finish(&self.unstored).instrument(span).await;
+        let stored = self.store().finish(&self.unstored).instrument(span).await;
         match stored {
             Ok(report) => {
                 self.report.lost += report.lost.len() as u64;

@@ -43,6 +43,14 @@ macro_rules! now_plus {
     };
 }
 
+/// The admission guard shared by every decision on a new job: ?1 id, ?2 the URL bytes as
+/// read. A row the user changed since (status or URL) is left for the next turn.
+macro_rules! still_unadmitted {
+    () => {
+        " WHERE id = ?1 AND CAST(url AS BLOB) = ?2 AND status = 'queued' AND host IS NULL"
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Hosts per claim statement (SQLite allows 500 terms in a compound SELECT).
@@ -278,7 +286,7 @@ impl Store {
                                                   ?3),
                             updated_at = ",
                     now!(),
-                    " WHERE id = ?1 AND CAST(url AS BLOB) = ?2 AND status = 'queued' AND host IS NULL"
+                    still_unadmitted!()
                 ))
                 .bind(job.id.0)
                 .bind(job.url_bytes.as_slice())
@@ -289,7 +297,7 @@ impl Store {
                     now!(),
                     ", updated_at = ",
                     now!(),
-                    " WHERE id = ?1 AND CAST(url AS BLOB) = ?2 AND status = 'queued' AND host IS NULL"
+                    still_unadmitted!()
                 ))
                 .bind(job.id.0)
                 .bind(job.url_bytes.as_slice())
@@ -321,11 +329,11 @@ impl Store {
                     ", error = 'already in this crawl as job '
                                 || (SELECT d.id FROM jobs d
                                      WHERE d.root_id = COALESCE(jobs.root_id, jobs.id)
-                                       AND d.canonical_url = ?3)
-                      WHERE id = ?1 AND CAST(url AS BLOB) = ?2 AND status = 'queued' AND host IS NULL
-                        AND EXISTS (SELECT 1 FROM jobs d
-                                     WHERE d.root_id = COALESCE(jobs.root_id, jobs.id)
-                                       AND d.canonical_url = ?3)"
+                                       AND d.canonical_url = ?3)",
+                    still_unadmitted!(),
+                    " AND EXISTS (SELECT 1 FROM jobs d
+                                   WHERE d.root_id = COALESCE(jobs.root_id, jobs.id)
+                                     AND d.canonical_url = ?3)"
                 ))
                 .bind(job.id.0)
                 .bind(job.url_bytes.as_slice())
