@@ -440,9 +440,7 @@ fn requests_to_one_host_respect_its_rate() {
         for i in 0..6 {
             ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
         }
-        for id in ids {
-            assert_eq!(daemon.wait_finished(id).await.status, "done");
-        }
+        daemon.wait_all_done(&ids).await;
         let times: Vec<Instant> = server.hits().iter().map(|h| h.at).collect();
         assert_eq!(times.len(), 6);
         // 5 req/s with burst 1: one request per 200 ms.
@@ -466,9 +464,7 @@ fn two_hosts_proceed_in_parallel() {
             ids.push(daemon.insert(&a.url(&format!("/a{i}"))).await);
             ids.push(daemon.insert(&b.url(&format!("/b{i}"))).await);
         }
-        for id in ids {
-            assert_eq!(daemon.wait_finished(id).await.status, "done");
-        }
+        daemon.wait_all_done(&ids).await;
         let (a_hits, b_hits) = (a.hits(), b.hits());
         assert_eq!((a_hits.len(), b_hits.len()), (4, 4));
         // Each host alone needs 750 ms (4 requests at 4/s). Were the hosts served one after
@@ -669,9 +665,7 @@ fn jobs_inserted_while_running_are_all_crawled() {
                 .await
                 .expect("reads never fail with a busy error");
         }
-        for id in ids {
-            assert_eq!(daemon.wait_finished(id).await.status, "done");
-        }
+        daemon.wait_all_done(&ids).await;
         let paths: HashMap<String, usize> =
             server.hits().into_iter().fold(HashMap::new(), |mut m, h| {
                 *m.entry(h.path).or_default() += 1;
@@ -715,9 +709,7 @@ fn a_host_override_slows_only_that_host() {
             ids.push(daemon.insert(&limited.url(&format!("/l{i}"))).await);
             ids.push(daemon.insert(&free.url(&format!("/f{i}"))).await);
         }
-        for id in ids {
-            assert_eq!(daemon.wait_finished(id).await.status, "done");
-        }
+        daemon.wait_all_done(&ids).await;
         let times =
             |server: &TestServer| -> Vec<Instant> { server.hits().iter().map(|h| h.at).collect() };
         // The override: 4 req/s, one request per 250 ms.
@@ -747,9 +739,7 @@ fn the_global_quota_spans_all_hosts() {
             ids.push(daemon.insert(&a.url(&format!("/a{i}"))).await);
             ids.push(daemon.insert(&b.url(&format!("/b{i}"))).await);
         }
-        for id in ids {
-            assert_eq!(daemon.wait_finished(id).await.status, "done");
-        }
+        daemon.wait_all_done(&ids).await;
         let mut times: Vec<Instant> = a
             .hits()
             .iter()
@@ -1124,9 +1114,7 @@ fn retry_after_seconds_pauses_the_whole_host() {
         let job = daemon.wait_finished(limited).await;
         assert_eq!(job.status, "done");
         assert_eq!(job.attempts, 2, "the retry counts as an attempt");
-        for id in later {
-            assert_eq!(daemon.wait_finished(id).await.status, "done");
-        }
+        daemon.wait_all_done(&later).await;
         let resume_at = answered_429.lock().unwrap().unwrap() + Duration::from_secs(2);
         let hits = server.hits();
         assert_eq!(hits.len(), 5);

@@ -153,6 +153,14 @@ impl RunningDaemon {
         .await;
         self.job(id).await
     }
+
+    /// Waits for each job in `ids` to finish and asserts it ended `done`.
+    pub async fn wait_all_done(&self, ids: &[i64]) {
+        for &id in ids {
+            let job = self.wait_finished(id).await;
+            assert_eq!(job.status, "done", "job {id}: {:?}", job.error);
+        }
+    }
 }
 
 impl Drop for RunningDaemon {
