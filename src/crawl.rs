@@ -1,20 +1,25 @@
-//! One attempt at one job: wait for the host's rate limit, fetch, follow redirects (each
-//! hop through the limiter again), parse, and say how it ended.
+//! One attempt at one job: ask robots.txt, wait for the host's rate limit, fetch, follow
+//! redirects (each hop asks robots.txt and waits for the limiter again), parse, and say
+//! how it ended.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tracing::Instrument;
 use url::Url;
 
-use std::time::{Duration, SystemTime};
-
-use crate::fetch::{self, FetchError, Fetcher, Response};
+use crate::fetch::{self, FetchError, Fetcher, GetOptions, Response};
 use crate::follow::{Child, Follow, QueryFilter};
 use crate::job::{self, Attempt, ClaimedJob, Ending, PageRecord};
 use crate::limits::RateLimits;
 use crate::parse::{self, SelectorSet};
+use crate::robots::{self, Permission, Robots, RobotsAnswer};
 use crate::runtime;
 use crate::settings::Settings;
+use crate::store::Store;
+
+/// Redirects followed for robots.txt (RFC 9309 asks for at least five).
+const ROBOTS_MAX_REDIRECTS: usize = 5;
 
 /// What one attempt came to, before the retry policy.
 struct Outcome {
@@ -38,15 +43,18 @@ impl Outcome {
 pub struct Crawler {
     fetcher: Fetcher,
     limits: RateLimits,
+    robots: Robots,
     query_filter: QueryFilter,
     settings: Arc<Settings>,
 }
 
 impl Crawler {
-    pub fn new(settings: Arc<Settings>) -> Result<Crawler, String> {
+    /// The store is where robots.txt answers are cached.
+    pub fn new(settings: Arc<Settings>, store: Store) -> Result<Crawler, String> {
         Ok(Crawler {
             fetcher: Fetcher::new(&settings.fetch)?,
             limits: RateLimits::new(&settings.limits),
+            robots: Robots::new(store, &settings.fetch.user_agent, &settings.crawl),
             query_filter: QueryFilter::new(&settings.crawl.strip_query_params),
             settings,
         })
@@ -54,6 +62,13 @@ impl Crawler {
 
     pub fn limits(&self) -> &RateLimits {
         &self.limits
+    }
+
+    /// Forgets per-host state nobody used lately (limiter cells, robots.txt rules), so
+    /// memory does not grow with the number of hosts ever seen.
+    pub fn prune(&self) {
+        self.limits.prune();
+        self.robots.prune();
     }
 
     /// The canonical-URL rules, shared with admission.
@@ -112,6 +127,21 @@ impl Crawler {
         };
         let (final_url, response) = match self.fetch_following_redirects(start.clone()).await {
             Ok(found) => found,
+            Err(Ending::Postponed {
+                after,
+                reason,
+                host,
+            }) => {
+                // Persisted with the job, so claims skip the host and a restart keeps it.
+                return Outcome {
+                    pause: Some((host.clone(), after)),
+                    ..Outcome::ended(Ending::Postponed {
+                        after,
+                        reason,
+                        host,
+                    })
+                };
+            }
             Err(ending) => return Outcome::ended(ending),
         };
         let status = response.status;
@@ -155,17 +185,89 @@ impl Crawler {
         Some((host, how_long))
     }
 
-    /// GETs `url`, following redirects by hand so each hop waits for its host's quota.
+    /// Whether robots.txt lets us fetch `url`; with its host's Crawl-delay if so.
+    async fn ask_robots(
+        &self,
+        url: &Url,
+        host: &str,
+        first: bool,
+    ) -> Result<Option<Duration>, Ending> {
+        let via = if first {
+            String::new()
+        } else {
+            format!("redirect to {url}: ")
+        };
+        match self
+            .robots
+            .permission(url, |robots_url| self.fetch_robots(robots_url))
+            .await
+        {
+            Permission::Allowed { crawl_delay } => Ok(crawl_delay),
+            Permission::Disallowed(reason) => Err(Ending::Skipped(format!("{via}{reason}"))),
+            Permission::Unreachable { wait, reason } => {
+                self.limits.pause(host, wait);
+                tracing::info!(%host, wait_secs = wait.as_secs_f64(), %reason, "robots.txt unreachable; pausing the host");
+                Err(Ending::Postponed {
+                    after: wait,
+                    reason: format!("{via}{reason}"),
+                    host: host.to_owned(),
+                })
+            }
+        }
+    }
+
+    /// GETs a robots.txt through the rate limiter, following up to five redirects (to any
+    /// host: each hop waits for its own host's quota).
+    async fn fetch_robots(&self, robots_url: Url) -> RobotsAnswer {
+        let mut url = robots_url;
+        for _ in 0..=ROBOTS_MAX_REDIRECTS {
+            let host = job::host_key(&url).expect("robots.txt URLs have a host");
+            self.limits.until_ready(&host, None).await;
+            let options = GetOptions {
+                cut_body_at: Some(robots::MAX_ROBOTS_BYTES),
+                if_changed: None,
+            };
+            let response = match self.fetcher.get(&url, options).await {
+                Ok(response) => response,
+                Err(e) => return RobotsAnswer::Failed(format!("GET {url}: {e}")),
+            };
+            let next = response
+                .location
+                .as_deref()
+                .filter(|_| response.is_redirect())
+                .and_then(|location| url.join(location.trim()).ok())
+                .filter(|next| job::check_fetchable(next).is_ok());
+            match next {
+                Some(next) => url = next,
+                // A redirect without a usable target reads as its status: 3xx, "no rules".
+                None => {
+                    return RobotsAnswer::Fetched {
+                        status: response.status,
+                        body: response.body,
+                    }
+                }
+            }
+        }
+        // RFC 9309 §2.3.1.2: past five redirects robots.txt may be taken as unavailable.
+        RobotsAnswer::Fetched {
+            status: 404,
+            body: Vec::new(),
+        }
+    }
+
+    /// GETs `url`, following redirects by hand so each hop asks robots.txt and waits for
+    /// its host's quota.
     async fn fetch_following_redirects(&self, start: Url) -> Result<(Url, Response), Ending> {
         let max_redirects = self.settings.fetch.max_redirects;
         let mut chain = vec![start];
         loop {
             let url = chain.last().expect("chain starts non-empty").clone();
             let host = job::host_key(&url).expect("checked URLs have a host");
-            self.limits.until_ready(&host).await;
+            let crawl_delay = self.ask_robots(&url, &host, chain.len() == 1).await?;
+            self.limits.until_ready(&host, crawl_delay).await;
             let response = self
                 .fetcher
-                .get(&url)
+                .get(&url, GetOptions::default())
                 .await
                 .map_err(|e| fetch_ending(&url, e))?;
             let Some(location) = response

@@ -54,6 +54,10 @@ pub struct RunReport {
     pub done: u64,
     pub failed: u64,
     pub retried: u64,
+    /// Jobs robots.txt did not allow.
+    pub skipped: u64,
+    /// Jobs put back without counting the attempt (their host's robots.txt was unreachable).
+    pub postponed: u64,
     pub lost: u64,
     /// Jobs handed back to the queue at shutdown.
     pub released: u64,
@@ -76,7 +80,8 @@ impl Daemon {
     pub async fn build(settings: Settings) -> Result<Daemon, DaemonError> {
         let settings = Arc::new(settings);
         let store = Store::open(&settings.database).await?;
-        let crawler = Arc::new(Crawler::new(settings.clone()).map_err(DaemonError::Http)?);
+        let crawler =
+            Arc::new(Crawler::new(settings.clone(), store.clone()).map_err(DaemonError::Http)?);
         for (host, left) in store.active_pauses().await? {
             crawler.limits().pause(&host, left);
         }
@@ -128,6 +133,7 @@ impl Daemon {
             done = report.done,
             failed = report.failed,
             retried = report.retried,
+            skipped = report.skipped,
             released = report.released,
             "crawlq stopped"
         );
@@ -331,6 +337,14 @@ impl<'d> Scheduler<'d> {
                 self.report.failed += 1;
                 tracing::info!(job.id = %job.id, url = %job.url, %reason, "failed");
             }
+            Verdict::Skipped { reason } => {
+                self.report.skipped += 1;
+                tracing::info!(job.id = %job.id, url = %job.url, %reason, "skipped");
+            }
+            Verdict::Postponed { reason, .. } => {
+                self.report.postponed += 1;
+                tracing::debug!(job.id = %job.id, url = %job.url, %reason, "postponed");
+            }
         }
     }
 
@@ -381,7 +395,7 @@ impl<'d> Scheduler<'d> {
         }
         if now.duration_since(self.last_prune) >= PRUNE_LIMITER_EVERY {
             self.last_prune = now;
-            self.daemon.crawler.limits().prune();
+            self.daemon.crawler.prune();
         }
         if let Some(every) = settings.daemon.stats_interval {
             if now.duration_since(self.last_stats) >= every {

@@ -58,8 +58,34 @@ pub struct Response {
     pub location: Option<String>,
     /// The `Retry-After` header as sent (see [`retry_after`]).
     pub retry_after: Option<String>,
+    /// `ETag` and `Last-Modified`, for a conditional GET of the same URL later.
+    pub validators: Validators,
     pub body: Vec<u8>,
     pub elapsed: Duration,
+}
+
+/// What identifies the version of a page we have: sent back as `If-None-Match` and
+/// `If-Modified-Since`, so an unchanged page costs the server a `304` and no body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+/// How one GET differs from a plain one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GetOptions<'a> {
+    /// Keep only the first this many bytes of the body instead of failing on a larger one
+    /// (robots.txt); never more than `fetch.max_body_bytes`.
+    pub cut_body_at: Option<u64>,
+    /// Ask for the page only if it changed since the copy these came with.
+    pub if_changed: Option<&'a Validators>,
 }
 
 impl Response {
@@ -93,11 +119,11 @@ impl Fetcher {
     /// One GET of `url`, no redirects followed. The whole exchange, body included, must
     /// finish within `fetch.timeout_secs`.
     #[tracing::instrument(level = "debug", name = "fetch", skip_all, fields(url = %url))]
-    pub async fn get(&self, url: &Url) -> Result<Response, FetchError> {
+    pub async fn get(&self, url: &Url, options: GetOptions<'_>) -> Result<Response, FetchError> {
         let host = url.host_str().unwrap_or_default().to_owned();
         let started = Instant::now();
         let limit = self.settings.timeout;
-        let mut response = runtime::timeout(limit, self.exchange(url, &host))
+        let mut response = runtime::timeout(limit, self.exchange(url, &host, options))
             .await
             .map_err(|_| FetchError::Timeout {
                 host: host.clone(),
@@ -113,12 +139,25 @@ impl Fetcher {
         Ok(response)
     }
 
-    async fn exchange(&self, url: &Url, host: &str) -> Result<Response, FetchError> {
-        let request = self
+    async fn exchange(
+        &self,
+        url: &Url,
+        host: &str,
+        options: GetOptions<'_>,
+    ) -> Result<Response, FetchError> {
+        let mut request = self
             .client
             .get(url.as_str())
             .header("User-Agent", self.settings.user_agent.as_str())
             .header("Accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8");
+        if let Some(known) = options.if_changed {
+            if let Some(etag) = &known.etag {
+                request = request.header("If-None-Match", etag.as_str());
+            }
+            if let Some(date) = &known.last_modified {
+                request = request.header("If-Modified-Since", date.as_str());
+            }
+        }
         let mut response = request.await.map_err(|e| self.classify(e, host))?;
         let status = response
             .ext::<RawStatus>()
@@ -127,20 +166,29 @@ impl Fetcher {
         let content_type = header("Content-Type");
         let location = header("Location");
         let retry_after = header("Retry-After");
+        let validators = Validators {
+            etag: header("ETag"),
+            last_modified: header("Last-Modified"),
+        };
         let declared_length = header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
         let mut parsed = Response {
             status,
             content_type,
             location,
             retry_after,
+            validators,
             body: Vec::new(),
             elapsed: Duration::ZERO,
         };
         if parsed.is_redirect() {
             return Ok(parsed);
         }
-        let limit = self.settings.max_body_bytes;
-        if declared_length.is_some_and(|len| len > limit) {
+        let max = self.settings.max_body_bytes;
+        let (limit, cut) = match options.cut_body_at {
+            Some(cut) => (cut.min(max), true),
+            None => (max, false),
+        };
+        if !cut && declared_length.is_some_and(|len| len > limit) {
             return Err(FetchError::BodyTooLarge { limit });
         }
         // Read one byte past the limit to tell "exactly at the limit" from "over it".
@@ -156,7 +204,10 @@ impl Fetcher {
                 reason: format!("reading the body failed: {e}"),
             })?;
         if buffer.len() as u64 > limit {
-            return Err(FetchError::BodyTooLarge { limit });
+            if !cut {
+                return Err(FetchError::BodyTooLarge { limit });
+            }
+            buffer.truncate(limit as usize);
         }
         parsed.body = buffer;
         Ok(parsed)

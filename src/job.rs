@@ -170,14 +170,37 @@ pub enum Ending {
     Transient(String),
     /// Trying again cannot help: bad input, redirect loop, body too large...
     Fatal(String),
+    /// Crawl policy says no (robots.txt): nothing was fetched and nothing will be.
+    Skipped(String),
+    /// Not tried: `host` cannot be asked yet (its robots.txt is unreachable). The job
+    /// waits `after` without the attempt counting, and so does the whole host.
+    Postponed {
+        after: Duration,
+        reason: String,
+        host: String,
+    },
 }
 
 /// What the store does with the job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Done,
-    Retry { after: Duration, reason: String },
-    Failed { reason: String },
+    Retry {
+        after: Duration,
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
+    /// Ends as `skipped`: policy forbids fetching it.
+    Skipped {
+        reason: String,
+    },
+    /// Back to `queued` for `after`, the claim's attempt given back.
+    Postponed {
+        after: Duration,
+        reason: String,
+    },
 }
 
 /// One finished attempt, ready to be stored.
@@ -211,6 +234,17 @@ pub fn decide(
         ),
         Ending::Transient(reason) => (true, reason.clone()),
         Ending::Fatal(reason) => (false, reason.clone()),
+        Ending::Skipped(reason) => {
+            return Verdict::Skipped {
+                reason: reason.clone(),
+            }
+        }
+        Ending::Postponed { after, reason, .. } => {
+            return Verdict::Postponed {
+                after: *after,
+                reason: format!("{reason}; waiting {:.0} s", after.as_secs_f64()),
+            }
+        }
     };
     if !retryable {
         return Verdict::Failed { reason };

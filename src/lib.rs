@@ -14,6 +14,7 @@
 //! - [`job`]       — domain types: a job, its validation, and what its attempt came to.
 //! - [`crawl`]     — one job's attempt: wait, fetch (following redirects), parse.
 //! - [`follow`]    — link following: canonical URLs, scope, allow/deny.
+//! - [`robots`]    — the only module that names `texting_robots`: robots.txt rules, cached.
 //! - [`daemon`]    — the scheduler loop: admit, claim fairly, run, store, shut down.
 //! - [`shutdown`]  — the stop signal handed to every long-running loop.
 
@@ -24,6 +25,7 @@ pub mod follow;
 pub mod job;
 pub mod limits;
 pub mod parse;
+pub mod robots;
 pub mod runtime;
 pub mod settings;
 pub mod shutdown;

@@ -3,9 +3,12 @@
 //!
 //! governor's keyed limiter keeps a state per key forever, so [`RateLimits::prune`] must
 //! be called now and then (the daemon does it in its housekeeping) to forget idle hosts.
+//!
+//! A robots.txt Crawl-delay adds a second, slower limiter for that host; a request waits
+//! for both, so a Crawl-delay can only slow a host down, never speed it past its quota.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -14,11 +17,37 @@ use crate::settings::{LimitSettings, Rate};
 
 pub struct RateLimits {
     per_host: DefaultKeyedRateLimiter<String>,
-    /// Hosts with their own quota in config; a fixed set, so it never needs pruning.
-    overrides: HashMap<String, DefaultDirectRateLimiter>,
+    per_host_interval: Duration,
+    /// Hosts with their own quota in config (and its interval); a fixed set, so it never
+    /// needs pruning.
+    overrides: HashMap<String, (DefaultDirectRateLimiter, Duration)>,
     global: Option<DefaultDirectRateLimiter>,
     /// Hosts that asked us (Retry-After) to stay away until an instant.
     paused: Mutex<HashMap<String, Instant>>,
+    /// Hosts with a robots.txt Crawl-delay.
+    delayed: Mutex<HashMap<String, CrawlDelay>>,
+}
+
+struct CrawlDelay {
+    limiter: Arc<DefaultDirectRateLimiter>,
+    interval: Duration,
+    last_used: Instant,
+}
+
+impl CrawlDelay {
+    fn new(interval: Duration, now: Instant) -> CrawlDelay {
+        let limiter = RateLimiter::direct(
+            Quota::with_period(interval).expect("a crawl delay slower than a quota is positive"),
+        );
+        // The request that fetched robots.txt (and any before) used the host's quota just
+        // now: the first request under the delay waits a whole interval too.
+        let _ = limiter.check();
+        CrawlDelay {
+            limiter: Arc::new(limiter),
+            interval,
+            last_used: now,
+        }
+    }
 }
 
 fn quota(rate: &Rate) -> Quota {
@@ -31,32 +60,42 @@ impl RateLimits {
     pub fn new(settings: &LimitSettings) -> RateLimits {
         RateLimits {
             per_host: RateLimiter::keyed(quota(&settings.per_host.rate)),
+            per_host_interval: settings.per_host.rate.period(),
             overrides: settings
                 .hosts
                 .iter()
-                .map(|(host, limits)| (host.clone(), RateLimiter::direct(quota(&limits.rate))))
+                .map(|(host, limits)| {
+                    let limiter = RateLimiter::direct(quota(&limits.rate));
+                    (host.clone(), (limiter, limits.rate.period()))
+                })
                 .collect(),
             global: settings
                 .global_rate
                 .as_ref()
                 .map(|rate| RateLimiter::direct(quota(rate))),
             paused: Mutex::new(HashMap::new()),
+            delayed: Mutex::new(HashMap::new()),
         }
     }
 
     /// Waits until one request to `host` is allowed: the host's quota first, then the
     /// global one. Taking the host's cell first means a global wait can only make the host
     /// slower than its quota, never faster.
+    /// With a `crawl_delay` (from robots.txt), requests to the host are also kept at
+    /// least that far apart.
     #[tracing::instrument(level = "debug", name = "rate_limit_wait", skip(self))]
-    pub async fn until_ready(&self, host: &str) {
+    pub async fn until_ready(&self, host: &str, crawl_delay: Option<Duration>) {
         loop {
             // A pause can be set (or lengthened) while we wait, for the quota too: look
             // again after every wait, and only go when no pause stands.
             while let Some(left) = self.pause_left(host) {
                 crate::runtime::sleep(left).await;
             }
+            if let Some(delay) = crawl_delay.and_then(|d| self.crawl_delay_limiter(host, d)) {
+                delay.until_ready().await;
+            }
             match self.overrides.get(host) {
-                Some(limiter) => limiter.until_ready().await,
+                Some((limiter, _)) => limiter.until_ready().await,
                 None => self.per_host.until_key_ready(&host.to_owned()).await,
             }
             if let Some(global) = &self.global {
@@ -76,6 +115,37 @@ impl RateLimits {
         *entry = (*entry).max(until);
     }
 
+    /// The Crawl-delay limiter of `host`, made (or remade, if the delay changed) on first
+    /// use. None when the delay is not slower than the host's own quota.
+    fn crawl_delay_limiter(
+        &self,
+        host: &str,
+        interval: Duration,
+    ) -> Option<Arc<DefaultDirectRateLimiter>> {
+        if interval <= self.quota_interval(host) {
+            return None;
+        }
+        let mut delayed = self.delayed.lock().expect("crawl delay map lock");
+        let now = Instant::now();
+        let entry = delayed
+            .entry(host.to_owned())
+            .and_modify(|known| {
+                if known.interval != interval {
+                    *known = CrawlDelay::new(interval, now);
+                }
+            })
+            .or_insert_with(|| CrawlDelay::new(interval, now));
+        entry.last_used = now;
+        Some(entry.limiter.clone())
+    }
+
+    /// The time between requests the host's configured quota allows.
+    fn quota_interval(&self, host: &str) -> Duration {
+        self.overrides
+            .get(host)
+            .map_or(self.per_host_interval, |(_, interval)| *interval)
+    }
+
     fn pause_left(&self, host: &str) -> Option<Duration> {
         let paused = self.paused.lock().expect("pause map lock");
         let left = paused.get(host)?.checked_duration_since(Instant::now())?;
@@ -92,6 +162,14 @@ impl RateLimits {
             .lock()
             .expect("pause map lock")
             .retain(|_, until| *until > now);
+        // Idle for a whole interval with nobody waiting on it: the limiter is back to
+        // full, so a new one made later behaves the same.
+        self.delayed
+            .lock()
+            .expect("crawl delay map lock")
+            .retain(|_, d| {
+                Arc::strong_count(&d.limiter) > 1 || now.duration_since(d.last_used) < d.interval
+            });
     }
 
     /// Hosts the keyed limiter currently tracks (for stats and tests).
@@ -113,7 +191,7 @@ mod tests {
         crate::runtime::block_on(async {
             let started = Instant::now();
             for _ in 0..3 {
-                limits.until_ready("a.example").await;
+                limits.until_ready("a.example", None).await;
             }
             // Burst 1 at 20/s: the 2nd and 3rd requests wait 50 ms each.
             assert!(
@@ -122,7 +200,7 @@ mod tests {
                 started.elapsed()
             );
             let other = Instant::now();
-            limits.until_ready("b.example").await;
+            limits.until_ready("b.example", None).await;
             assert!(
                 other.elapsed() < Duration::from_millis(40),
                 "{:?}",
@@ -137,7 +215,7 @@ mod tests {
         let limits = RateLimits::new(&settings.limits);
         crate::runtime::block_on(async {
             for i in 0..50 {
-                limits.until_ready(&format!("h{i}.example")).await;
+                limits.until_ready(&format!("h{i}.example"), None).await;
             }
         });
         assert_eq!(limits.tracked_hosts(), 50);

@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+/// A lock that can be held across an `.await` (a task waits for it without blocking a thread).
+pub use async_std::sync::Mutex as AsyncMutex;
 pub use async_std::task::JoinHandle;
 
 /// Runs a future to completion on the current thread (the entry point of `main` and tests).

@@ -124,6 +124,14 @@ impl LimitSettings {
 pub struct CrawlSettings {
     /// Query parameters removed from followed links ("utm_*" is a prefix).
     pub strip_query_params: Vec<String>,
+    pub obey_robots: bool,
+    /// How long a fetched robots.txt (or its 4xx "no rules") is trusted.
+    pub robots_cache: Duration,
+    /// How long a host whose robots.txt could not be fetched (5xx, 429, network error) is
+    /// treated as fully disallowed before robots.txt is tried again.
+    pub robots_unreachable_wait: Duration,
+    /// The longest Crawl-delay honoured; a longer one is cut to this.
+    pub max_crawl_delay: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +223,10 @@ struct RawSettings {
 #[serde(deny_unknown_fields)]
 struct RawCrawl {
     strip_query_params: Vec<String>,
+    obey_robots: bool,
+    robots_cache_secs: f64,
+    robots_unreachable_wait_secs: f64,
+    max_crawl_delay_secs: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -488,6 +500,16 @@ impl RawSettings {
             limits,
             crawl: CrawlSettings {
                 strip_query_params: self.crawl.strip_query_params.clone(),
+                obey_robots: self.crawl.obey_robots,
+                robots_cache: seconds("crawl.robots_cache_secs", self.crawl.robots_cache_secs)?,
+                robots_unreachable_wait: seconds(
+                    "crawl.robots_unreachable_wait_secs",
+                    self.crawl.robots_unreachable_wait_secs,
+                )?,
+                max_crawl_delay: seconds(
+                    "crawl.max_crawl_delay_secs",
+                    self.crawl.max_crawl_delay_secs,
+                )?,
             },
             log,
             sources,

@@ -23,6 +23,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::follow::{Child, CrawlSpec};
 use crate::job::{Admitted, Attempt, ClaimedJob, JobId, PageRecord, Status, Verdict};
+use crate::robots::RobotsAnswer;
 use crate::settings::DatabaseSettings;
 
 /// All timestamps are UTC ISO-8601 text written by SQLite, so comparisons use one clock.
@@ -496,6 +497,8 @@ impl Store {
                 Verdict::Done => FINISH_DONE,
                 Verdict::Retry { .. } => FINISH_RETRY,
                 Verdict::Failed { .. } => FINISH_FAILED,
+                Verdict::Skipped { .. } => FINISH_SKIPPED,
+                Verdict::Postponed { .. } => FINISH_POSTPONED,
             };
             let mut query = sqlx::query(sql)
                 .bind(job.id.0)
@@ -503,10 +506,12 @@ impl Store {
                 .bind(job.attempt);
             match &attempt.verdict {
                 Verdict::Done => {}
-                Verdict::Retry { after, reason } => {
+                Verdict::Retry { after, reason } | Verdict::Postponed { after, reason } => {
                     query = query.bind(reason).bind(after.as_secs_f64());
                 }
-                Verdict::Failed { reason } => query = query.bind(reason),
+                Verdict::Failed { reason } | Verdict::Skipped { reason } => {
+                    query = query.bind(reason)
+                }
             }
             let changed = query
                 .execute(&mut *tx)
@@ -554,6 +559,78 @@ impl Store {
             .into_iter()
             .map(|(host, secs)| (host, Duration::from_secs_f64(secs.max(0.0))))
             .collect())
+    }
+
+    // ---- robots.txt answers, per origin. ----
+
+    /// The stored robots.txt answer for `origin` while it is fresh, with how long it
+    /// still holds.
+    pub async fn robots(
+        &self,
+        origin: &str,
+    ) -> Result<Option<(RobotsAnswer, Duration)>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT http_status, CAST(body AS BLOB) AS body, error,
+                    (julianday(expires_at) - julianday('now')) * 86400.0 AS fresh_secs
+               FROM robots WHERE origin = ?1 AND expires_at > ",
+            now!()
+        ))
+        .bind(origin)
+        .fetch_optional(&self.pool)
+        .await
+        .doing("reading a cached robots.txt")?;
+        let Some(row) = row else { return Ok(None) };
+        let read = || -> Result<(RobotsAnswer, Duration), sqlx::Error> {
+            let status: Option<i64> = row.try_get("http_status")?;
+            let answer = match status {
+                Some(status) => RobotsAnswer::Fetched {
+                    status: u16::try_from(status).unwrap_or(0),
+                    body: row
+                        .try_get::<Option<Vec<u8>>, _>("body")?
+                        .unwrap_or_default(),
+                },
+                None => RobotsAnswer::Failed(
+                    lossy_text(&row, "error")?.unwrap_or_else(|| "no answer".to_owned()),
+                ),
+            };
+            let fresh: f64 = row.try_get("fresh_secs")?;
+            Ok((answer, Duration::from_secs_f64(fresh.max(0.0))))
+        };
+        read().map(Some).doing("reading a cached robots.txt")
+    }
+
+    /// Keeps a robots.txt answer for `fresh_for` (replacing an older one).
+    pub async fn save_robots(
+        &self,
+        origin: &str,
+        answer: &RobotsAnswer,
+        fresh_for: Duration,
+    ) -> Result<(), StoreError> {
+        let (status, body, error) = match answer {
+            RobotsAnswer::Fetched { status, body } => (Some(*status), Some(body.as_slice()), None),
+            RobotsAnswer::Failed(reason) => (None, None, Some(reason.as_str())),
+        };
+        sqlx::query(concat!(
+            "INSERT INTO robots (origin, http_status, body, error, fetched_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ",
+            now!(),
+            ", ",
+            now_plus!("?5"),
+            ")
+             ON CONFLICT (origin) DO UPDATE SET
+                 http_status = excluded.http_status, body = excluded.body,
+                 error = excluded.error, fetched_at = excluded.fetched_at,
+                 expires_at = excluded.expires_at"
+        ))
+        .bind(origin)
+        .bind(status)
+        .bind(body)
+        .bind(error)
+        .bind(fresh_for.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .doing("storing robots.txt")?;
+        Ok(())
     }
 
     // ---- Reading state. ----
@@ -639,6 +716,26 @@ const FINISH_RETRY: &str = concat!(
 const FINISH_FAILED: &str = concat!(
     "UPDATE jobs SET status = 'failed', error = ?4, finished_at = ",
     now!(),
+    ", updated_at = ",
+    now!(),
+    ", lease_owner = NULL, lease_expires_at = NULL",
+    while_leased!()
+);
+
+/// Nothing was fetched, so the claim's attempt is given back.
+const FINISH_SKIPPED: &str = concat!(
+    "UPDATE jobs SET status = 'skipped', error = ?4, attempts = attempts - 1, finished_at = ",
+    now!(),
+    ", updated_at = ",
+    now!(),
+    ", lease_owner = NULL, lease_expires_at = NULL",
+    while_leased!()
+);
+
+/// Back to the queue for ?5 seconds; nothing was fetched, so the attempt is given back.
+const FINISH_POSTPONED: &str = concat!(
+    "UPDATE jobs SET status = 'queued', error = ?4, attempts = attempts - 1, run_after = ",
+    now_plus!("?5"),
     ", updated_at = ",
     now!(),
     ", lease_owner = NULL, lease_expires_at = NULL",
@@ -801,7 +898,10 @@ async fn pause_host(
     verdict: &Verdict,
 ) -> Result<(), StoreError> {
     let reason = match verdict {
-        Verdict::Retry { reason, .. } | Verdict::Failed { reason } => reason.as_str(),
+        Verdict::Retry { reason, .. }
+        | Verdict::Failed { reason }
+        | Verdict::Skipped { reason }
+        | Verdict::Postponed { reason, .. } => reason.as_str(),
         Verdict::Done => "Retry-After",
     };
     sqlx::query(concat!(

@@ -144,7 +144,7 @@ fn sigterm_lets_in_flight_jobs_finish_and_requeues_the_rest() {
             insert_job(&sql, &server.url(&format!("/p{i}"))).await;
         }
         wait_until("two requests in flight", || async {
-            server.hits().len() >= 2
+            server.page_hits().len() >= 2
         })
         .await;
         sigterm(&daemon);
@@ -160,7 +160,7 @@ fn sigterm_lets_in_flight_jobs_finish_and_requeues_the_rest() {
         let queued: Vec<_> = statuses.iter().filter(|(s, _)| s == "queued").collect();
         assert_eq!(
             done,
-            server.hits().len(),
+            server.page_hits().len(),
             "every request that started finished: {statuses:?}"
         );
         assert_eq!(done + queued.len(), 6, "{statuses:?}");
@@ -317,7 +317,12 @@ fn exit_when_idle_returns_once_the_queue_is_empty() {
             .env("CRAWLQ__LIMITS__PER_HOST_RPS", "100"),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(server.hits().len(), 2);
+    assert_eq!(server.page_hits().len(), 2);
+    assert_eq!(
+        server.hits_for("/robots.txt").len(),
+        1,
+        "robots.txt is on by default"
+    );
     let out = output(crawlq(dir.path()).args(["status", "--database", "q.db"]));
     assert!(
         text(&out.stdout).contains("done: 2"),

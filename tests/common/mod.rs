@@ -23,7 +23,8 @@ use crawlq::shutdown::{self, ShutdownTrigger};
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Test settings: fast polling and backoff, limits high enough to stay out of the way
-/// unless a test lowers them. Logs go to stderr only when TEST_LOG is set.
+/// unless a test lowers them, and robots.txt off (so request counts and spacing are the
+/// pages' own) except in the tests about it. Logs go to stderr only when TEST_LOG is set.
 pub fn test_settings(database: &Path) -> Settings {
     let mut settings = Settings::load_from_str(
         r#"
@@ -40,6 +41,8 @@ pub fn test_settings(database: &Path) -> Settings {
         [fetch]
         timeout_secs = 5
         connect_timeout_secs = 2
+        [crawl]
+        obey_robots = false
         "#,
     )
     .expect("test settings are valid");
@@ -130,6 +133,13 @@ impl RunningDaemon {
             .await
             .expect("daemon stops within the deadline")
             .expect("daemon ran without error")
+    }
+
+    /// Stops the daemon and hands back its database, to start another daemon on it.
+    pub async fn stop_keeping_db(mut self) -> TempDb {
+        let db = std::mem::replace(&mut self.db, TempDb::new());
+        self.stop().await;
+        db
     }
 
     pub async fn job(&self, id: i64) -> JobRow {

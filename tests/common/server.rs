@@ -244,6 +244,17 @@ impl TestServer {
         self.shared.hits().clone()
     }
 
+    /// Requests for anything but `/robots.txt` (which a daemon obeying robots.txt asks
+    /// for first).
+    pub fn page_hits(&self) -> Vec<Hit> {
+        self.shared
+            .hits()
+            .iter()
+            .filter(|h| h.path != "/robots.txt")
+            .cloned()
+            .collect()
+    }
+
     /// Requests whose target is exactly `path` (the query counts too).
     pub fn hits_for(&self, path: &str) -> Vec<Hit> {
         self.shared

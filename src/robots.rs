@@ -1,0 +1,331 @@
+//! robots.txt (RFC 9309): what a site lets crawlq fetch, and how slowly.
+//!
+//! One robots.txt per origin (scheme, host, port), fetched at most once per
+//! `crawl.robots_cache_secs` by whichever job needs it first; other jobs of that origin
+//! wait for that fetch instead of starting their own. Answers are kept in the `robots`
+//! table, so a restart or a second daemon does not fetch them again, and in a bounded
+//! in-memory map in front of it. Rules are parsed with `texting_robots`.
+//!
+//! How an answer is read (RFC 9309 §2.3.1):
+//! - 2xx: the rules in the body (the first 512 KiB), for our product token or else `*`;
+//! - 4xx other than 429, or a redirect chain that goes nowhere: no rules, all allowed;
+//! - 5xx, 429, or no answer: everything disallowed until `robots_unreachable_wait_secs`
+//!   has passed and robots.txt is tried again. The host's jobs wait meanwhile; they are not
+//!   failed or skipped for it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use url::Url;
+
+use crate::runtime::{self, AsyncMutex};
+use crate::settings::CrawlSettings;
+use crate::store::Store;
+
+/// The most of a robots.txt body that is read; RFC 9309 asks for at least 500 KiB.
+pub const MAX_ROBOTS_BYTES: u64 = 512 * 1024;
+
+/// Origins whose rules are kept in memory; past this, idle ones are dropped at the next
+/// prune (they are read back from the `robots` table when needed).
+const MAX_CACHED_ORIGINS: usize = 4096;
+
+/// What robots.txt says about one URL.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Permission {
+    /// Fetch it, leaving at least `crawl_delay` between requests to its host if set.
+    Allowed { crawl_delay: Option<Duration> },
+    /// Do not fetch it; the reason is stored with the skipped job.
+    Disallowed(String),
+    /// robots.txt could not be read: touch nothing on this host for `wait`.
+    Unreachable { wait: Duration, reason: String },
+}
+
+/// What fetching an origin's robots.txt came to (redirects already followed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RobotsAnswer {
+    /// The final status and (for 2xx) up to [`MAX_ROBOTS_BYTES`] of the body.
+    Fetched { status: u16, body: Vec<u8> },
+    /// No answer: network error, timeout, or a redirect that could not be followed.
+    Failed(String),
+}
+
+impl RobotsAnswer {
+    fn describe(&self) -> String {
+        match self {
+            RobotsAnswer::Fetched { status, body } => {
+                format!("HTTP {status}, {} bytes", body.len())
+            }
+            RobotsAnswer::Failed(reason) => reason.clone(),
+        }
+    }
+}
+
+/// A site's rules, ready to be asked about URLs.
+enum Policy {
+    AllowAll,
+    Rules(texting_robots::Robot),
+    Unreachable(String),
+}
+
+struct Cached {
+    policy: Arc<Policy>,
+    expires: Instant,
+}
+
+/// One slot per origin; its lock is held while that origin's robots.txt is loaded, so
+/// concurrent jobs of one site cause one fetch.
+type Slot = Arc<AsyncMutex<Option<Cached>>>;
+
+pub struct Robots {
+    store: Store,
+    /// The product token rules are matched against: the first word of the User-Agent.
+    agent: String,
+    settings: CrawlSettings,
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl Robots {
+    pub fn new(store: Store, user_agent: &str, settings: &CrawlSettings) -> Robots {
+        Robots {
+            store,
+            agent: product_token(user_agent),
+            settings: settings.clone(),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `url` may be fetched. `fetch_robots` is called with the origin's robots.txt
+    /// URL when its rules are neither in memory nor fresh in the database; it must go
+    /// through the rate limiter like any request.
+    pub async fn permission<F, Fut>(&self, url: &Url, fetch_robots: F) -> Permission
+    where
+        F: FnOnce(Url) -> Fut,
+        Fut: Future<Output = RobotsAnswer>,
+    {
+        if !self.settings.obey_robots || url.path() == "/robots.txt" {
+            return Permission::Allowed { crawl_delay: None };
+        }
+        let origin = url.origin().ascii_serialization();
+        let (policy, expires) = self.policy(&origin, fetch_robots).await;
+        match &*policy {
+            Policy::AllowAll => Permission::Allowed { crawl_delay: None },
+            Policy::Rules(robot) if robot.allowed(url.as_str()) => Permission::Allowed {
+                crawl_delay: robot
+                    .delay
+                    .filter(|d| d.is_finite() && *d > 0.0)
+                    .map(|d| Duration::from_secs_f32(d).min(self.settings.max_crawl_delay)),
+            },
+            Policy::Rules(_) => Permission::Disallowed(format!(
+                "disallowed by robots.txt ({origin}/robots.txt, rules for {:?})",
+                self.agent
+            )),
+            Policy::Unreachable(reason) => Permission::Unreachable {
+                wait: expires
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(1)),
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    async fn policy<F, Fut>(&self, origin: &str, fetch_robots: F) -> (Arc<Policy>, Instant)
+    where
+        F: FnOnce(Url) -> Fut,
+        Fut: Future<Output = RobotsAnswer>,
+    {
+        let slot = self
+            .slots
+            .lock()
+            .expect("robots slots lock")
+            .entry(origin.to_owned())
+            .or_default()
+            .clone();
+        let mut cached = slot.lock().await;
+        if let Some(c) = cached.as_ref().filter(|c| c.expires > Instant::now()) {
+            return (c.policy.clone(), c.expires);
+        }
+        let (answer, fresh_for) = match self.store.robots(origin).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => self.fetch_and_keep(origin, fetch_robots).await,
+            Err(e) => {
+                tracing::warn!(%origin, error = %e, "could not read the robots.txt cache; fetching it again");
+                self.fetch_and_keep(origin, fetch_robots).await
+            }
+        };
+        let agent = self.agent.clone();
+        let origin_owned = origin.to_owned();
+        // Parsing a large robots.txt compiles many patterns: keep it off the I/O threads.
+        let policy =
+            runtime::spawn_blocking(move || policy_of(&answer, &agent, &origin_owned)).await;
+        let entry = Cached {
+            policy: Arc::new(policy),
+            expires: Instant::now() + fresh_for,
+        };
+        let found = (entry.policy.clone(), entry.expires);
+        *cached = Some(entry);
+        found
+    }
+
+    /// Fetches robots.txt and stores the answer; returns it with how long it holds.
+    async fn fetch_and_keep<F, Fut>(
+        &self,
+        origin: &str,
+        fetch_robots: F,
+    ) -> (RobotsAnswer, Duration)
+    where
+        F: FnOnce(Url) -> Fut,
+        Fut: Future<Output = RobotsAnswer>,
+    {
+        let robots_url = Url::parse(&format!("{origin}/robots.txt"))
+            .expect("an http(s) origin plus a path is a URL");
+        let answer = fetch_robots(robots_url).await;
+        let fresh_for = match &answer {
+            RobotsAnswer::Fetched { status, .. } if !is_unreachable(*status) => {
+                self.settings.robots_cache
+            }
+            _ => self.settings.robots_unreachable_wait,
+        };
+        tracing::info!(%origin, answer = %answer.describe(), "robots.txt fetched");
+        if let Err(e) = self.store.save_robots(origin, &answer, fresh_for).await {
+            // Still obeyed from memory; another daemon or a restart fetches it again.
+            tracing::warn!(%origin, error = %e, "could not store robots.txt");
+        }
+        (answer, fresh_for)
+    }
+
+    /// Drops expired and surplus origins nobody is using, so memory does not grow with
+    /// the number of sites ever crawled.
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let mut slots = self.slots.lock().expect("robots slots lock");
+        slots.retain(|_, slot| match slot.try_lock() {
+            Some(cached) => cached.as_ref().is_some_and(|c| c.expires > now),
+            None => true, // being loaded right now
+        });
+        if slots.len() > MAX_CACHED_ORIGINS {
+            let surplus = slots.len() - MAX_CACHED_ORIGINS;
+            let idle: Vec<String> = slots
+                .iter()
+                .filter(|(_, slot)| Arc::strong_count(slot) == 1 && slot.try_lock().is_some())
+                .map(|(origin, _)| origin.clone())
+                .take(surplus)
+                .collect();
+            for origin in idle {
+                slots.remove(&origin);
+            }
+        }
+    }
+
+    /// Origins whose rules are in memory (for tests and stats).
+    pub fn cached_origins(&self) -> usize {
+        self.slots.lock().expect("robots slots lock").len()
+    }
+}
+
+/// 5xx and 429 mean the site could not say what it allows (RFC 9309 §2.3.1.4; a 429 is
+/// the site asking us to slow down, so it is read the same way).
+fn is_unreachable(status: u16) -> bool {
+    status == 429 || status >= 500
+}
+
+fn policy_of(answer: &RobotsAnswer, agent: &str, origin: &str) -> Policy {
+    match answer {
+        RobotsAnswer::Fetched { status, body } if (200..300).contains(status) => {
+            match texting_robots::Robot::new(agent, body) {
+                Ok(robot) => Policy::Rules(robot),
+                Err(e) => {
+                    // The parser is lenient; what it still refuses holds no usable rule.
+                    tracing::warn!(%origin, error = %e, "robots.txt could not be parsed; treating it as empty");
+                    Policy::AllowAll
+                }
+            }
+        }
+        RobotsAnswer::Fetched { status, .. } if is_unreachable(*status) => {
+            Policy::Unreachable(format!(
+                "robots.txt unreachable ({origin}/robots.txt answered {})",
+                crate::fetch::describe_status(*status)
+            ))
+        }
+        RobotsAnswer::Fetched { .. } => Policy::AllowAll,
+        RobotsAnswer::Failed(reason) => {
+            Policy::Unreachable(format!("robots.txt unreachable ({reason})"))
+        }
+    }
+}
+
+/// "crawlq/0.1 (+https://…)" → "crawlq": the name robots.txt groups are matched against.
+fn product_token(user_agent: &str) -> String {
+    let token: String = user_agent
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .collect();
+    if token.is_empty() {
+        "*".to_owned()
+    } else {
+        token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetched(status: u16, body: &str) -> RobotsAnswer {
+        RobotsAnswer::Fetched {
+            status,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn allows(policy: &Policy, path: &str) -> bool {
+        match policy {
+            Policy::AllowAll => true,
+            Policy::Rules(robot) => robot.allowed(&format!("http://a.example{path}")),
+            Policy::Unreachable(_) => false,
+        }
+    }
+
+    #[test]
+    fn the_agents_own_group_wins_over_the_star_group() {
+        let body = "User-agent: *\nDisallow: /\n\nUser-agent: crawlq\nDisallow: /private\nCrawl-delay: 2.5\n";
+        let policy = policy_of(&fetched(200, body), "crawlq", "http://a.example");
+        assert!(allows(&policy, "/public"));
+        assert!(!allows(&policy, "/private/x"));
+        let Policy::Rules(robot) = &policy else {
+            panic!("parsed")
+        };
+        assert_eq!(robot.delay, Some(2.5));
+        let other = policy_of(&fetched(200, body), "otherbot", "http://a.example");
+        assert!(!allows(&other, "/public"));
+    }
+
+    #[test]
+    fn status_codes_read_as_rfc_9309_says() {
+        assert!(matches!(
+            policy_of(&fetched(404, "Disallow: /"), "crawlq", "o"),
+            Policy::AllowAll
+        ));
+        assert!(matches!(
+            policy_of(&fetched(503, ""), "crawlq", "o"),
+            Policy::Unreachable(reason) if reason.contains("503 Service Unavailable")
+        ));
+        assert!(matches!(
+            policy_of(&fetched(429, ""), "crawlq", "o"),
+            Policy::Unreachable(_)
+        ));
+        assert!(matches!(
+            policy_of(&RobotsAnswer::Failed("timed out".into()), "crawlq", "o"),
+            Policy::Unreachable(reason) if reason.contains("timed out")
+        ));
+    }
+
+    #[test]
+    fn the_product_token_is_the_first_word_of_the_user_agent() {
+        assert_eq!(product_token("crawlq/0.1 (+https://x)"), "crawlq");
+        assert_eq!(product_token("My_Bot-2 rest"), "My_Bot-2");
+        assert_eq!(product_token("  "), "*");
+    }
+}

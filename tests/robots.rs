@@ -1,0 +1,269 @@
+//! robots.txt through the real daemon: disallowed pages skipped, one fetch per site (kept
+//! across a restart), Crawl-delay seen in the server's arrival times, and an unreachable
+//! robots.txt holding the host back without using up attempts.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::server::{Reply, TestServer};
+use common::{assert_spaced, wait_until, RunningDaemon};
+use crawlq::runtime::block_on;
+use crawlq::settings::Settings;
+
+fn obey_robots(s: &mut Settings) {
+    s.crawl.obey_robots = true;
+}
+
+/// A site whose robots.txt is `robots` and whose other paths are tiny pages.
+fn site(ip: &str, robots: &'static str) -> TestServer {
+    TestServer::start(ip, move |request| {
+        if request.path == "/robots.txt" {
+            Reply::bytes("text/plain", robots.as_bytes().to_vec())
+        } else {
+            Reply::html(format!("<title>{}</title>", request.path))
+        }
+    })
+}
+
+#[test]
+fn disallowed_pages_are_skipped_and_robots_txt_is_fetched_once() {
+    block_on(async {
+        let server = site(
+            "127.0.0.1",
+            "User-agent: *\nAllow: /\n\nUser-agent: crawlq\nDisallow: /private\n",
+        );
+        let daemon = RunningDaemon::start(obey_robots).await;
+        let mut allowed = Vec::new();
+        let mut disallowed = Vec::new();
+        for i in 0..6 {
+            allowed.push(daemon.insert(&server.url(&format!("/public/{i}"))).await);
+            disallowed.push(daemon.insert(&server.url(&format!("/private/{i}"))).await);
+        }
+        daemon.wait_all_done(&allowed).await;
+        for &id in &disallowed {
+            let job = daemon.wait_finished(id).await;
+            assert_eq!(job.status, "skipped", "job {id}");
+            let error = job.error.unwrap_or_default();
+            assert!(error.contains("disallowed by robots.txt"), "{error}");
+            assert!(
+                error.contains("\"crawlq\""),
+                "names the group used: {error}"
+            );
+            assert_eq!(job.attempts, 0, "nothing was fetched for job {id}");
+            assert!(daemon.result(id).await.is_none());
+        }
+        assert_eq!(
+            server.hits_for("/robots.txt").len(),
+            1,
+            "{:?}",
+            server.hits()
+        );
+        let pages = server.page_hits();
+        assert_eq!(pages.len(), 6);
+        assert!(pages.iter().all(|h| h.path.starts_with("/public/")));
+        let first_page = pages.iter().map(|h| h.at).min().unwrap();
+        assert!(server.hits_for("/robots.txt")[0].at <= first_page);
+
+        let (status, fresh): (i64, bool) = sqlx::query_as(
+            "SELECT http_status, expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+23 hours')
+               FROM robots WHERE origin = ?1",
+        )
+        .bind(server.url("/").trim_end_matches('/'))
+        .fetch_one(&daemon.sql)
+        .await
+        .unwrap();
+        assert_eq!((status, fresh), (200, true), "cached for a day");
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn the_robots_cache_survives_a_restart() {
+    block_on(async {
+        let server = site("127.0.0.1", "User-agent: *\nDisallow: /no\n");
+        let daemon = RunningDaemon::start(obey_robots).await;
+        let id = daemon.insert(&server.url("/yes")).await;
+        daemon.wait_all_done(&[id]).await;
+        let db = daemon.stop_keeping_db().await;
+
+        let daemon = RunningDaemon::start_on(db, obey_robots, |_| async {}).await;
+        let yes = daemon.insert(&server.url("/yes/again")).await;
+        let no = daemon.insert(&server.url("/no/thanks")).await;
+        daemon.wait_all_done(&[yes]).await;
+        assert_eq!(daemon.wait_finished(no).await.status, "skipped");
+        assert_eq!(
+            server.hits_for("/robots.txt").len(),
+            1,
+            "the second daemon used the stored answer"
+        );
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_missing_robots_txt_allows_everything() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |request| {
+            if request.path == "/robots.txt" {
+                Reply::status(404)
+            } else {
+                Reply::html("<title>ok</title>")
+            }
+        });
+        let daemon = RunningDaemon::start(obey_robots).await;
+        let ids = [
+            daemon.insert(&server.url("/a")).await,
+            daemon.insert(&server.url("/b")).await,
+        ];
+        daemon.wait_all_done(&ids).await;
+        assert_eq!(server.hits_for("/robots.txt").len(), 1);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn crawl_delay_spaces_requests_at_the_server() {
+    block_on(async {
+        let server = site("127.0.0.1", "User-agent: *\nCrawl-delay: 0.4\n");
+        // The configured quota (1000/s) would allow all of them at once.
+        let daemon = RunningDaemon::start(obey_robots).await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
+        }
+        daemon.wait_all_done(&ids).await;
+        // robots.txt itself is a request: the first page also waits the delay after it.
+        let times: Vec<_> = server.hits().iter().map(|h| h.at).collect();
+        assert_eq!(times.len(), 6, "{:?}", server.hits());
+        assert_spaced(&times, Duration::from_millis(400));
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_crawl_delay_never_speeds_up_a_slower_quota() {
+    block_on(async {
+        let server = site("127.0.0.1", "User-agent: *\nCrawl-delay: 0.1\n");
+        let daemon = RunningDaemon::start(|s| {
+            obey_robots(s);
+            s.limits.per_host.rate.rps = 4.0;
+        })
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..4 {
+            ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
+        }
+        daemon.wait_all_done(&ids).await;
+        let times: Vec<_> = server.hits().iter().map(|h| h.at).collect();
+        assert_eq!(times.len(), 5);
+        assert_spaced(&times, Duration::from_millis(250));
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn an_unreachable_robots_txt_holds_the_host_back_without_using_attempts() {
+    block_on(async {
+        // robots.txt fails twice (503, then 500), then says everything is allowed.
+        let robots_asked = Arc::new(AtomicUsize::new(0));
+        let asked = robots_asked.clone();
+        let server = TestServer::start("127.0.0.3", move |request| {
+            if request.path != "/robots.txt" {
+                return Reply::html("<title>page</title>");
+            }
+            match asked.fetch_add(1, Ordering::SeqCst) {
+                0 => Reply::status(503),
+                1 => Reply::status(500),
+                _ => Reply::bytes("text/plain", b"User-agent: *\nAllow: /\n".to_vec()),
+            }
+        });
+        let other = site("127.0.0.4", "");
+        let daemon = RunningDaemon::start(|s| {
+            obey_robots(s);
+            s.crawl.robots_unreachable_wait = Duration::from_secs(1);
+            // Fewer attempts than robots.txt failures: waiting must not use them up.
+            s.retry.max_attempts = 1.try_into().unwrap();
+        })
+        .await;
+        let held = daemon.insert(&server.url("/held")).await;
+        let free = daemon.insert(&other.url("/free")).await;
+        daemon.wait_all_done(&[free]).await;
+
+        let sql = daemon.sql.clone();
+        wait_until("the held job to say why it waits", || {
+            let sql = sql.clone();
+            async move {
+                let row = common::job_row(&sql, held).await;
+                row.status == "queued"
+                    && row
+                        .error
+                        .is_some_and(|e| e.contains("robots.txt unreachable"))
+            }
+        })
+        .await;
+        let reason: String =
+            sqlx::query_scalar("SELECT pause_reason FROM hosts WHERE host = '127.0.0.3'")
+                .fetch_one(&daemon.sql)
+                .await
+                .expect("the host's pause is recorded");
+        assert!(reason.contains("503 Service Unavailable"), "{reason}");
+
+        let job = daemon.wait_finished(held).await;
+        assert_eq!(job.status, "done", "{:?}", job.error);
+        assert_eq!(job.attempts, 1, "the waits did not count as attempts");
+        assert_eq!(robots_asked.load(Ordering::SeqCst), 3);
+        // No page request went out before robots.txt answered 200, and robots.txt was
+        // asked again only after each wait.
+        let robots = server.hits_for("/robots.txt");
+        let pages = server.page_hits();
+        assert_eq!(pages.len(), 1);
+        assert!(pages[0].at >= robots[2].at);
+        for pair in robots.windows(2) {
+            assert!(
+                pair[1].at - pair[0].at >= Duration::from_millis(950),
+                "robots.txt asked again too soon: {:?}",
+                pair[1].at - pair[0].at
+            );
+        }
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_redirect_into_a_disallowed_path_is_skipped() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |request| match request.path.as_str() {
+            "/robots.txt" => {
+                Reply::bytes("text/plain", b"User-agent: *\nDisallow: /secret\n".to_vec())
+            }
+            "/open" => Reply::redirect(302, "/secret/page"),
+            _ => Reply::html("<title>x</title>"),
+        });
+        let daemon = RunningDaemon::start(obey_robots).await;
+        let id = daemon.insert(&server.url("/open")).await;
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "skipped");
+        let error = job.error.unwrap_or_default();
+        assert!(
+            error.contains("redirect to") && error.contains("/secret/page"),
+            "{error}"
+        );
+        assert!(server.hits_for("/secret/page").is_empty());
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn with_obey_robots_off_robots_txt_is_not_fetched() {
+    block_on(async {
+        let server = site("127.0.0.1", "User-agent: *\nDisallow: /\n");
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id = daemon.insert(&server.url("/anything")).await;
+        daemon.wait_all_done(&[id]).await;
+        assert!(server.hits_for("/robots.txt").is_empty());
+        daemon.stop().await;
+    });
+}
