@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 use url::Url;
 
-use crate::fetch::{self, FetchError, Fetcher, GetOptions, Response};
+use crate::body;
+use crate::fetch::{self, FetchError, Fetcher, GetOptions, Response, Validators};
 use crate::follow::{Child, Follow, QueryFilter};
 use crate::job::{self, Attempt, ClaimedJob, Ending, PageRecord};
 use crate::limits::RateLimits;
@@ -125,7 +126,15 @@ impl Crawler {
             Ok(url) => url,
             Err(reason) => return Outcome::ended(Ending::Fatal(reason)),
         };
-        let (final_url, response) = match self.fetch_following_redirects(start.clone()).await {
+        let known = job
+            .known_version
+            .as_ref()
+            .filter(|_| self.settings.fetch.conditional_get);
+        let if_changed = known.map(|k| &k.validators);
+        let (final_url, response) = match self
+            .fetch_following_redirects(start.clone(), if_changed)
+            .await
+        {
             Ok(found) => found,
             Err(Ending::Postponed {
                 after,
@@ -146,6 +155,16 @@ impl Crawler {
         };
         let status = response.status;
         let pause = self.honour_retry_after(&final_url, &response);
+        if let Some(known) = known.filter(|_| status == 304 && final_url == start) {
+            tracing::debug!(result = known.result_id, "not modified");
+            let mut page = self.record(&start, final_url, response, selectors).await;
+            page.unchanged_since = Some(known.result_id);
+            page.validators = known.validators.clone();
+            return Outcome {
+                page: Some(page),
+                ..Outcome::ended(Ending::NotModified)
+            };
+        }
         let page = self.record(&start, final_url, response, selectors).await;
         let children = if (200..300).contains(&status) {
             follow.children(&page.links, &self.query_filter)
@@ -257,7 +276,12 @@ impl Crawler {
 
     /// GETs `url`, following redirects by hand so each hop asks robots.txt and waits for
     /// its host's quota.
-    async fn fetch_following_redirects(&self, start: Url) -> Result<(Url, Response), Ending> {
+    /// `if_changed` goes with the first request only (it describes the start URL).
+    async fn fetch_following_redirects(
+        &self,
+        start: Url,
+        if_changed: Option<&Validators>,
+    ) -> Result<(Url, Response), Ending> {
         let max_redirects = self.settings.fetch.max_redirects;
         let mut chain = vec![start];
         loop {
@@ -265,9 +289,13 @@ impl Crawler {
             let host = job::host_key(&url).expect("checked URLs have a host");
             let crawl_delay = self.ask_robots(&url, &host, chain.len() == 1).await?;
             self.limits.until_ready(&host, crawl_delay).await;
+            let options = GetOptions {
+                if_changed: if_changed.filter(|_| chain.len() == 1),
+                cut_body_at: None,
+            };
             let response = self
                 .fetcher
-                .get(&url, GetOptions::default())
+                .get(&url, options)
                 .await
                 .map_err(|e| fetch_ending(&url, e))?;
             let Some(location) = response
@@ -306,7 +334,8 @@ impl Crawler {
         }
     }
 
-    /// Builds the `results` row; HTML is parsed on a blocking thread.
+    /// Builds the `results` row; HTML is parsed (and a kept body compressed) on a blocking
+    /// thread.
     async fn record(
         &self,
         start: &Url,
@@ -315,6 +344,8 @@ impl Crawler {
         selectors: SelectorSet,
     ) -> PageRecord {
         let bytes = response.body.len() as u64;
+        let keep_body = self.settings.fetch.store_body && response.status != 304;
+        let html = parse::is_html(response.content_type.as_deref()) && !response.body.is_empty();
         let mut page = PageRecord {
             url: start.to_string(),
             final_url: final_url.to_string(),
@@ -326,20 +357,31 @@ impl Crawler {
             data: Default::default(),
             bytes,
             elapsed: response.elapsed,
+            unchanged_since: None,
+            validators: response.validators.clone(),
+            gzipped_body: None,
         };
-        if parse::is_html(response.content_type.as_deref()) && !response.body.is_empty() {
-            let span = tracing::debug_span!("parse", bytes);
-            let body = response.body;
-            let content_type = response.content_type;
-            let parsed = runtime::spawn_blocking(move || {
-                span.in_scope(|| {
+        if !html && !keep_body {
+            return page;
+        }
+        let span = tracing::debug_span!("parse", bytes);
+        let body = response.body;
+        let content_type = response.content_type;
+        let (parsed, gzipped) = runtime::spawn_blocking(move || {
+            span.in_scope(|| {
+                let gzipped = keep_body.then(|| body::gzip(&body));
+                let parsed = html.then(|| {
                     let text = parse::decode_html(&body, content_type.as_deref());
                     let parsed = parse::parse_html(&text, &final_url, &selectors);
                     tracing::debug!(links = parsed.links.len(), "parsed");
                     parsed
-                })
+                });
+                (parsed, gzipped)
             })
-            .await;
+        })
+        .await;
+        page.gzipped_body = gzipped;
+        if let Some(parsed) = parsed {
             page.title = parsed.title;
             page.description = parsed.description;
             page.links = parsed.links;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::fetch;
+use crate::fetch::{self, Validators};
 use crate::follow::{self, Child, CrawlSpec, QueryFilter};
 use crate::parse::SelectorSet;
 use crate::settings::RetrySettings;
@@ -144,6 +144,19 @@ pub struct ClaimedJob {
     /// The crawl this job belongs to (its own id for a root) and its crawl columns.
     pub root_id: i64,
     pub crawl: CrawlSpec,
+    /// Which fetch of the job this is (1, then one more per recrawl): its `results` row.
+    pub fetch_no: i64,
+    /// Its URL in canonical form (set at admission; jobs older than crawls lack it).
+    pub canonical_url: Option<String>,
+    /// The version of this URL stored before, if the server gave it validators.
+    pub known_version: Option<KnownVersion>,
+}
+
+/// A version of a URL we already have: its validators, and the result holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownVersion {
+    pub validators: Validators,
+    pub result_id: i64,
 }
 
 /// What the server answered, as stored in `results`.
@@ -159,6 +172,12 @@ pub struct PageRecord {
     pub data: BTreeMap<String, Vec<String>>,
     pub bytes: u64,
     pub elapsed: Duration,
+    /// A 304 to our conditional GET: the result it confirmed (content is copied from it).
+    pub unchanged_since: Option<i64>,
+    /// The ETag / Last-Modified this version came with (kept for the next fetch).
+    pub validators: Validators,
+    /// The body gzip-compressed, when `fetch.store_body` is on.
+    pub gzipped_body: Option<Vec<u8>>,
 }
 
 /// How an attempt ended, before the retry policy is applied.
@@ -166,6 +185,8 @@ pub struct PageRecord {
 pub enum Ending {
     /// A final HTTP response (after redirects).
     Response(u16),
+    /// 304 to a conditional GET: the version we have is current.
+    NotModified,
     /// Worth trying again: a network error or a timeout.
     Transient(String),
     /// Trying again cannot help: bad input, redirect loop, body too large...
@@ -228,6 +249,7 @@ pub fn decide(
 ) -> Verdict {
     let (retryable, reason) = match ending {
         Ending::Response(status) if (200..300).contains(status) => return Verdict::Done,
+        Ending::NotModified => return Verdict::Done,
         Ending::Response(status) => (
             matches!(status, 408 | 429 | 500..=599),
             format!("HTTP {}", fetch::describe_status(*status)),

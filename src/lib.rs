@@ -11,6 +11,7 @@
 //! - [`fetch`]     — the only module that names `surf`: one HTTP request, body capped.
 //! - [`limits`]    — the only module that names `governor`: per-host and global quotas.
 //! - [`parse`]     — the only module that names `scraper`: HTML in, owned data out.
+//! - [`body`]      — the only module that names `flate2`: stored bodies, gzipped.
 //! - [`job`]       — domain types: a job, its validation, and what its attempt came to.
 //! - [`crawl`]     — one job's attempt: wait, fetch (following redirects), parse.
 //! - [`follow`]    — link following: canonical URLs, scope, allow/deny.
@@ -18,6 +19,7 @@
 //! - [`daemon`]    — the scheduler loop: admit, claim fairly, run, store, shut down.
 //! - [`shutdown`]  — the stop signal handed to every long-running loop.
 
+pub mod body;
 pub mod crawl;
 pub mod daemon;
 pub mod fetch;

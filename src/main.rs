@@ -61,6 +61,11 @@ enum Command {
     Status,
     /// Create or upgrade the database, then exit.
     Migrate,
+    /// Write a stored page body (fetch.store_body) to stdout, as it was fetched.
+    Body {
+        /// The `results.id` whose body to print.
+        result_id: i64,
+    },
 }
 
 /// A failure with the exit code it deserves.
@@ -112,6 +117,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
                 selectors,
             } => add(settings, urls, priority, selectors).await,
             Command::Status => status(settings).await,
+            Command::Body { result_id } => body(settings, result_id).await,
             Command::Migrate => {
                 let store = Store::open(&settings.database)
                     .await
@@ -193,6 +199,29 @@ fn selectors_json(pairs: &[String]) -> Result<Option<String>, String> {
         object.insert(name.trim().to_owned(), css.trim().into());
     }
     Ok(Some(serde_json::Value::Object(object).to_string()))
+}
+
+async fn body(settings: Settings, result_id: i64) -> Result<(), Failure> {
+    use std::io::Write;
+
+    let store = Store::open(&settings.database)
+        .await
+        .map_err(Failure::runtime)?;
+    let stored = store.gzipped_body(result_id).await;
+    store.close().await;
+    let Some(gzipped) = stored.map_err(Failure::runtime)? else {
+        return Err(Failure::runtime(format!(
+            "result {result_id} has no stored body (is fetch.store_body on, and does the result exist?)"
+        )));
+    };
+    let page = crawlq::body::gunzip(&gzipped).map_err(|e| {
+        Failure::runtime(format!(
+            "the stored body of result {result_id} is damaged: {e}"
+        ))
+    })?;
+    std::io::stdout()
+        .write_all(&page)
+        .map_err(|e| Failure::runtime(format!("writing the body: {e}")))
 }
 
 async fn status(settings: Settings) -> Result<(), Failure> {

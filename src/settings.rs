@@ -74,6 +74,10 @@ pub struct FetchSettings {
     pub connect_timeout: Duration,
     pub max_body_bytes: u64,
     pub max_redirects: u32,
+    /// Send back a URL's ETag / Last-Modified when fetching it again.
+    pub conditional_get: bool,
+    /// Keep every fetched body, gzip-compressed, in the `bodies` table.
+    pub store_body: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -253,6 +257,8 @@ struct RawFetch {
     connect_timeout_secs: f64,
     max_body_bytes: u64,
     max_redirects: u32,
+    conditional_get: bool,
+    store_body: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -371,6 +377,8 @@ impl RawSettings {
             connect_timeout: seconds("fetch.connect_timeout_secs", f.connect_timeout_secs)?,
             max_body_bytes: f.max_body_bytes,
             max_redirects: f.max_redirects,
+            conditional_get: f.conditional_get,
+            store_body: f.store_body,
         };
 
         let r = &self.retry;

@@ -12,6 +12,7 @@
 //! - A job's result and its new status are written in one transaction, and a batch of
 //!   finished jobs shares one transaction (group commit).
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -21,8 +22,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::fetch::Validators;
 use crate::follow::{Child, CrawlSpec};
-use crate::job::{Admitted, Attempt, ClaimedJob, JobId, PageRecord, Status, Verdict};
+use crate::job::{Admitted, Attempt, ClaimedJob, JobId, KnownVersion, PageRecord, Status, Verdict};
 use crate::robots::RobotsAnswer;
 use crate::settings::DatabaseSettings;
 
@@ -407,7 +409,54 @@ impl Store {
             claimed.extend(claim_from(&mut tx, lease_token, lease, chunk).await?);
         }
         tx.commit().await.doing("claiming jobs")?;
+        self.attach_known_versions(&mut claimed).await?;
         Ok(claimed)
+    }
+
+    /// Fills in the validators each claimed URL was last fetched with (one query for the
+    /// whole claim), for conditional GETs.
+    async fn attach_known_versions(&self, claimed: &mut [ClaimedJob]) -> Result<(), StoreError> {
+        let urls: Vec<&str> = claimed
+            .iter()
+            .filter_map(|job| job.canonical_url.as_deref())
+            .collect();
+        if urls.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT v.url, v.etag, v.last_modified, v.result_id
+               FROM validators v
+              WHERE v.url IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(&urls).expect("strings serialize"))
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading stored validators")?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let known: HashMap<String, KnownVersion> = rows
+            .into_iter()
+            .map(|(url, etag, last_modified, result_id)| {
+                let validators = Validators {
+                    etag,
+                    last_modified,
+                };
+                (
+                    url,
+                    KnownVersion {
+                        validators,
+                        result_id,
+                    },
+                )
+            })
+            .collect();
+        for job in claimed {
+            if let Some(url) = &job.canonical_url {
+                job.known_version = known.get(url).cloned();
+            }
+        }
+        Ok(())
     }
 
     /// Pushes back the expiry of the leases we hold. Only the attempts the scheduler is
@@ -532,7 +581,13 @@ impl Store {
                 continue;
             }
             if let Some(page) = &attempt.page {
-                upsert_result(&mut tx, job.id, page).await?;
+                let result_id = upsert_result(&mut tx, job, page).await?;
+                if page.gzipped_body.is_some() {
+                    store_body(&mut tx, result_id, page).await?;
+                }
+                if let Some(url) = &job.canonical_url {
+                    remember_validators(&mut tx, url, result_id, page).await?;
+                }
             }
             if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
                 queue_children(&mut tx, job, &attempt.children).await?;
@@ -635,10 +690,26 @@ impl Store {
 
     // ---- Reading state. ----
 
+    /// A stored body (`fetch.store_body`) as kept: gzip bytes. None if there is none.
+    pub async fn gzipped_body(&self, result_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT body FROM bodies WHERE result_id = ?1")
+            .bind(result_id)
+            .fetch_optional(&self.pool)
+            .await
+            .doing("reading a stored body")
+    }
+
+    /// Whether any job is running or waiting; a job only waiting for its next recrawl
+    /// does not count (so `run --exit-when-idle` ends after one round of a recrawl).
     pub async fn has_unfinished_jobs(&self) -> Result<bool, StoreError> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE status IN ('queued', 'running'))",
-        )
+        sqlx::query_scalar(concat!(
+            "SELECT EXISTS (SELECT 1 FROM jobs
+                             WHERE status = 'running'
+                                OR (status = 'queued'
+                                    AND NOT (fetch_no > 1 AND attempts = 0 AND run_after > ",
+            now!(),
+            ")))"
+        ))
         .fetch_one(&self.pool)
         .await
         .doing("checking for unfinished jobs")
@@ -695,14 +766,30 @@ macro_rules! while_leased {
     };
 }
 
-const FINISH_DONE: &str = concat!(
-    "UPDATE jobs SET status = 'done', error = NULL, finished_at = ",
-    now!(),
-    ", updated_at = ",
-    now!(),
-    ", lease_owner = NULL, lease_expires_at = NULL",
-    while_leased!()
-);
+/// A finished fetch: the job ends with `$status`, or, with `recrawl_every`, goes back to
+/// the queue that many seconds from now as its next fetch, with fresh attempts.
+macro_rules! fetch_finished {
+    ($status:literal) => {
+        concat!(
+            "UPDATE jobs SET
+                 status = CASE WHEN recrawl_every >= 1 THEN 'queued' ELSE '",
+            $status,
+            "' END,
+                 run_after = CASE WHEN recrawl_every >= 1 THEN ",
+            now_plus!("recrawl_every"),
+            " ELSE run_after END,
+                 attempts = CASE WHEN recrawl_every >= 1 THEN 0 ELSE attempts END,
+                 fetch_no = CASE WHEN recrawl_every >= 1 THEN fetch_no + 1 ELSE fetch_no END,
+                 finished_at = ",
+            now!(),
+            ", updated_at = ",
+            now!(),
+            ", lease_owner = NULL, lease_expires_at = NULL"
+        )
+    };
+}
+
+const FINISH_DONE: &str = concat!(fetch_finished!("done"), ", error = NULL", while_leased!());
 
 const FINISH_RETRY: &str = concat!(
     "UPDATE jobs SET status = 'queued', error = ?4, run_after = ",
@@ -713,14 +800,7 @@ const FINISH_RETRY: &str = concat!(
     while_leased!()
 );
 
-const FINISH_FAILED: &str = concat!(
-    "UPDATE jobs SET status = 'failed', error = ?4, finished_at = ",
-    now!(),
-    ", updated_at = ",
-    now!(),
-    ", lease_owner = NULL, lease_expires_at = NULL",
-    while_leased!()
-);
+const FINISH_FAILED: &str = concat!(fetch_finished!("failed"), ", error = ?4", while_leased!());
 
 /// Nothing was fetched, so the claim's attempt is given back.
 const FINISH_SKIPPED: &str = concat!(
@@ -776,7 +856,8 @@ async fn claim_from(
                     CAST(allow AS BLOB) AS allow, CAST(deny AS BLOB) AS deny,
                     CAST(crawl_host AS BLOB) AS crawl_host,
                     CAST(max_attempts AS INTEGER) AS max_attempts,
-                    CAST(selectors AS TEXT) AS selectors",
+                    CAST(selectors AS TEXT) AS selectors, fetch_no,
+                    CAST(canonical_url AS BLOB) AS canonical_url",
         now_plus!("?2"),
         now!(),
     );
@@ -822,6 +903,9 @@ fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
             deny: lossy_text(row, "deny")?,
             crawl_host: lossy_text(row, "crawl_host")?,
         },
+        fetch_no: row.try_get("fetch_no")?,
+        canonical_url: lossy_text(row, "canonical_url")?,
+        known_version: None,
     })
 }
 
@@ -859,10 +943,11 @@ async fn queue_children(
     let queued = sqlx::query(
         "INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
                            max_depth, scope, allow, deny, max_pages, parent_id, root_id,
-                           depth, crawl_host)
+                           depth, crawl_host, recrawl_every)
          SELECT l.value ->> 0, l.value ->> 1, l.value ->> 0, p.priority, p.selectors,
                 p.max_attempts, p.max_depth, p.scope, p.allow, p.deny, p.max_pages, p.id,
-                ?2, CAST(p.depth AS INTEGER) + 1, COALESCE(p.crawl_host, p.host)
+                ?2, CAST(p.depth AS INTEGER) + 1, COALESCE(p.crawl_host, p.host),
+                p.recrawl_every
            FROM jobs p, json_each(?3) l
           WHERE p.id = ?1
             AND NOT EXISTS (SELECT 1 FROM jobs d
@@ -925,27 +1010,38 @@ async fn pause_host(
     Ok(())
 }
 
+/// Writes the `results` row of this fetch (a retry of the same fetch replaces it) and
+/// returns its id. A 304 copies the content of the result it confirmed.
 async fn upsert_result(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    job: JobId,
+    job: &ClaimedJob,
     page: &PageRecord,
-) -> Result<(), StoreError> {
-    let links = serde_json::to_string(&page.links).expect("strings serialize");
-    let data = serde_json::to_string(&page.data).expect("strings serialize");
-    sqlx::query(concat!(
-        "INSERT INTO results (job_id, url, final_url, http_status, content_type, title,
-                              description, links, data, bytes, elapsed_ms, fetched_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ",
+) -> Result<i64, StoreError> {
+    let copied = page.unchanged_since.is_some();
+    let links = (!copied).then(|| serde_json::to_string(&page.links).expect("strings serialize"));
+    let data = (!copied).then(|| serde_json::to_string(&page.data).expect("strings serialize"));
+    sqlx::query_scalar(concat!(
+        "INSERT INTO results (job_id, fetch_no, url, final_url, http_status, content_type,
+                              title, description, links, data, bytes, elapsed_ms,
+                              not_modified, fetched_at)
+         SELECT ?1, ?2, ?3, ?4, ?5, COALESCE(?6, old.content_type), COALESCE(?7, old.title),
+                COALESCE(?8, old.description), COALESCE(?9, old.links, '[]'),
+                COALESCE(?10, old.data, '{}'), ?11, ?12, ?13, ",
         now!(),
-        ")
-         ON CONFLICT (job_id) DO UPDATE SET
+        "
+           FROM (SELECT 1) LEFT JOIN results old ON old.id = ?14
+          WHERE true
+         ON CONFLICT (job_id, fetch_no) DO UPDATE SET
              url = excluded.url, final_url = excluded.final_url,
              http_status = excluded.http_status, content_type = excluded.content_type,
              title = excluded.title, description = excluded.description,
              links = excluded.links, data = excluded.data, bytes = excluded.bytes,
-             elapsed_ms = excluded.elapsed_ms, fetched_at = excluded.fetched_at"
+             elapsed_ms = excluded.elapsed_ms, not_modified = excluded.not_modified,
+             fetched_at = excluded.fetched_at
+         RETURNING id"
     ))
-    .bind(job.0)
+    .bind(job.id.0)
+    .bind(job.fetch_no)
     .bind(&page.url)
     .bind(&page.final_url)
     .bind(page.http_status)
@@ -956,8 +1052,59 @@ async fn upsert_result(
     .bind(data)
     .bind(page.bytes as i64)
     .bind(page.elapsed.as_millis() as i64)
+    .bind(copied)
+    .bind(page.unchanged_since)
+    .fetch_one(&mut **tx)
+    .await
+    .doing("storing results")
+}
+
+async fn store_body(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    result_id: i64,
+    page: &PageRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO bodies (result_id, body) VALUES (?1, ?2)
+         ON CONFLICT (result_id) DO UPDATE SET body = excluded.body",
+    )
+    .bind(result_id)
+    .bind(page.gzipped_body.as_deref())
     .execute(&mut **tx)
     .await
-    .doing("storing results")?;
+    .doing("storing a body")?;
+    Ok(())
+}
+
+/// Keeps the validators of a 2xx page fetched without redirects (they describe its URL),
+/// so the next fetch of the URL can be conditional; forgets them when a new version came
+/// without any.
+async fn remember_validators(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    canonical_url: &str,
+    result_id: i64,
+    page: &PageRecord,
+) -> Result<(), StoreError> {
+    if page.unchanged_since.is_some() || !(200..300).contains(&page.http_status) {
+        return Ok(());
+    }
+    let query = if page.validators.is_empty() || page.final_url != page.url {
+        sqlx::query("DELETE FROM validators WHERE url = ?1").bind(canonical_url)
+    } else {
+        sqlx::query(
+            "INSERT INTO validators (url, etag, last_modified, result_id) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (url) DO UPDATE SET
+                 etag = excluded.etag, last_modified = excluded.last_modified,
+                 result_id = excluded.result_id",
+        )
+        .bind(canonical_url)
+        .bind(&page.validators.etag)
+        .bind(&page.validators.last_modified)
+        .bind(result_id)
+    };
+    query
+        .execute(&mut **tx)
+        .await
+        .doing("remembering validators")?;
     Ok(())
 }

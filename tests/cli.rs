@@ -332,6 +332,33 @@ fn exit_when_idle_returns_once_the_queue_is_empty() {
 }
 
 #[test]
+fn body_prints_a_stored_page_exactly_as_fetched() {
+    let page = "<!doctype html><title>caf\u{e9}</title>\n".repeat(50);
+    let served = page.clone();
+    let server = TestServer::start("127.0.0.1", move |_| Reply::html(served.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(crawlq(dir.path()).args(["add", "--database", "q.db", &server.url("/p")]));
+    assert!(out.status.success());
+    let out = output(
+        crawlq(dir.path())
+            .args(["run", "--database", "q.db", "--exit-when-idle"])
+            .env("CRAWLQ__FETCH__STORE_BODY", "true"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = output(crawlq(dir.path()).args(["body", "--database", "q.db", "1"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), page);
+
+    let out = output(crawlq(dir.path()).args(["body", "--database", "q.db", "99"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("result 99 has no stored body"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn json_logs_carry_stats_and_each_job_step() {
     let server = TestServer::start("127.0.0.1", |_| {
         Reply::html("<title>t</title>").with_delay(Duration::from_millis(1300))

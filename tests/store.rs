@@ -134,3 +134,60 @@ fn a_paused_host_is_not_offered_and_its_pause_is_reloaded() {
         );
     });
 }
+
+#[test]
+fn upgrading_a_database_keeps_its_results_as_first_fetches() {
+    block_on(async {
+        // A database as crawlq left it before results kept history (migrations 1–5).
+        let db = TempDb::new();
+        let old_migrations = db.dir.path().join("old-migrations");
+        std::fs::create_dir(&old_migrations).unwrap();
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap()
+        {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if name.as_str() < "20261121000006" {
+                std::fs::copy(&path, old_migrations.join(&name)).unwrap();
+            }
+        }
+        std::fs::File::create(&db.path).unwrap(); // an empty file is an empty database
+        {
+            let sql = user_connection(&db.path).await;
+            sqlx::migrate::Migrator::new(old_migrations.as_path())
+                .await
+                .unwrap()
+                .run(&sql)
+                .await
+                .unwrap();
+            execute(
+                &sql,
+                "INSERT INTO jobs (url, status, host) VALUES ('http://a.test/', 'done', 'a.test')",
+            )
+            .await;
+            execute(
+                &sql,
+                "INSERT INTO results (job_id, url, final_url, http_status, title, bytes, elapsed_ms)
+                 VALUES (1, 'http://a.test/', 'http://a.test/', 200, 'kept', 10, 1)",
+            )
+            .await;
+            sql.close().await;
+        }
+
+        let store = Store::open(&test_settings(&db.path).database)
+            .await
+            .expect("the new migrations apply on top");
+        store.close().await;
+        let sql = user_connection(&db.path).await;
+        let row: (i64, i64, String, bool) =
+            sqlx::query_as("SELECT job_id, fetch_no, title, not_modified FROM latest_results")
+                .fetch_one(&sql)
+                .await
+                .unwrap();
+        assert_eq!(row, (1, 1, "kept".to_owned(), false));
+        let fetch_no: i64 = sqlx::query_scalar("SELECT fetch_no FROM jobs WHERE id = 1")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!(fetch_no, 1);
+    });
+}

@@ -1,0 +1,229 @@
+//! Fetching a URL again: recrawls keep one results row per fetch, conditional GETs turn an
+//! unchanged page into a 304 stored as `not_modified`, and non-HTML bodies are stored as
+//! they are (optionally the raw body too).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::server::{Reply, TestServer};
+use common::{wait_until, RunningDaemon};
+use crawlq::runtime::block_on;
+
+/// A page with an ETag and a Last-Modified date whose version becomes "v2" from the
+/// `changes_at`-th request on. A request naming the current ETag gets a 304.
+fn versioned_page(changes_at: usize) -> (TestServer, Arc<AtomicUsize>) {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    let server = TestServer::start("127.0.0.1", move |request| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let version = if n >= changes_at { "v2" } else { "v1" };
+        let etag = format!("\"{version}\"");
+        if request.header("If-None-Match") == Some(etag.as_str()) {
+            return Reply::status(304).with_header("ETag", &etag);
+        }
+        Reply::html(format!(
+            "<title>{version}</title><a href=\"/{version}/link\">next</a>"
+        ))
+        .with_header("ETag", &etag)
+        .with_header("Last-Modified", "Sat, 21 Nov 2026 10:00:00 GMT")
+    });
+    (server, requests)
+}
+
+type FetchRow = (i64, i64, bool, Option<String>, String);
+
+async fn fetches(daemon: &RunningDaemon, job: i64) -> Vec<FetchRow> {
+    sqlx::query_as(
+        "SELECT fetch_no, http_status, not_modified, title, links FROM results
+          WHERE job_id = ?1 ORDER BY fetch_no",
+    )
+    .bind(job)
+    .fetch_all(&daemon.sql)
+    .await
+    .unwrap()
+}
+
+#[test]
+fn a_recrawled_job_keeps_one_result_per_fetch_and_asks_only_for_changes() {
+    block_on(async {
+        let (server, _) = versioned_page(3);
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let job: i64 =
+            sqlx::query_scalar("INSERT INTO jobs (url, recrawl_every) VALUES (?1, 1) RETURNING id")
+                .bind(server.url("/watched"))
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        wait_until("three fetches", || async {
+            fetches(&daemon, job).await.len() >= 3
+        })
+        .await;
+        let rows = fetches(&daemon, job).await;
+        let v1_links = r#"["http://ADDR/v1/link"]"#.replace("ADDR", &server.addr().to_string());
+        let v2_links = r#"["http://ADDR/v2/link"]"#.replace("ADDR", &server.addr().to_string());
+        assert_eq!(
+            rows[..3],
+            [
+                (1, 200, false, Some("v1".to_owned()), v1_links.clone()),
+                // Unchanged: a 304, with the content of the fetch it confirmed.
+                (2, 304, true, Some("v1".to_owned()), v1_links),
+                (3, 200, false, Some("v2".to_owned()), v2_links),
+            ]
+        );
+
+        let hits = server.hits();
+        assert_eq!(
+            hits[0].header("If-None-Match"),
+            None,
+            "first fetch is plain"
+        );
+        for hit in &hits[1..3] {
+            assert_eq!(hit.header("If-None-Match"), Some("\"v1\""));
+            assert_eq!(
+                hit.header("If-Modified-Since"),
+                Some("Sat, 21 Nov 2026 10:00:00 GMT")
+            );
+        }
+        for pair in hits.windows(2).take(2) {
+            assert!(
+                pair[1].at - pair[0].at >= Duration::from_millis(900),
+                "recrawled after about recrawl_every: {:?}",
+                pair[1].at - pair[0].at
+            );
+        }
+
+        // The job waits for its next fetch, with fresh attempts; the view shows the newest.
+        let (status, fetch_no, attempts): (String, i64, i64) =
+            sqlx::query_as("SELECT status, fetch_no, attempts FROM jobs WHERE id = ?1")
+                .bind(job)
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        assert_eq!(status, "queued");
+        assert!(fetch_no >= 4, "{fetch_no}");
+        assert_eq!(attempts, 0);
+        let latest: i64 =
+            sqlx::query_scalar("SELECT fetch_no FROM latest_results WHERE job_id = ?1")
+                .bind(job)
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        assert_eq!(latest, fetch_no - 1);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_new_job_for_a_fetched_url_is_a_conditional_get() {
+    block_on(async {
+        let (server, requests) = versioned_page(usize::MAX);
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let first = daemon.insert(&server.url("/page")).await;
+        daemon.wait_all_done(&[first]).await;
+        let second = daemon.insert(&server.url("/page")).await;
+        daemon.wait_all_done(&[second]).await;
+
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            server.hits()[1].header("If-None-Match"),
+            Some("\"v1\""),
+            "the second job sent the first one's ETag"
+        );
+        let rows = fetches(&daemon, second).await;
+        assert_eq!(rows.len(), 1);
+        let (fetch_no, status, not_modified, title, _) = &rows[0];
+        assert_eq!(
+            (*fetch_no, *status, *not_modified, title.as_deref()),
+            (1, 304, true, Some("v1"))
+        );
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn with_conditional_get_off_every_fetch_is_plain() {
+    block_on(async {
+        let (server, _) = versioned_page(usize::MAX);
+        let daemon = RunningDaemon::start(|s| s.fetch.conditional_get = false).await;
+        let first = daemon.insert(&server.url("/page")).await;
+        daemon.wait_all_done(&[first]).await;
+        let second = daemon.insert(&server.url("/page")).await;
+        daemon.wait_all_done(&[second]).await;
+        assert!(server
+            .hits()
+            .iter()
+            .all(|h| h.header("If-None-Match").is_none()));
+        assert_eq!(fetches(&daemon, second).await[0].1, 200);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_pdf_is_stored_with_its_type_and_size_and_its_body_kept_when_asked() {
+    block_on(async {
+        let pdf: Vec<u8> = b"%PDF-1.4\n1 0 obj <</Type /Catalog>> endobj\n<a href=\"/x\">\n%%EOF\n"
+            .iter()
+            .copied()
+            .chain((0..=255u8).cycle().take(5000))
+            .collect();
+        let served = pdf.clone();
+        let server = TestServer::start("127.0.0.1", move |_| {
+            Reply::bytes("application/pdf", served.clone())
+        });
+        let daemon = RunningDaemon::start(|s| s.fetch.store_body = true).await;
+        let id = daemon.insert(&server.url("/report.pdf")).await;
+        daemon.wait_all_done(&[id]).await;
+        let result = daemon.result(id).await.expect("a result row");
+        assert_eq!(result.content_type.as_deref(), Some("application/pdf"));
+        assert_eq!(result.bytes, pdf.len() as i64);
+        assert_eq!(result.title, None);
+        assert_eq!(result.links, serde_json::json!([]), "not parsed as HTML");
+
+        let (encoding, gzipped): (String, Vec<u8>) = sqlx::query_as(
+            "SELECT b.encoding, b.body FROM bodies b JOIN results r ON r.id = b.result_id
+              WHERE r.job_id = ?1",
+        )
+        .bind(id)
+        .fetch_one(&daemon.sql)
+        .await
+        .expect("the body is kept");
+        assert_eq!(encoding, "gzip");
+        assert_eq!(crawlq::body::gunzip(&gzipped).unwrap(), pdf);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn bodies_are_not_kept_by_default() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let id = daemon.insert(&server.url("/p")).await;
+        daemon.wait_all_done(&[id]).await;
+        let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bodies")
+            .fetch_one(&daemon.sql)
+            .await
+            .unwrap();
+        assert_eq!(kept, 0);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn recrawl_every_must_be_a_number_of_seconds() {
+    block_on(async {
+        let daemon = RunningDaemon::start(|_| {}).await;
+        for bad in ["0", "'daily'", "-5"] {
+            let sql =
+                format!("INSERT INTO jobs (url, recrawl_every) VALUES ('http://a.test/', {bad})");
+            let refused = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&daemon.sql)
+                .await;
+            assert!(refused.is_err(), "recrawl_every = {bad} was accepted");
+        }
+        daemon.stop().await;
+    });
+}
