@@ -3,9 +3,11 @@
 -- A job with recrawl_every (seconds) goes back to `queued` that long after each fetch
 -- finishes, and `results` keeps one row per fetch: (job_id, fetch_no) instead of one row
 -- per job. `latest_results` is the old one-row-per-job shape.
+-- At most ten years: beyond that SQLite's date arithmetic gives up.
 ALTER TABLE jobs ADD COLUMN recrawl_every INTEGER
     CHECK (recrawl_every IS NULL
-           OR (typeof(recrawl_every) IN ('integer', 'real') AND recrawl_every >= 1));
+           OR (typeof(recrawl_every) IN ('integer', 'real')
+               AND recrawl_every >= 1 AND recrawl_every <= 315360000));
 -- Which fetch of this job is current: 1 for the first, one more for each recrawl.
 ALTER TABLE jobs ADD COLUMN fetch_no INTEGER NOT NULL DEFAULT 1;
 
@@ -33,7 +35,10 @@ INSERT INTO results_by_fetch (id, job_id, fetch_no, url, final_url, http_status,
                               title, description, links, data, bytes, elapsed_ms, fetched_at)
 SELECT id, job_id, 1, url, final_url, http_status, content_type, title, description, links,
        data, bytes, elapsed_ms, fetched_at
-  FROM results;
+  FROM results
+ -- Results of jobs deleted while foreign keys were off (the sqlite3 shell's default)
+ -- belong to nothing; keeping them would break the new table's foreign key.
+ WHERE job_id IN (SELECT id FROM jobs);
 DROP TABLE results;
 ALTER TABLE results_by_fetch RENAME TO results;
 

@@ -2,7 +2,8 @@
 //! redirects (each hop asks robots.txt and waits for the limiter again), parse, and say
 //! how it ended.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tracing::Instrument;
@@ -10,8 +11,8 @@ use url::Url;
 
 use crate::body;
 use crate::fetch::{self, FetchError, Fetcher, GetOptions, Response, Validators};
-use crate::follow::{Child, Follow, QueryFilter};
-use crate::job::{self, Attempt, ClaimedJob, Ending, PageRecord};
+use crate::follow::{self, Child, Follow, QueryFilter};
+use crate::job::{self, Attempt, ClaimedJob, Ending, PageRecord, RedirectTarget};
 use crate::limits::RateLimits;
 use crate::parse::{self, SelectorSet};
 use crate::robots::{self, Permission, Robots, RobotsAnswer};
@@ -42,6 +43,10 @@ impl Outcome {
 }
 
 pub struct Crawler {
+    store: Store,
+    /// Redirect targets (crawl, canonical URL) that running attempts are fetching: a
+    /// second redirect to one of them is caught before its result is stored.
+    redirect_targets: Mutex<HashSet<(i64, String)>>,
     fetcher: Fetcher,
     limits: RateLimits,
     robots: Robots,
@@ -50,12 +55,14 @@ pub struct Crawler {
 }
 
 impl Crawler {
-    /// The store is where robots.txt answers are cached.
+    /// The store is read for robots.txt answers and for the URLs a crawl already has.
     pub fn new(settings: Arc<Settings>, store: Store) -> Result<Crawler, String> {
         Ok(Crawler {
             fetcher: Fetcher::new(&settings.fetch)?,
             limits: RateLimits::new(&settings.limits),
-            robots: Robots::new(store, &settings.fetch.user_agent, &settings.crawl),
+            robots: Robots::new(store.clone(), &settings.fetch.user_agent, &settings.crawl),
+            store,
+            redirect_targets: Mutex::new(HashSet::new()),
             query_filter: QueryFilter::new(&settings.crawl.strip_query_params),
             settings,
         })
@@ -126,17 +133,31 @@ impl Crawler {
             Ok(url) => url,
             Err(reason) => return Outcome::ended(Ending::Fatal(reason)),
         };
+        // A page whose links this crawl follows is fetched in full: a 304 carries no
+        // links to follow.
+        let follows_links = job.crawl.depth < job.crawl.max_depth;
         let known = job
             .known_version
             .as_ref()
-            .filter(|_| self.settings.fetch.conditional_get);
+            .filter(|_| self.settings.fetch.conditional_get && !follows_links);
         let if_changed = known.map(|k| &k.validators);
+        let mut claimed_targets = ClaimedTargets {
+            crawler: self,
+            held: Vec::new(),
+        };
+        // Its own URL too: a redirect of another job of the crawl may be fetching it.
+        if job.crawl.max_depth > 0 && !claimed_targets.hold(job.root_id, &start, &self.query_filter)
+        {
+            return Outcome::ended(Ending::Skipped(format!(
+                "another job of this crawl is fetching {start} (it redirected there)"
+            )));
+        }
         let (final_url, response) = match self
-            .fetch_following_redirects(start.clone(), if_changed)
+            .fetch_following_redirects(job, start.clone(), if_changed, &mut claimed_targets)
             .await
         {
             Ok(found) => found,
-            Err(Ending::Postponed {
+            Err(Ending::HostUnavailable {
                 after,
                 reason,
                 host,
@@ -144,7 +165,7 @@ impl Crawler {
                 // Persisted with the job, so claims skip the host and a restart keeps it.
                 return Outcome {
                     pause: Some((host.clone(), after)),
-                    ..Outcome::ended(Ending::Postponed {
+                    ..Outcome::ended(Ending::HostUnavailable {
                         after,
                         reason,
                         host,
@@ -165,7 +186,14 @@ impl Crawler {
                 ..Outcome::ended(Ending::NotModified)
             };
         }
-        let page = self.record(&start, final_url, response, selectors).await;
+        let mut page = self.record(&start, final_url, response, selectors).await;
+        if job.crawl.max_depth > 0 && page.final_url != page.url {
+            let target = Url::parse(&page.final_url).expect("final_url was a Url");
+            page.redirect_target = Some(RedirectTarget {
+                canonical_url: follow::canonical(&target, &self.query_filter).into(),
+                host: job::host_key(&target).expect("fetched URLs have a host"),
+            });
+        }
         let children = if (200..300).contains(&status) {
             follow.children(&page.links, &self.query_filter)
         } else {
@@ -226,7 +254,7 @@ impl Crawler {
             Permission::Unreachable { wait, reason } => {
                 self.limits.pause(host, wait);
                 tracing::info!(%host, wait_secs = wait.as_secs_f64(), %reason, "robots.txt unreachable; pausing the host");
-                Err(Ending::Postponed {
+                Err(Ending::HostUnavailable {
                     after: wait,
                     reason: format!("{via}{reason}"),
                     host: host.to_owned(),
@@ -275,12 +303,14 @@ impl Crawler {
     }
 
     /// GETs `url`, following redirects by hand so each hop asks robots.txt and waits for
-    /// its host's quota.
-    /// `if_changed` goes with the first request only (it describes the start URL).
+    /// its host's quota. `if_changed` goes with the first request only (it describes the
+    /// start URL).
     async fn fetch_following_redirects(
         &self,
+        job: &ClaimedJob,
         start: Url,
         if_changed: Option<&Validators>,
+        targets: &mut ClaimedTargets<'_>,
     ) -> Result<(Url, Response), Ending> {
         let max_redirects = self.settings.fetch.max_redirects;
         let mut chain = vec![start];
@@ -329,8 +359,39 @@ impl Crawler {
                     show_chain(&chain)
                 )));
             }
+            self.not_already_in_crawl(job, &next, targets).await?;
             tracing::debug!(status = response.status, to = %next, "redirect");
             chain.push(next);
+        }
+    }
+
+    /// In a crawl, a redirect to a page the crawl already has (as a job, or as another
+    /// page's redirect target) is not followed: the page is fetched once per crawl, like
+    /// links are. Best effort: if the database cannot be asked, the redirect is followed.
+    async fn not_already_in_crawl(
+        &self,
+        job: &ClaimedJob,
+        target: &Url,
+        targets: &mut ClaimedTargets<'_>,
+    ) -> Result<(), Ending> {
+        if job.crawl.max_depth <= 0 {
+            return Ok(());
+        }
+        if !targets.hold(job.root_id, target, &self.query_filter) {
+            return Err(Ending::Skipped(format!(
+                "redirects to {target}, which another job of this crawl is fetching"
+            )));
+        }
+        let canonical = follow::canonical(target, &self.query_filter);
+        match self.store.crawl_job_for(job, canonical.as_str()).await {
+            Ok(Some(other)) => Err(Ending::Skipped(format!(
+                "redirects to {target}, which this crawl already has as job {other}"
+            ))),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, %target, "could not check the crawl for a redirect target; following it");
+                Ok(())
+            }
         }
     }
 
@@ -360,6 +421,7 @@ impl Crawler {
             unchanged_since: None,
             validators: response.validators.clone(),
             gzipped_body: None,
+            redirect_target: None,
         };
         if !html && !keep_body {
             return page;
@@ -388,6 +450,49 @@ impl Crawler {
             page.data = parsed.data;
         }
         page
+    }
+}
+
+/// The redirect targets one attempt claimed, released when the attempt ends.
+struct ClaimedTargets<'a> {
+    crawler: &'a Crawler,
+    held: Vec<(i64, String)>,
+}
+
+impl ClaimedTargets<'_> {
+    /// Marks `url` of crawl `root_id` as being fetched by this attempt; false if another
+    /// running attempt already is.
+    fn hold(&mut self, root_id: i64, url: &Url, filter: &QueryFilter) -> bool {
+        let key = (root_id, String::from(follow::canonical(url, filter)));
+        if self.held.contains(&key) {
+            return true; // e.g. a redirect that only drops a tracking parameter
+        }
+        let fresh = self
+            .crawler
+            .redirect_targets
+            .lock()
+            .expect("redirect targets lock")
+            .insert(key.clone());
+        if fresh {
+            self.held.push(key);
+        }
+        fresh
+    }
+}
+
+impl Drop for ClaimedTargets<'_> {
+    fn drop(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut targets = self
+            .crawler
+            .redirect_targets
+            .lock()
+            .expect("redirect targets lock");
+        for key in self.held.drain(..) {
+            targets.remove(&key);
+        }
     }
 }
 

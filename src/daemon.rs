@@ -56,8 +56,6 @@ pub struct RunReport {
     pub retried: u64,
     /// Jobs robots.txt did not allow.
     pub skipped: u64,
-    /// Jobs put back without counting the attempt (their host's robots.txt was unreachable).
-    pub postponed: u64,
     pub lost: u64,
     /// Jobs handed back to the queue at shutdown.
     pub released: u64,
@@ -340,10 +338,6 @@ impl<'d> Scheduler<'d> {
             Verdict::Skipped { reason } => {
                 self.report.skipped += 1;
                 tracing::info!(job.id = %job.id, url = %job.url, %reason, "skipped");
-            }
-            Verdict::Postponed { reason, .. } => {
-                self.report.postponed += 1;
-                tracing::debug!(job.id = %job.id, url = %job.url, %reason, "postponed");
             }
         }
     }

@@ -178,6 +178,16 @@ pub struct PageRecord {
     pub validators: Validators,
     /// The body gzip-compressed, when `fetch.store_body` is on.
     pub gzipped_body: Option<Vec<u8>>,
+    /// In a crawl, where a redirect led: the crawl records it as seen, so links to it are
+    /// not fetched again.
+    pub redirect_target: Option<RedirectTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedirectTarget {
+    /// `final_url` in canonical form (what crawl dedupe compares).
+    pub canonical_url: String,
+    pub host: String,
 }
 
 /// How an attempt ended, before the retry policy is applied.
@@ -191,11 +201,12 @@ pub enum Ending {
     Transient(String),
     /// Trying again cannot help: bad input, redirect loop, body too large...
     Fatal(String),
-    /// Crawl policy says no (robots.txt): nothing was fetched and nothing will be.
+    /// Crawl policy says no (robots.txt, a page this crawl already has): not fetched.
     Skipped(String),
-    /// Not tried: `host` cannot be asked yet (its robots.txt is unreachable). The job
-    /// waits `after` without the attempt counting, and so does the whole host.
-    Postponed {
+    /// `host` cannot be asked yet (its robots.txt is unreachable): the whole host waits
+    /// `after`, and the job is retried then like after a 503, so a host that never answers
+    /// still ends its jobs after their attempts.
+    HostUnavailable {
         after: Duration,
         reason: String,
         host: String,
@@ -215,11 +226,6 @@ pub enum Verdict {
     },
     /// Ends as `skipped`: policy forbids fetching it.
     Skipped {
-        reason: String,
-    },
-    /// Back to `queued` for `after`, the claim's attempt given back.
-    Postponed {
-        after: Duration,
         reason: String,
     },
 }
@@ -261,12 +267,8 @@ pub fn decide(
                 reason: reason.clone(),
             }
         }
-        Ending::Postponed { after, reason, .. } => {
-            return Verdict::Postponed {
-                after: *after,
-                reason: format!("{reason}; waiting {:.0} s", after.as_secs_f64()),
-            }
-        }
+        // The wait itself comes in as `not_before` (the host's pause).
+        Ending::HostUnavailable { reason, .. } => (true, reason.clone()),
     };
     if !retryable {
         return Verdict::Failed { reason };

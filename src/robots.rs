@@ -114,8 +114,13 @@ impl Robots {
             Policy::Rules(robot) if robot.allowed(url.as_str()) => Permission::Allowed {
                 crawl_delay: robot
                     .delay
-                    .filter(|d| d.is_finite() && *d > 0.0)
-                    .map(|d| Duration::from_secs_f32(d).min(self.settings.max_crawl_delay)),
+                    .filter(|d| *d > 0.0)
+                    // A delay too large for a Duration (1e30) is simply "the most we honour".
+                    .map(|d| {
+                        Duration::try_from_secs_f32(d)
+                            .unwrap_or(Duration::MAX)
+                            .min(self.settings.max_crawl_delay)
+                    }),
             },
             Policy::Rules(_) => Permission::Disallowed(format!(
                 "disallowed by robots.txt ({origin}/robots.txt, rules for {:?})",
@@ -200,9 +205,16 @@ impl Robots {
     pub fn prune(&self) {
         let now = Instant::now();
         let mut slots = self.slots.lock().expect("robots slots lock");
-        slots.retain(|_, slot| match slot.try_lock() {
-            Some(cached) => cached.as_ref().is_some_and(|c| c.expires > now),
-            None => true, // being loaded right now
+        // A slot someone else holds a handle to is about to be used: keep it, or a second
+        // slot (and a second fetch) could be made for the same origin.
+        slots.retain(|_, slot| {
+            if Arc::strong_count(slot) > 1 {
+                return true;
+            }
+            match slot.try_lock() {
+                Some(cached) => cached.as_ref().is_some_and(|c| c.expires > now),
+                None => true,
+            }
         });
         if slots.len() > MAX_CACHED_ORIGINS {
             let surplus = slots.len() - MAX_CACHED_ORIGINS;

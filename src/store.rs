@@ -24,7 +24,9 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::fetch::Validators;
 use crate::follow::{Child, CrawlSpec};
-use crate::job::{Admitted, Attempt, ClaimedJob, JobId, KnownVersion, PageRecord, Status, Verdict};
+use crate::job::{
+    Admitted, Attempt, ClaimedJob, JobId, KnownVersion, PageRecord, RedirectTarget, Status, Verdict,
+};
 use crate::robots::RobotsAnswer;
 use crate::settings::DatabaseSettings;
 
@@ -409,7 +411,10 @@ impl Store {
             claimed.extend(claim_from(&mut tx, lease_token, lease, chunk).await?);
         }
         tx.commit().await.doing("claiming jobs")?;
-        self.attach_known_versions(&mut claimed).await?;
+        // Best effort: the jobs are ours now, and a plain GET is always right.
+        if let Err(e) = self.attach_known_versions(&mut claimed).await {
+            tracing::warn!(error = %e, "could not read stored validators; fetching in full");
+        }
         Ok(claimed)
     }
 
@@ -423,10 +428,15 @@ impl Store {
         if urls.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, Option<String>, Option<String>, i64)> = sqlx::query_as(
-            "SELECT v.url, v.etag, v.last_modified, v.result_id
-               FROM validators v
-              WHERE v.url IN (SELECT value FROM json_each(?1))",
+        // (canonical URL, ETag, Last-Modified, result id, that result's job's selectors)
+        type VersionRow = (String, Option<String>, Option<String>, i64, Option<String>);
+        let rows: Vec<VersionRow> = sqlx::query_as(
+            "SELECT v.url, v.etag, v.last_modified, v.result_id,
+                        CAST(j.selectors AS TEXT)
+                   FROM validators v
+                   JOIN results r ON r.id = v.result_id
+                   JOIN jobs j ON j.id = r.job_id
+                  WHERE v.url IN (SELECT value FROM json_each(?1))",
         )
         .bind(serde_json::to_string(&urls).expect("strings serialize"))
         .fetch_all(&self.pool)
@@ -435,26 +445,33 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let known: HashMap<String, KnownVersion> = rows
+        let known: HashMap<String, (KnownVersion, Option<String>)> = rows
             .into_iter()
-            .map(|(url, etag, last_modified, result_id)| {
+            .map(|(url, etag, last_modified, result_id, selectors)| {
                 let validators = Validators {
                     etag,
                     last_modified,
                 };
                 (
                     url,
-                    KnownVersion {
-                        validators,
-                        result_id,
-                    },
+                    (
+                        KnownVersion {
+                            validators,
+                            result_id,
+                        },
+                        selectors,
+                    ),
                 )
             })
             .collect();
         for job in claimed {
-            if let Some(url) = &job.canonical_url {
-                job.known_version = known.get(url).cloned();
-            }
+            // A 304 copies the stored result's `data`: only right for the same selectors.
+            job.known_version = job
+                .canonical_url
+                .as_ref()
+                .and_then(|url| known.get(url))
+                .filter(|(_, selectors)| *selectors == job.selectors)
+                .map(|(version, _)| version.clone());
         }
         Ok(())
     }
@@ -547,7 +564,6 @@ impl Store {
                 Verdict::Retry { .. } => FINISH_RETRY,
                 Verdict::Failed { .. } => FINISH_FAILED,
                 Verdict::Skipped { .. } => FINISH_SKIPPED,
-                Verdict::Postponed { .. } => FINISH_POSTPONED,
             };
             let mut query = sqlx::query(sql)
                 .bind(job.id.0)
@@ -555,7 +571,7 @@ impl Store {
                 .bind(job.attempt);
             match &attempt.verdict {
                 Verdict::Done => {}
-                Verdict::Retry { after, reason } | Verdict::Postponed { after, reason } => {
+                Verdict::Retry { after, reason } => {
                     query = query.bind(reason).bind(after.as_secs_f64());
                 }
                 Verdict::Failed { reason } | Verdict::Skipped { reason } => {
@@ -582,11 +598,21 @@ impl Store {
             }
             if let Some(page) = &attempt.page {
                 let result_id = upsert_result(&mut tx, job, page).await?;
+                if job.attempt > 1 {
+                    // A retry may have replaced an earlier attempt's row: drop what hung
+                    // off it before attaching this answer's.
+                    forget_replaced_result(&mut tx, result_id).await?;
+                }
                 if page.gzipped_body.is_some() {
                     store_body(&mut tx, result_id, page).await?;
                 }
                 if let Some(url) = &job.canonical_url {
                     remember_validators(&mut tx, url, result_id, page).await?;
+                }
+            }
+            if let (Verdict::Done, Some(page)) = (&attempt.verdict, &attempt.page) {
+                if let Some(target) = &page.redirect_target {
+                    mark_redirect_target(&mut tx, job, page, target).await?;
                 }
             }
             if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
@@ -614,6 +640,29 @@ impl Store {
             .into_iter()
             .map(|(host, secs)| (host, Duration::from_secs_f64(secs.max(0.0))))
             .collect())
+    }
+
+    /// The job of `asking`'s crawl whose URL is `canonical_url`, if it has one other than
+    /// `asking` itself and the rows `asking` left behind (its redirect target from an
+    /// earlier fetch, when it is recrawled).
+    pub async fn crawl_job_for(
+        &self,
+        asking: &ClaimedJob,
+        canonical_url: &str,
+    ) -> Result<Option<JobId>, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs
+              WHERE root_id = ?1 AND canonical_url = ?2 AND id <> ?3
+                AND NOT (parent_id IS ?3 AND status = 'skipped')
+              ORDER BY id LIMIT 1",
+        )
+        .bind(asking.root_id)
+        .bind(canonical_url)
+        .bind(asking.id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .doing("looking up a URL in a crawl")?;
+        Ok(id.map(JobId))
     }
 
     // ---- robots.txt answers, per origin. ----
@@ -802,25 +851,9 @@ const FINISH_RETRY: &str = concat!(
 
 const FINISH_FAILED: &str = concat!(fetch_finished!("failed"), ", error = ?4", while_leased!());
 
-/// Nothing was fetched, so the claim's attempt is given back.
-const FINISH_SKIPPED: &str = concat!(
-    "UPDATE jobs SET status = 'skipped', error = ?4, attempts = attempts - 1, finished_at = ",
-    now!(),
-    ", updated_at = ",
-    now!(),
-    ", lease_owner = NULL, lease_expires_at = NULL",
-    while_leased!()
-);
-
-/// Back to the queue for ?5 seconds; nothing was fetched, so the attempt is given back.
-const FINISH_POSTPONED: &str = concat!(
-    "UPDATE jobs SET status = 'queued', error = ?4, attempts = attempts - 1, run_after = ",
-    now_plus!("?5"),
-    ", updated_at = ",
-    now!(),
-    ", lease_owner = NULL, lease_expires_at = NULL",
-    while_leased!()
-);
+/// Like a finished fetch: a recrawled job is tried again at its next recrawl (a robots.txt
+/// rule may be lifted by then).
+const FINISH_SKIPPED: &str = concat!(fetch_finished!("skipped"), ", error = ?4", while_leased!());
 
 /// One claim statement: the per-host picks are one `UNION ALL` of index range scans.
 async fn claim_from(
@@ -856,7 +889,8 @@ async fn claim_from(
                     CAST(allow AS BLOB) AS allow, CAST(deny AS BLOB) AS deny,
                     CAST(crawl_host AS BLOB) AS crawl_host,
                     CAST(max_attempts AS INTEGER) AS max_attempts,
-                    CAST(selectors AS TEXT) AS selectors, fetch_no,
+                    CAST(selectors AS TEXT) AS selectors,
+                    MAX(1, MIN(CAST(fetch_no AS INTEGER), 2147483647)) AS fetch_no,
                     CAST(canonical_url AS BLOB) AS canonical_url",
         now_plus!("?2"),
         now!(),
@@ -975,6 +1009,35 @@ async fn queue_children(
     Ok(())
 }
 
+/// Records where a crawl's redirect led as a `skipped` row of the crawl, so the unique
+/// (root, canonical URL) index keeps links to that page from being fetched again.
+async fn mark_redirect_target(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    job: &ClaimedJob,
+    page: &PageRecord,
+    target: &RedirectTarget,
+) -> Result<(), StoreError> {
+    sqlx::query(concat!(
+        "INSERT INTO jobs (url, status, host, canonical_url, error, parent_id, root_id, depth,
+                           max_depth, scope, crawl_host, finished_at)
+         SELECT ?2, 'skipped', ?3, ?4, 'fetched as the redirect target of job ' || p.id, p.id,
+                ?5, p.depth, p.max_depth, p.scope, COALESCE(p.crawl_host, p.host), ",
+        now!(),
+        "
+           FROM jobs p WHERE p.id = ?1
+         ON CONFLICT DO NOTHING"
+    ))
+    .bind(job.id.0)
+    .bind(&page.final_url)
+    .bind(&target.host)
+    .bind(&target.canonical_url)
+    .bind(job.root_id)
+    .execute(&mut **tx)
+    .await
+    .doing("recording a redirect target")?;
+    Ok(())
+}
+
 /// Records a host's pause (a longer one already recorded wins).
 async fn pause_host(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -985,8 +1048,7 @@ async fn pause_host(
     let reason = match verdict {
         Verdict::Retry { reason, .. }
         | Verdict::Failed { reason }
-        | Verdict::Skipped { reason }
-        | Verdict::Postponed { reason, .. } => reason.as_str(),
+        | Verdict::Skipped { reason } => reason.as_str(),
         Verdict::Done => "Retry-After",
     };
     sqlx::query(concat!(
@@ -1057,6 +1119,25 @@ async fn upsert_result(
     .fetch_one(&mut **tx)
     .await
     .doing("storing results")
+}
+
+/// A retried fetch rewrote result `result_id`: a body or validators stored for the
+/// earlier attempt's answer no longer describe it.
+async fn forget_replaced_result(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    result_id: i64,
+) -> Result<(), StoreError> {
+    for sql in [
+        "DELETE FROM bodies WHERE result_id = ?1",
+        "DELETE FROM validators WHERE result_id = ?1",
+    ] {
+        sqlx::query(sql)
+            .bind(result_id)
+            .execute(&mut **tx)
+            .await
+            .doing("storing results")?;
+    }
+    Ok(())
 }
 
 async fn store_body(

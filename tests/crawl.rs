@@ -317,3 +317,62 @@ fn a_seed_added_to_a_crawl_shares_its_scope_budget_and_dedupe() {
         daemon.stop().await;
     });
 }
+
+#[test]
+fn a_page_reached_through_several_redirects_is_fetched_once_per_crawl() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |request| match request.path.as_str() {
+            "/" => page(&["/old1".into(), "/old2".into(), "/later".into()]),
+            "/old1" | "/old2" => Reply::redirect(301, "/new"),
+            "/later" => page(&["/new".into()]),
+            // Slow enough that both redirects arrive while it is being fetched.
+            "/new" => page(&[]).with_delay(std::time::Duration::from_millis(300)),
+            _ => Reply::status(404),
+        });
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let root: i64 =
+            sqlx::query_scalar("INSERT INTO jobs (url, max_depth) VALUES (?1, 3) RETURNING id")
+                .bind(server.url("/"))
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        let sql = daemon.sql.clone();
+        wait_until("the crawl to finish", || {
+            let sql = sql.clone();
+            async move {
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM jobs
+                      WHERE COALESCE(root_id, id) = ?1 AND status IN ('queued', 'running')",
+                )
+                .bind(root)
+                .fetch_one(&sql)
+                .await
+                .unwrap();
+                open == 0
+            }
+        })
+        .await;
+        assert_eq!(server.hits_for("/new").len(), 1, "{:?}", server.hits());
+        let rows: Vec<(String, String, Option<String>)> =
+            sqlx::query_as("SELECT url, status, error FROM jobs WHERE root_id = ?1 ORDER BY id")
+                .bind(root)
+                .fetch_all(&daemon.sql)
+                .await
+                .unwrap();
+        // Every job that did not fetch /new itself says where its twin is.
+        let skipped: Vec<_> = rows.iter().filter(|(_, s, _)| s == "skipped").collect();
+        assert!(!skipped.is_empty(), "{rows:?}");
+        for (url, _, error) in &skipped {
+            let error = error.as_deref().unwrap_or_default();
+            assert!(
+                error.contains("/new") || error.contains("redirect target"),
+                "{url}: {error}"
+            );
+        }
+        assert!(
+            rows.iter().all(|(_, s, _)| s == "done" || s == "skipped"),
+            "{rows:?}"
+        );
+        daemon.stop().await;
+    });
+}

@@ -1,6 +1,6 @@
 //! robots.txt through the real daemon: disallowed pages skipped, one fetch per site (kept
 //! across a restart), Crawl-delay seen in the server's arrival times, and an unreachable
-//! robots.txt holding the host back without using up attempts.
+//! robots.txt holding the whole host back (RFC 9309), within the job's attempts.
 
 mod common;
 
@@ -52,7 +52,6 @@ fn disallowed_pages_are_skipped_and_robots_txt_is_fetched_once() {
                 error.contains("\"crawlq\""),
                 "names the group used: {error}"
             );
-            assert_eq!(job.attempts, 0, "nothing was fetched for job {id}");
             assert!(daemon.result(id).await.is_none());
         }
         assert_eq!(
@@ -165,7 +164,7 @@ fn a_crawl_delay_never_speeds_up_a_slower_quota() {
 }
 
 #[test]
-fn an_unreachable_robots_txt_holds_the_host_back_without_using_attempts() {
+fn an_unreachable_robots_txt_holds_the_host_back_until_it_answers() {
     block_on(async {
         // robots.txt fails twice (503, then 500), then says everything is allowed.
         let robots_asked = Arc::new(AtomicUsize::new(0));
@@ -184,8 +183,7 @@ fn an_unreachable_robots_txt_holds_the_host_back_without_using_attempts() {
         let daemon = RunningDaemon::start(|s| {
             obey_robots(s);
             s.crawl.robots_unreachable_wait = Duration::from_secs(1);
-            // Fewer attempts than robots.txt failures: waiting must not use them up.
-            s.retry.max_attempts = 1.try_into().unwrap();
+            s.retry.max_attempts = 3.try_into().unwrap();
         })
         .await;
         let held = daemon.insert(&server.url("/held")).await;
@@ -209,11 +207,11 @@ fn an_unreachable_robots_txt_holds_the_host_back_without_using_attempts() {
                 .fetch_one(&daemon.sql)
                 .await
                 .expect("the host's pause is recorded");
-        assert!(reason.contains("503 Service Unavailable"), "{reason}");
+        assert!(reason.contains("robots.txt unreachable"), "{reason}");
 
         let job = daemon.wait_finished(held).await;
         assert_eq!(job.status, "done", "{:?}", job.error);
-        assert_eq!(job.attempts, 1, "the waits did not count as attempts");
+        assert_eq!(job.attempts, 3, "each wait ended one attempt");
         assert_eq!(robots_asked.load(Ordering::SeqCst), 3);
         // No page request went out before robots.txt answered 200, and robots.txt was
         // asked again only after each wait.
@@ -264,6 +262,36 @@ fn with_obey_robots_off_robots_txt_is_not_fetched() {
         let id = daemon.insert(&server.url("/anything")).await;
         daemon.wait_all_done(&[id]).await;
         assert!(server.hits_for("/robots.txt").is_empty());
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_robots_txt_that_never_answers_ends_the_job_after_its_attempts() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.3", |request| {
+            if request.path == "/robots.txt" {
+                Reply::status(503)
+            } else {
+                Reply::html("<title>never fetched</title>")
+            }
+        });
+        let daemon = RunningDaemon::start(|s| {
+            obey_robots(s);
+            s.crawl.robots_unreachable_wait = Duration::from_secs(1);
+            s.retry.max_attempts = 2.try_into().unwrap();
+        })
+        .await;
+        let id = daemon.insert(&server.url("/page")).await;
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "failed");
+        let error = job.error.unwrap_or_default();
+        assert!(
+            error.contains("robots.txt unreachable") && error.contains("gave up after 2 attempts"),
+            "{error}"
+        );
+        assert!(server.page_hits().is_empty(), "{:?}", server.hits());
+        assert_eq!(server.hits_for("/robots.txt").len(), 2);
         daemon.stop().await;
     });
 }
