@@ -93,7 +93,7 @@ fn the_readme_flow_works_on_a_fresh_directory() {
 
         // sqlite3 data/crawlq.db "SELECT j.status, r.http_status, r.title FROM jobs j JOIN …"
         let query =
-            "SELECT j.status, r.http_status, r.title FROM jobs j JOIN results r ON r.job_id = j.id";
+            "SELECT j.status, r.http_status, r.title FROM jobs j JOIN latest_results r ON r.job_id = j.id";
         wait_until("the job's result", || {
             let sql = sql.clone();
             async move {
