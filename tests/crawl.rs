@@ -89,21 +89,7 @@ async fn crawl(
         .fetch_one(&daemon.sql)
         .await
         .unwrap();
-    let sql = daemon.sql.clone();
-    wait_until("the crawl to finish", || {
-        let sql = sql.clone();
-        async move {
-            let open: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM jobs WHERE COALESCE(root_id, id) = ?1 AND status IN ('queued', 'running')",
-            )
-            .bind(root)
-            .fetch_one(&sql)
-            .await
-            .unwrap();
-            open == 0
-        }
-    })
-    .await;
+    wait_crawl_settled(daemon, root).await;
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT url, status FROM jobs WHERE root_id = ?1 ORDER BY id")
             .bind(root)
@@ -114,6 +100,26 @@ async fn crawl(
     rows.into_iter()
         .map(|(url, status)| (url.replace(&base, ""), status))
         .collect()
+}
+
+/// Waits until no job of crawl `root` is queued or running.
+async fn wait_crawl_settled(daemon: &RunningDaemon, root: i64) {
+    let sql = daemon.sql.clone();
+    wait_until("the crawl to finish", || {
+        let sql = sql.clone();
+        async move {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM jobs
+                  WHERE COALESCE(root_id, id) = ?1 AND status IN ('queued', 'running')",
+            )
+            .bind(root)
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+            open == 0
+        }
+    })
+    .await;
 }
 
 fn paths(jobs: &BTreeMap<String, String>) -> BTreeSet<&str> {
@@ -336,22 +342,7 @@ fn a_page_reached_through_several_redirects_is_fetched_once_per_crawl() {
                 .fetch_one(&daemon.sql)
                 .await
                 .unwrap();
-        let sql = daemon.sql.clone();
-        wait_until("the crawl to finish", || {
-            let sql = sql.clone();
-            async move {
-                let open: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM jobs
-                      WHERE COALESCE(root_id, id) = ?1 AND status IN ('queued', 'running')",
-                )
-                .bind(root)
-                .fetch_one(&sql)
-                .await
-                .unwrap();
-                open == 0
-            }
-        })
-        .await;
+        wait_crawl_settled(&daemon, root).await;
         assert_eq!(server.hits_for("/new").len(), 1, "{:?}", server.hits());
         let rows: Vec<(String, String, Option<String>)> =
             sqlx::query_as("SELECT url, status, error FROM jobs WHERE root_id = ?1 ORDER BY id")
