@@ -38,5 +38,9 @@ VOLUME /data
 # crawlq handles SIGTERM itself (it is PID 1 here): it stops claiming, lets in-flight jobs
 # finish for daemon.shutdown_grace_secs, puts the rest back to queued and exits 0.
 STOPSIGNAL SIGTERM
+# Healthy = this container's daemon wrote its heartbeat (every daemon.heartbeat_secs, 5 s)
+# within three intervals, and the database takes writes.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
+    CMD ["crawlq", "healthcheck"]
 ENTRYPOINT ["crawlq"]
 CMD ["run"]

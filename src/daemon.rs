@@ -21,7 +21,7 @@ use crate::job::{self, Attempt, ClaimedJob, JobId, Verdict};
 use crate::runtime;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use crate::store::{self, HostPick, Store, StoreError};
+use crate::store::{self, HostPick, Store, StoreError, WorkerCounters, WorkerIdentity};
 
 /// New rows validated per loop turn; bounds the time one turn spends on a bulk insert.
 const ADMISSION_BATCH: usize = 1000;
@@ -54,8 +54,10 @@ pub struct RunReport {
     pub done: u64,
     pub failed: u64,
     pub retried: u64,
-    /// Jobs robots.txt did not allow.
+    /// Jobs not fetched by policy (robots.txt, a page the crawl already has).
     pub skipped: u64,
+    /// Response bytes stored (bodies after content decoding).
+    pub bytes: u64,
     pub lost: u64,
     /// Jobs handed back to the queue at shutdown.
     pub released: u64,
@@ -122,6 +124,15 @@ impl Daemon {
             owner = %self.owner,
             "crawlq started"
         );
+        self.store
+            .register_worker(&WorkerIdentity {
+                id: self.owner.clone(),
+                hostname: this_host(),
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                heartbeat_every: s.daemon.heartbeat,
+            })
+            .await?;
         let mut scheduler = Scheduler::new(&self);
         let result = scheduler.run(&shutdown, options).await;
         let drained = scheduler.drain().await;
@@ -203,6 +214,7 @@ struct Scheduler<'d> {
     last_renewal: Instant,
     last_prune: Instant,
     last_stats: Instant,
+    last_heartbeat: Instant,
     done_at_last_stats: u64,
 }
 
@@ -226,6 +238,7 @@ impl<'d> Scheduler<'d> {
             last_renewal: now,
             last_prune: now,
             last_stats: now,
+            last_heartbeat: now,
             done_at_last_stats: 0,
         }
     }
@@ -322,6 +335,9 @@ impl<'d> Scheduler<'d> {
 
     fn count(&mut self, attempt: &Attempt) {
         let job = &attempt.job;
+        if let Some(page) = &attempt.page {
+            self.report.bytes += page.bytes;
+        }
         match &attempt.verdict {
             Verdict::Done => {
                 self.report.done += 1;
@@ -387,6 +403,17 @@ impl<'d> Scheduler<'d> {
                 Err(e) => self.store_failed(&e),
             }
         }
+        if now.duration_since(self.last_heartbeat) >= settings.daemon.heartbeat {
+            self.last_heartbeat = now;
+            let counters = self.counters();
+            if let Err(e) = self
+                .store()
+                .heartbeat(&self.daemon.owner, &counters, false)
+                .await
+            {
+                self.store_failed(&e);
+            }
+        }
         if now.duration_since(self.last_prune) >= PRUNE_LIMITER_EVERY {
             self.last_prune = now;
             self.daemon.crawler.prune();
@@ -396,6 +423,19 @@ impl<'d> Scheduler<'d> {
                 self.log_stats(now.duration_since(self.last_stats)).await;
                 self.last_stats = now;
             }
+        }
+    }
+
+    fn counters(&self) -> WorkerCounters {
+        let r = &self.report;
+        WorkerCounters {
+            claimed: r.claimed,
+            done: r.done,
+            failed: r.failed,
+            retried: r.retried,
+            skipped: r.skipped,
+            bytes: r.bytes,
+            in_flight: self.in_flight.total() as u64,
         }
     }
 
@@ -571,6 +611,13 @@ impl<'d> Scheduler<'d> {
         self.store_finished().await;
         let released = self.store().release(&self.daemon.owner).await?;
         self.report.released = released;
+        if let Err(e) = self
+            .store()
+            .heartbeat(&self.daemon.owner, &self.counters(), true)
+            .await
+        {
+            tracing::warn!(error = %e, "could not mark this daemon stopped in workers");
+        }
         if released > 0 {
             tracing::info!(jobs = released, "put unfinished jobs back to queued");
         }
@@ -582,6 +629,16 @@ impl<'d> Scheduler<'d> {
         }
         Ok(())
     }
+}
+
+/// This machine's (or container's) host name, as `workers.hostname` records it.
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {

@@ -61,6 +61,9 @@ enum Command {
     Status,
     /// Create or upgrade the database, then exit.
     Migrate,
+    /// Exit 0 if the daemon running on this host (container) has a fresh heartbeat and the
+    /// database is writable; otherwise print why and exit 1. For Docker's HEALTHCHECK.
+    Healthcheck,
     /// Write a stored page body (fetch.store_body) to stdout, as it was fetched.
     Body {
         /// The `results.id` whose body to print.
@@ -118,6 +121,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             } => add(settings, urls, priority, selectors).await,
             Command::Status => status(settings).await,
             Command::Body { result_id } => body(settings, result_id).await,
+            Command::Healthcheck => healthcheck(settings).await,
             Command::Migrate => {
                 let store = Store::open(&settings.database)
                     .await
@@ -199,6 +203,44 @@ fn selectors_json(pairs: &[String]) -> Result<Option<String>, String> {
         object.insert(name.trim().to_owned(), css.trim().into());
     }
     Ok(Some(serde_json::Value::Object(object).to_string()))
+}
+
+async fn healthcheck(settings: Settings) -> Result<(), Failure> {
+    let store = Store::open(&settings.database)
+        .await
+        .map_err(Failure::runtime)?;
+    let host = crawlq::daemon::this_host();
+    let verdict = async {
+        store.check_writable().await.map_err(Failure::runtime)?;
+        let worker = store
+            .newest_worker_on(&host)
+            .await
+            .map_err(Failure::runtime)?
+            .ok_or_else(|| {
+                Failure::runtime(format!("unhealthy: no crawlq daemon has run on {host} yet"))
+            })?;
+        let age = worker.heartbeat_age.as_secs_f64();
+        match worker.state.as_str() {
+            "running" => {
+                println!(
+                    "healthy: daemon {} (pid {}) heartbeat {age:.1} s ago; database writable",
+                    worker.id, worker.pid
+                );
+                Ok(())
+            }
+            "stopped" => Err(Failure::runtime(format!(
+                "unhealthy: daemon {} (pid {}) has stopped",
+                worker.id, worker.pid
+            ))),
+            _ => Err(Failure::runtime(format!(
+                "unhealthy: daemon {} (pid {}) last wrote its heartbeat {age:.1} s ago (more than 3 x daemon.heartbeat_secs)",
+                worker.id, worker.pid
+            ))),
+        }
+    }
+    .await;
+    store.close().await;
+    verdict
 }
 
 async fn body(settings: Settings, result_id: i64) -> Result<(), Failure> {

@@ -65,6 +65,8 @@ pub struct DaemonSettings {
     pub lease: Duration,
     pub shutdown_grace: Duration,
     pub stats_interval: Option<Duration>,
+    /// How often the daemon's `workers` row is refreshed (its heartbeat and counters).
+    pub heartbeat: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +249,7 @@ struct RawDaemon {
     lease_secs: u64,
     shutdown_grace_secs: u64,
     stats_interval_secs: u64,
+    heartbeat_secs: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +361,7 @@ impl RawSettings {
             shutdown_grace: Duration::from_secs(d.shutdown_grace_secs),
             stats_interval: (d.stats_interval_secs > 0)
                 .then(|| Duration::from_secs(d.stats_interval_secs)),
+            heartbeat: seconds("daemon.heartbeat_secs", d.heartbeat_secs)?,
         };
 
         let f = &self.fetch;

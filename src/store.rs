@@ -153,6 +153,38 @@ impl StatusCounts {
     }
 }
 
+/// Who a daemon is, for its `workers` row.
+#[derive(Debug, Clone)]
+pub struct WorkerIdentity {
+    pub id: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub version: String,
+    pub heartbeat_every: Duration,
+}
+
+/// A daemon's counters since it started, as its heartbeat writes them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WorkerCounters {
+    pub claimed: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub skipped: u64,
+    pub bytes: u64,
+    pub in_flight: u64,
+}
+
+/// What `crawlq healthcheck` needs to know about a daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerHealth {
+    pub id: String,
+    pub pid: i64,
+    /// `running`, `stale` or `stopped` (the `worker_status` view's rule).
+    pub state: String,
+    pub heartbeat_age: Duration,
+}
+
 /// A summary for `crawlq status`.
 #[derive(Debug, Clone)]
 pub struct QueueSummary {
@@ -663,6 +695,97 @@ impl Store {
         .await
         .doing("looking up a URL in a crawl")?;
         Ok(id.map(JobId))
+    }
+
+    // ---- Workers: one row per daemon process. ----
+
+    pub async fn register_worker(&self, me: &WorkerIdentity) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workers (id, hostname, pid, version, heartbeat_every_secs)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&me.id)
+        .bind(&me.hostname)
+        .bind(i64::from(me.pid))
+        .bind(&me.version)
+        .bind(me.heartbeat_every.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .doing("registering this daemon in workers")?;
+        Ok(())
+    }
+
+    /// Refreshes a worker's heartbeat and counters; `stopped` marks a clean exit.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        counters: &WorkerCounters,
+        stopped: bool,
+    ) -> Result<(), StoreError> {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        sqlx::query(concat!(
+            "UPDATE workers SET heartbeat_at = ",
+            now!(),
+            ", stopped_at = CASE WHEN ?9 THEN ",
+            now!(),
+            " END,
+                claimed = ?2, done = ?3, failed = ?4, retried = ?5, skipped = ?6,
+                bytes = ?7, in_flight = ?8
+              WHERE id = ?1"
+        ))
+        .bind(id)
+        .bind(clamp(counters.claimed))
+        .bind(clamp(counters.done))
+        .bind(clamp(counters.failed))
+        .bind(clamp(counters.retried))
+        .bind(clamp(counters.skipped))
+        .bind(clamp(counters.bytes))
+        .bind(clamp(counters.in_flight))
+        .bind(stopped)
+        .execute(&self.pool)
+        .await
+        .doing("writing this daemon's heartbeat")?;
+        Ok(())
+    }
+
+    /// The newest daemon that registered from `hostname` (in a container: this one).
+    pub async fn newest_worker_on(
+        &self,
+        hostname: &str,
+    ) -> Result<Option<WorkerHealth>, StoreError> {
+        let row: Option<(String, i64, String, f64)> = sqlx::query_as(
+            "SELECT id, pid, state, heartbeat_age_secs FROM worker_status
+              WHERE hostname = ?1 ORDER BY started_at DESC, id DESC LIMIT 1",
+        )
+        .bind(hostname)
+        .fetch_optional(&self.pool)
+        .await
+        .doing("reading workers")?;
+        Ok(row.map(|(id, pid, state, age)| WorkerHealth {
+            id,
+            pid,
+            state,
+            heartbeat_age: Duration::from_secs_f64(age.max(0.0)),
+        }))
+    }
+
+    /// Whether a write transaction can be started (not read-only, not locked for longer
+    /// than the busy timeout). Nothing is written.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .doing("checking the database is writable")?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .doing("checking the database is writable")?;
+        sqlx::query("ROLLBACK")
+            .execute(&mut *conn)
+            .await
+            .doing("checking the database is writable")?;
+        Ok(())
     }
 
     // ---- robots.txt answers, per origin. ----

@@ -53,8 +53,11 @@ async fn exit_status(child: &mut Child) -> ExitStatus {
     }
 }
 
-/// Waits until the daemon has created and migrated the database at `path`.
+/// Waits until the daemon has created the database at `path` and applied every migration.
 async fn wait_for_database(path: &Path) {
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count() as i64;
     wait_until("the daemon to create and migrate the database", || async {
         if !path.exists() {
             return false;
@@ -64,7 +67,7 @@ async fn wait_for_database(path: &Path) {
             sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
                 .fetch_one(&sql)
                 .await
-                .is_ok_and(|n| n > 0);
+                .is_ok_and(|n| n == migrations);
         sql.close().await;
         migrated
     })
@@ -398,4 +401,75 @@ fn json_logs_carry_stats_and_each_job_step() {
         );
     }
     assert!(lines.iter().any(|l| l["message"] == "stored: done"));
+}
+
+#[test]
+fn healthcheck_follows_the_daemon_through_start_stop_and_death() {
+    block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let healthcheck = || {
+            output(
+                crawlq(dir.path())
+                    .args(["healthcheck", "--database", "q.db"])
+                    .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2"),
+            )
+        };
+        let out = healthcheck();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("no crawlq daemon has run"),
+            "{}",
+            text(&out.stderr)
+        );
+
+        let start = || {
+            crawlq(dir.path())
+                .args(["run", "--database", "q.db"])
+                .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2")
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut daemon = start();
+        wait_until("the healthcheck to pass", || async {
+            healthcheck().status.success()
+        })
+        .await;
+        let out = healthcheck();
+        assert!(
+            text(&out.stdout).contains(&format!("(pid {})", daemon.id())),
+            "{}",
+            text(&out.stdout)
+        );
+        sigterm(&daemon);
+        assert!(exit_status(&mut daemon).await.success());
+        let out = healthcheck();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("has stopped"),
+            "{}",
+            text(&out.stderr)
+        );
+
+        // kill -9: no clean exit, so the row goes stale after three heartbeats.
+        let mut daemon = start();
+        wait_until("the new daemon to be healthy", || async {
+            healthcheck().status.success()
+        })
+        .await;
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        wait_until("the healthcheck to notice the dead daemon", || async {
+            let out = healthcheck();
+            out.status.code() == Some(1) && text(&out.stderr).contains("last wrote its heartbeat")
+        })
+        .await;
+        let sql = user_connection(&dir.path().join("q.db")).await;
+        let states: Vec<String> =
+            sqlx::query_scalar("SELECT state FROM worker_status ORDER BY started_at")
+                .fetch_all(&sql)
+                .await
+                .unwrap();
+        assert_eq!(states, ["stopped", "stale"]);
+    });
 }

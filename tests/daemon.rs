@@ -1192,3 +1192,46 @@ fn a_request_already_waiting_for_its_turn_respects_a_new_pause() {
         daemon.stop().await;
     });
 }
+
+#[test]
+fn the_workers_row_carries_a_heartbeat_and_counters() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let daemon =
+            RunningDaemon::start(|s| s.daemon.heartbeat = Duration::from_millis(100)).await;
+        let ids = [
+            daemon.insert(&server.url("/a")).await,
+            daemon.insert(&server.url("/b")).await,
+        ];
+        daemon.wait_all_done(&ids).await;
+        let sql = daemon.sql.clone();
+        wait_until("the heartbeat to count both pages", || {
+            let sql = sql.clone();
+            async move {
+                let done: i64 = sqlx::query_scalar("SELECT done FROM workers")
+                    .fetch_one(&sql)
+                    .await
+                    .unwrap();
+                done == 2
+            }
+        })
+        .await;
+        let (hostname, pid, state, claimed, bytes): (String, i64, String, i64, i64) =
+            sqlx::query_as("SELECT hostname, pid, state, claimed, bytes FROM worker_status")
+                .fetch_one(&daemon.sql)
+                .await
+                .unwrap();
+        assert_eq!(hostname, crawlq::daemon::this_host());
+        assert_eq!(pid, i64::from(std::process::id()));
+        assert_eq!(state, "running");
+        assert_eq!(claimed, 2);
+        assert!(bytes > 0);
+        let sql = daemon.sql.clone();
+        let report = daemon.stop().await;
+        let (state, done): (String, i64) = sqlx::query_as("SELECT state, done FROM worker_status")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!((state.as_str(), done), ("stopped", report.done as i64));
+    });
+}
