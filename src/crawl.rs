@@ -142,12 +142,11 @@ impl Crawler {
             .filter(|_| self.settings.fetch.conditional_get && !follows_links);
         let if_changed = known.map(|k| &k.validators);
         let mut claimed_targets = ClaimedTargets {
-            crawler: self,
+            running: &self.redirect_targets,
             held: Vec::new(),
         };
         // Its own URL too: a redirect of another job of the crawl may be fetching it.
-        if job.crawl.max_depth > 0 && !claimed_targets.hold(job.root_id, &start, &self.query_filter)
-        {
+        if job.in_crawl() && !claimed_targets.hold(job.root_id, &start, &self.query_filter) {
             return Outcome::ended(Ending::Skipped(format!(
                 "another job of this crawl is fetching {start} (it redirected there)"
             )));
@@ -157,22 +156,18 @@ impl Crawler {
             .await
         {
             Ok(found) => found,
-            Err(Ending::HostUnavailable {
-                after,
-                reason,
-                host,
-            }) => {
-                // Persisted with the job, so claims skip the host and a restart keeps it.
+            Err(ending) => {
+                // A host pause is persisted with the job, so claims skip the host and a
+                // restart keeps it.
+                let pause = match &ending {
+                    Ending::HostUnavailable { host, after, .. } => Some((host.clone(), *after)),
+                    _ => None,
+                };
                 return Outcome {
-                    pause: Some((host.clone(), after)),
-                    ..Outcome::ended(Ending::HostUnavailable {
-                        after,
-                        reason,
-                        host,
-                    })
+                    pause,
+                    ..Outcome::ended(ending)
                 };
             }
-            Err(ending) => return Outcome::ended(ending),
         };
         let status = response.status;
         let pause = self.honour_retry_after(&final_url, &response);
@@ -187,7 +182,7 @@ impl Crawler {
             };
         }
         let mut page = self.record(&start, final_url, response, selectors).await;
-        if job.crawl.max_depth > 0 && page.final_url != page.url {
+        if job.in_crawl() && page.final_url != page.url {
             let target = Url::parse(&page.final_url).expect("final_url was a Url");
             page.redirect_target = Some(RedirectTarget {
                 canonical_url: follow::canonical(&target, &self.query_filter).into(),
@@ -278,16 +273,10 @@ impl Crawler {
                 Ok(response) => response,
                 Err(e) => return RobotsAnswer::Failed(format!("GET {url}: {e}")),
             };
-            let next = response
-                .location
-                .as_deref()
-                .filter(|_| response.is_redirect())
-                .and_then(|location| url.join(location.trim()).ok())
-                .filter(|next| job::check_fetchable(next).is_ok());
-            match next {
-                Some(next) => url = next,
+            match redirect_target(&url, &response) {
+                Some(Ok(next)) => url = next,
                 // A redirect without a usable target reads as its status: 3xx, "no rules".
-                None => {
+                Some(Err(_)) | None => {
                     return RobotsAnswer::Fetched {
                         status: response.status,
                         body: response.body,
@@ -328,23 +317,10 @@ impl Crawler {
                 .get(&url, options)
                 .await
                 .map_err(|e| fetch_ending(&url, e))?;
-            let Some(location) = response
-                .location
-                .as_deref()
-                .filter(|_| response.is_redirect())
-            else {
-                return Ok((url, response));
+            let next = match redirect_target(&url, &response) {
+                None => return Ok((url, response)),
+                Some(target) => target.map_err(Ending::Fatal)?,
             };
-            let mut next = url.join(location.trim()).map_err(|e| {
-                Ending::Fatal(format!(
-                    "HTTP {} redirect from {url} has an invalid Location {location:?}: {e}",
-                    response.status
-                ))
-            })?;
-            next.set_fragment(None);
-            job::check_fetchable(&next).map_err(|reason| {
-                Ending::Fatal(format!("redirect from {url} refused: {reason}"))
-            })?;
             if chain.contains(&next) {
                 chain.push(next);
                 return Err(Ending::Fatal(format!(
@@ -374,7 +350,7 @@ impl Crawler {
         target: &Url,
         targets: &mut ClaimedTargets<'_>,
     ) -> Result<(), Ending> {
-        if job.crawl.max_depth <= 0 {
+        if !job.in_crawl() {
             return Ok(());
         }
         if !targets.hold(job.root_id, target, &self.query_filter) {
@@ -455,7 +431,8 @@ impl Crawler {
 
 /// The redirect targets one attempt claimed, released when the attempt ends.
 struct ClaimedTargets<'a> {
-    crawler: &'a Crawler,
+    /// The crawler's set of targets running attempts hold.
+    running: &'a Mutex<HashSet<(i64, String)>>,
     held: Vec<(i64, String)>,
 }
 
@@ -468,8 +445,7 @@ impl ClaimedTargets<'_> {
             return true; // e.g. a redirect that only drops a tracking parameter
         }
         let fresh = self
-            .crawler
-            .redirect_targets
+            .running
             .lock()
             .expect("redirect targets lock")
             .insert(key.clone());
@@ -485,15 +461,35 @@ impl Drop for ClaimedTargets<'_> {
         if self.held.is_empty() {
             return;
         }
-        let mut targets = self
-            .crawler
-            .redirect_targets
-            .lock()
-            .expect("redirect targets lock");
+        let mut targets = self.running.lock().expect("redirect targets lock");
         for key in self.held.drain(..) {
             targets.remove(&key);
         }
     }
+}
+
+/// Where a redirect response sends us: None if it is not a redirect, an error in words
+/// if its `Location` is unusable (not a URL, or not http(s)).
+fn redirect_target(url: &Url, response: &Response) -> Option<Result<Url, String>> {
+    let location = response
+        .location
+        .as_deref()
+        .filter(|_| response.is_redirect())?;
+    let target = url
+        .join(location.trim())
+        .map_err(|e| {
+            format!(
+                "HTTP {} redirect from {url} has an invalid Location {location:?}: {e}",
+                response.status
+            )
+        })
+        .and_then(|mut next| {
+            next.set_fragment(None);
+            job::check_fetchable(&next)
+                .map_err(|reason| format!("redirect from {url} refused: {reason}"))?;
+            Ok(next)
+        });
+    Some(target)
 }
 
 fn fetch_ending(url: &Url, error: FetchError) -> Ending {

@@ -473,10 +473,16 @@ impl<'d> Scheduler<'d> {
         let settings = self.daemon.settings.clone();
         self.claims += 1;
         let token = store::lease_token(&self.daemon.owner, self.claims);
-        let claimed = self
+        let mut claimed = self
             .store()
             .claim(&token, settings.daemon.lease, &picks)
             .await?;
+        if settings.fetch.conditional_get && !claimed.is_empty() {
+            // Best effort: the jobs are ours now, and a plain GET is always right.
+            if let Err(e) = self.store().attach_known_versions(&mut claimed).await {
+                tracing::warn!(error = %e, "could not read stored validators; fetching in full");
+            }
+        }
         for job in claimed {
             self.start(job);
         }

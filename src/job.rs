@@ -152,6 +152,14 @@ pub struct ClaimedJob {
     pub known_version: Option<KnownVersion>,
 }
 
+impl ClaimedJob {
+    /// Whether the job belongs to a multi-page crawl (it follows links, or was found by
+    /// one that does): such pages are fetched at most once per crawl, redirects included.
+    pub fn in_crawl(&self) -> bool {
+        self.crawl.max_depth > 0
+    }
+}
+
 /// A version of a URL we already have: its validators, and the result holding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownVersion {

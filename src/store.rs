@@ -443,16 +443,15 @@ impl Store {
             claimed.extend(claim_from(&mut tx, lease_token, lease, chunk).await?);
         }
         tx.commit().await.doing("claiming jobs")?;
-        // Best effort: the jobs are ours now, and a plain GET is always right.
-        if let Err(e) = self.attach_known_versions(&mut claimed).await {
-            tracing::warn!(error = %e, "could not read stored validators; fetching in full");
-        }
         Ok(claimed)
     }
 
     /// Fills in the validators each claimed URL was last fetched with (one query for the
     /// whole claim), for conditional GETs.
-    async fn attach_known_versions(&self, claimed: &mut [ClaimedJob]) -> Result<(), StoreError> {
+    pub async fn attach_known_versions(
+        &self,
+        claimed: &mut [ClaimedJob],
+    ) -> Result<(), StoreError> {
         let urls: Vec<&str> = claimed
             .iter()
             .filter_map(|job| job.canonical_url.as_deref())
