@@ -512,7 +512,9 @@ impl<'d> Scheduler<'d> {
                 tracing::info!(job.id = %new.id, %reason, "refused a new job");
             }
         }
-        self.store().record_admissions(&decisions).await
+        // A refused job is failed by this daemon, so it counts in its `workers` row.
+        self.report.failed += self.store().record_admissions(&decisions).await?;
+        Ok(())
     }
 
     /// Host-fair picking: walk the hosts with queued work round-robin from the cursor and

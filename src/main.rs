@@ -12,7 +12,7 @@ use crawlq::job::{self, Status};
 use crawlq::runtime;
 use crawlq::settings::{Overrides, Settings};
 use crawlq::shutdown;
-use crawlq::store::Store;
+use crawlq::store::{StatusReport, Store};
 use crawlq::telemetry;
 
 #[derive(Parser)]
@@ -57,8 +57,13 @@ enum Command {
         #[arg(long = "select", value_name = "NAME=CSS")]
         selectors: Vec<String>,
     },
-    /// Show job counts by status, the oldest queued job and recent throughput.
-    Status,
+    /// Show job counts by status, the queue of the busiest hosts, recent throughput,
+    /// errors of the last hour grouped by reason, and the workers.
+    Status {
+        /// Print one JSON object instead (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or upgrade the database, then exit.
     Migrate,
     /// Exit 0 if the daemon running on this host (container) has a fresh heartbeat and the
@@ -119,7 +124,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
                 priority,
                 selectors,
             } => add(settings, urls, priority, selectors).await,
-            Command::Status => status(settings).await,
+            Command::Status { json } => status(settings, json).await,
             Command::Body { result_id } => body(settings, result_id).await,
             Command::Healthcheck => healthcheck(settings).await,
             Command::Migrate => {
@@ -266,23 +271,101 @@ async fn body(settings: Settings, result_id: i64) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(format!("writing the body: {e}")))
 }
 
-async fn status(settings: Settings) -> Result<(), Failure> {
+async fn status(settings: Settings, json: bool) -> Result<(), Failure> {
     let store = Store::open(&settings.database)
         .await
         .map_err(Failure::runtime)?;
-    let summary = store.summary().await.map_err(Failure::runtime)?;
+    let report = store.status_report(10, 10).await;
     store.close().await;
-    println!("database: {}", settings.database.path.display());
-    for status in Status::ALL {
-        println!("{:>10}: {}", status.as_str(), summary.counts.get(status));
+    let report = report.map_err(Failure::runtime)?;
+    if json {
+        let mut value = serde_json::to_value(&report).map_err(Failure::runtime)?;
+        value["database"] = settings.database.path.display().to_string().into();
+        println!("{value:#}");
+    } else {
+        print!("{}", status_text(&settings, &report));
     }
-    println!(
-        "oldest queued job created at: {}",
-        summary.oldest_queued_at.as_deref().unwrap_or("-")
-    );
-    println!(
-        "finished in the last minute: {}",
-        summary.finished_last_minute
-    );
     Ok(())
+}
+
+/// The human form of `crawlq status`: a few lines, then tables only when they have rows.
+fn status_text(settings: &Settings, report: &StatusReport) -> String {
+    use std::fmt::Write;
+
+    let mut out = String::new();
+    let _ = writeln!(out, "database: {}", settings.database.path.display());
+    for status in Status::ALL {
+        let _ = write!(out, "{:>10}: {}", status.as_str(), report.jobs.get(status));
+        if status == Status::Queued && report.not_yet_admitted > 0 {
+            let _ = write!(out, " ({} not yet admitted)", report.not_yet_admitted);
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "oldest job waiting to run: inserted {}",
+        report.oldest_due_created_at.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "finished: {} in the last minute, {} in the last hour ({:.1}/min)",
+        report.finished_last_minute,
+        report.finished_last_hour,
+        report.finished_last_hour as f64 / 60.0
+    );
+    if !report.top_hosts.is_empty() {
+        let _ = writeln!(out, "\nqueue by host (top {}):", report.top_hosts.len());
+        let _ = writeln!(
+            out,
+            "  {:<32} {:>8} {:>8} {:>8}  paused",
+            "host", "queued", "due", "running"
+        );
+        for host in &report.top_hosts {
+            let paused = match (&host.paused_until, &host.pause_reason) {
+                (Some(until), Some(reason)) => format!("until {until} ({reason})"),
+                (Some(until), None) => format!("until {until}"),
+                _ => "-".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<32} {:>8} {:>8} {:>8}  {paused}",
+                host.host, host.queued, host.due, host.running
+            );
+        }
+    }
+    if !report.recent_errors.is_empty() {
+        let _ = writeln!(out, "\nerrors in the last hour, by reason:");
+        for group in &report.recent_errors {
+            let state = if group.status == "queued" {
+                "retrying"
+            } else {
+                "failed"
+            };
+            let _ = writeln!(
+                out,
+                "  {:>6} {state:<8}  {}  (last {})",
+                group.jobs, group.reason, group.last_seen
+            );
+        }
+    }
+    if !report.workers.is_empty() {
+        let _ = writeln!(out, "\nworkers:");
+        for w in &report.workers {
+            let _ = writeln!(
+                out,
+                "  {} on {} (pid {}, v{}): {}, heartbeat {:.1} s ago; claimed {}, done {}, failed {}, in flight {}",
+                w.id,
+                w.hostname,
+                w.pid,
+                w.version,
+                w.state,
+                w.heartbeat_age_secs,
+                w.claimed,
+                w.done,
+                w.failed,
+                w.in_flight
+            );
+        }
+    }
+    out
 }

@@ -25,19 +25,85 @@ const MAX_IN_FLIGHT: usize = 10_000;
 pub enum SettingsError {
     #[error("configuration: {0}")]
     Load(#[from] config::ConfigError),
-    #[error("configuration: `{key}` = {value}: {reason}")]
+    /// A value that did not fit its type, or a key that does not exist, in one of `layers`.
+    #[error("configuration: {source} (read from: {layers})")]
+    Unreadable {
+        source: config::ConfigError,
+        layers: String,
+    },
+    #[error("configuration: `{key}` = {value}{}: {reason}", set_by(origin))]
     Invalid {
         key: &'static str,
         value: String,
         reason: &'static str,
+        /// Which layer set the value (filled in by [`Settings::load`]).
+        origin: Option<String>,
     },
-    #[error("configuration: `limits.hosts.\"{host}\".{field}` = {value}: {reason}")]
+    #[error(
+        "configuration: `limits.hosts.\"{host}\".{field}` = {value}{}: {reason}",
+        set_by(origin)
+    )]
     InvalidHost {
         host: String,
         field: &'static str,
         value: String,
         reason: &'static str,
+        origin: Option<String>,
     },
+}
+
+fn set_by(origin: &Option<String>) -> String {
+    origin
+        .as_ref()
+        .map(|origin| format!(" (set by {origin})"))
+        .unwrap_or_default()
+}
+
+impl SettingsError {
+    /// Names the layer that set the bad value: the environment variable, the file, the
+    /// command line, or the built-in defaults.
+    fn locate(mut self, config: &Config, overrides: &Overrides) -> SettingsError {
+        let (path, slot): (Vec<&str>, &mut Option<String>) = match &mut self {
+            SettingsError::Invalid { key, origin, .. } => (key.split('.').collect(), origin),
+            SettingsError::InvalidHost {
+                host,
+                field,
+                origin,
+                ..
+            } => (vec!["limits", "hosts", host.as_str(), field], origin),
+            SettingsError::Load(_) | SettingsError::Unreadable { .. } => return self,
+        };
+        let layer = match origin_of(config, &path).as_deref() {
+            // `config` calls every environment value's origin "the environment".
+            Some("the environment") => {
+                let wanted = format!("{ENV_PREFIX}__{}", path.join("__")).to_ascii_lowercase();
+                let variable = std::env::vars()
+                    .map(|(name, _)| name)
+                    .find(|name| name.to_ascii_lowercase() == wanted)
+                    .unwrap_or(wanted);
+                format!("environment variable {variable}")
+            }
+            Some(file) => format!("--config {file}"),
+            None if path == ["database", "url"] && overrides.database.is_some() => {
+                "--database".to_owned()
+            }
+            None => "the built-in config/default.toml".to_owned(),
+        };
+        *slot = Some(layer);
+        self
+    }
+}
+
+/// The origin `config` recorded for the value at `path` (None for built-in and override
+/// values, which it records without one).
+fn origin_of(config: &Config, path: &[&str]) -> Option<String> {
+    let (last, parents) = path.split_last()?;
+    let (first, middle) = parents.split_first()?;
+    let mut table = config.get_table(first).ok()?;
+    for segment in middle {
+        table = table.get(*segment)?.clone().into_table().ok()?;
+    }
+    table.get(*last)?.origin().map(str::to_owned)
 }
 
 #[derive(Debug, Clone)]
@@ -188,8 +254,17 @@ impl Settings {
             builder = builder.set_override("database.url", database.as_str())?;
             sources.push("--database".to_owned());
         }
-        let raw: RawSettings = builder.build()?.try_deserialize()?;
+        let config = builder.build()?;
+        let raw: RawSettings =
+            config
+                .clone()
+                .try_deserialize()
+                .map_err(|source| SettingsError::Unreadable {
+                    source,
+                    layers: sources.join(", "),
+                })?;
         raw.check(sources)
+            .map_err(|error| error.locate(&config, overrides))
     }
 
     /// The defaults alone, as a test or a tool would start from.
@@ -306,6 +381,7 @@ fn invalid(key: &'static str, value: impl ToString, reason: &'static str) -> Set
         key,
         value: value.to_string(),
         reason,
+        origin: None,
     }
 }
 
@@ -458,6 +534,7 @@ impl RawSettings {
                 field,
                 value,
                 reason,
+                origin: None,
             };
             let rps = raw.rps.unwrap_or(per_host.rate.rps);
             if !positive_rps(rps) {

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use serde::Serialize;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -130,7 +131,7 @@ pub struct FinishReport {
 }
 
 /// Jobs per status, for stats lines and `crawlq status`.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct StatusCounts {
     pub queued: i64,
     pub running: i64,
@@ -185,12 +186,59 @@ pub struct WorkerHealth {
     pub heartbeat_age: Duration,
 }
 
-/// A summary for `crawlq status`.
-#[derive(Debug, Clone)]
-pub struct QueueSummary {
-    pub counts: StatusCounts,
-    pub oldest_queued_at: Option<String>,
+/// Everything `crawlq status` shows (and prints as JSON with `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub jobs: StatusCounts,
+    /// Queued jobs the daemon has not validated yet (`host` still NULL).
+    pub not_yet_admitted: i64,
+    /// When the longest-waiting job that may run now was inserted.
+    pub oldest_due_created_at: Option<String>,
+    /// Jobs that finished (done, failed or skipped) in the last minute and hour.
     pub finished_last_minute: i64,
+    pub finished_last_hour: i64,
+    pub top_hosts: Vec<HostQueue>,
+    pub recent_errors: Vec<ErrorGroup>,
+    pub workers: Vec<WorkerSummary>,
+}
+
+/// One host's waiting work.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct HostQueue {
+    pub host: String,
+    pub queued: i64,
+    /// Queued jobs whose `run_after` has come (the rest wait for a retry or a recrawl).
+    pub due: i64,
+    pub running: i64,
+    pub paused_until: Option<String>,
+    pub pause_reason: Option<String>,
+}
+
+/// Jobs whose last error, in the last hour, had the same reason.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ErrorGroup {
+    /// `failed`, or `queued` for a job waiting to be retried.
+    pub status: String,
+    /// The error without its retry bookkeeping ("(attempt 1 of 3; retrying in 2.0 s)").
+    pub reason: String,
+    pub jobs: i64,
+    pub last_seen: String,
+}
+
+/// A row of the `worker_status` view.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct WorkerSummary {
+    pub id: String,
+    pub hostname: String,
+    pub pid: i64,
+    pub version: String,
+    pub state: String,
+    pub started_at: String,
+    pub heartbeat_age_secs: f64,
+    pub claimed: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub in_flight: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -300,12 +348,14 @@ impl Store {
 
     /// Records admission decisions: a host for good jobs, `failed` with the reason for bad
     /// ones. Rows the user changed meanwhile (status or URL) are left for the next turn.
+    /// Returns how many jobs were refused (marked failed).
     pub async fn record_admissions(
         &self,
         decisions: &[(&NewJob, Result<Admitted, String>)],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
+        let mut refused = 0;
         if decisions.is_empty() {
-            return Ok(());
+            return Ok(refused);
         }
         let mut tx = self.pool.begin().await.doing("admitting new jobs")?;
         for (job, decision) in decisions {
@@ -345,6 +395,9 @@ impl Store {
                 .await
                 .doing("admitting new jobs")?
                 .rows_affected();
+            if let (1, Err(_)) = (changed, decision) {
+                refused += 1;
+            }
             if let (1, Ok(_)) = (changed, decision) {
                 // A seed joining another job's crawl counts toward that crawl's size.
                 sqlx::query(
@@ -380,7 +433,8 @@ impl Store {
                 .doing("admitting new jobs")?;
             }
         }
-        tx.commit().await.doing("admitting new jobs")
+        tx.commit().await.doing("admitting new jobs")?;
+        Ok(refused)
     }
 
     // ---- Claiming. ----
@@ -908,24 +962,99 @@ impl Store {
         Ok(counts)
     }
 
-    pub async fn summary(&self) -> Result<QueueSummary, StoreError> {
-        let counts = self.status_counts().await?;
-        let oldest_queued_at =
-            sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE status = 'queued'")
-                .fetch_one(&self.pool)
-                .await
-                .doing("finding the oldest queued job")?;
-        let finished_last_minute = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs
-              WHERE finished_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-60 seconds')",
+    /// What `crawlq status` reports: `top_hosts` hosts by queue depth, the errors of the
+    /// last hour grouped by reason (at most `error_groups`), and the workers that are not
+    /// stopped plus those that stopped in the last day.
+    pub async fn status_report(
+        &self,
+        top_hosts: u32,
+        error_groups: u32,
+    ) -> Result<StatusReport, StoreError> {
+        let jobs = self.status_counts().await?;
+        let (not_yet_admitted, oldest_due_created_at): (i64, Option<String>) =
+            sqlx::query_as(concat!(
+                "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND host IS NULL),
+                        (SELECT MIN(created_at) FROM jobs
+                          WHERE status = 'queued' AND run_after <= ",
+                now!(),
+                ")"
+            ))
+            .fetch_one(&self.pool)
+            .await
+            .doing("reading the queue")?;
+        let (finished_last_minute, finished_last_hour): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(finished_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-60 seconds')), 0),
+                    COUNT(*)
+               FROM jobs
+              WHERE finished_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3600 seconds')",
         )
         .fetch_one(&self.pool)
         .await
         .doing("measuring recent throughput")?;
-        Ok(QueueSummary {
-            counts,
-            oldest_queued_at,
+        let top_hosts: Vec<HostQueue> = sqlx::query_as(concat!(
+            "SELECT q.host, q.queued, q.due,
+                    (SELECT COUNT(*) FROM jobs r
+                      WHERE r.status = 'running' AND r.host = q.host) AS running,
+                    CASE WHEN h.paused_until > ",
+            now!(),
+            " THEN h.paused_until END AS paused_until,
+                    CASE WHEN h.paused_until > ",
+            now!(),
+            " THEN h.pause_reason END AS pause_reason
+               FROM (SELECT host, COUNT(*) AS queued, SUM(run_after <= ",
+            now!(),
+            ") AS due
+                       FROM jobs WHERE status = 'queued' AND host IS NOT NULL
+                      GROUP BY host ORDER BY queued DESC, host LIMIT ?1) q
+               LEFT JOIN hosts h ON h.host = q.host
+              ORDER BY q.queued DESC, q.host"
+        ))
+        .bind(top_hosts)
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading the queue per host")?;
+        // Retry messages end in "(attempt N of M; retrying in X s)" and final ones in
+        // "(gave up after N attempts)": cut that off so that one cause is one group.
+        let recent_errors: Vec<ErrorGroup> = sqlx::query_as(
+            "SELECT status, reason, COUNT(*) AS jobs, MAX(updated_at) AS last_seen
+               FROM (SELECT status, updated_at,
+                            CASE WHEN instr(error, ' (attempt ') > 0
+                                     THEN substr(error, 1, instr(error, ' (attempt ') - 1)
+                                 WHEN instr(error, ' (gave up after ') > 0
+                                     THEN substr(error, 1, instr(error, ' (gave up after ') - 1)
+                                 ELSE error END AS reason
+                       FROM jobs
+                      WHERE status IN ('failed', 'queued') AND error IS NOT NULL
+                        AND updated_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3600 seconds'))
+              GROUP BY status, reason
+              ORDER BY jobs DESC, reason
+              LIMIT ?1",
+        )
+        .bind(error_groups)
+        .fetch_all(&self.pool)
+        .await
+        .doing("grouping recent errors")?;
+        let workers: Vec<WorkerSummary> = sqlx::query_as(
+            "SELECT id, hostname, pid, version, state, started_at, heartbeat_age_secs,
+                    claimed, done, failed, in_flight
+               FROM worker_status
+              WHERE state <> 'stopped'
+                 OR stopped_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')
+              ORDER BY started_at DESC, id
+              LIMIT 20",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading workers")?;
+        Ok(StatusReport {
+            jobs,
+            not_yet_admitted,
+            oldest_due_created_at,
             finished_last_minute,
+            finished_last_hour,
+            top_hosts,
+            recent_errors,
+            workers,
         })
     }
 }

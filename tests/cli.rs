@@ -30,6 +30,19 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A spawned daemon that is killed if its test panics before stopping it, so that no
+/// daemon outlives its test (holding the harness's output pipe open).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -262,7 +275,7 @@ fn add_status_and_migrate_subcommands() {
 }
 
 #[test]
-fn a_bad_setting_stops_start_up_naming_the_key() {
+fn a_bad_setting_stops_start_up_naming_the_key_the_value_and_where_it_was_set() {
     let dir = tempfile::tempdir().unwrap();
     let out = output(
         crawlq(dir.path())
@@ -272,7 +285,9 @@ fn a_bad_setting_stops_start_up_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("limits.per_host_rps") && stderr.contains("-2"),
+        stderr.contains(
+            "`limits.per_host_rps` = -2 (set by environment variable CRAWLQ__LIMITS__PER_HOST_RPS)"
+        ),
         "{stderr}"
     );
     assert!(
@@ -295,11 +310,29 @@ fn a_bad_setting_stops_start_up_naming_the_key() {
     std::fs::write(dir.path().join("c.toml"), "[fetch]\ntimeout_sec = 3\n").unwrap();
     let out = output(crawlq(dir.path()).args(["run", "--config", "c.toml"]));
     assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("timeout_sec"),
-        "{}",
-        text(&out.stderr)
+        stderr.contains("timeout_sec") && stderr.contains("c.toml"),
+        "{stderr}"
     );
+
+    std::fs::write(
+        dir.path().join("hosts.toml"),
+        "[limits.hosts.\"Example.com\"]\nburst = 0\n",
+    )
+    .unwrap();
+    let out = output(crawlq(dir.path()).args(["run", "--config", "hosts.toml"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("`limits.hosts.\"Example.com\".burst` = 0 (set by --config hosts.toml)"),
+        "{stderr}"
+    );
+
+    let out = output(crawlq(dir.path()).args(["run", "--database", "sqlite::memory:"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("(set by --database)"), "{stderr}");
 }
 
 #[test]
@@ -389,7 +422,17 @@ fn json_logs_carry_stats_and_each_job_step() {
     };
     assert_eq!(message("stats")["queued"], 0);
     assert_eq!(message("stats")["running"], 1);
-    assert!(message("crawlq started")["per_host_rps"].is_number());
+    let started = message("crawlq started");
+    assert!(started["per_host_rps"].is_number());
+    assert_eq!(started["database"], "q.db");
+    assert_eq!(started["version"], env!("CARGO_PKG_VERSION"));
+    let config = started["config"].as_str().unwrap();
+    assert!(
+        config.contains("default.toml")
+            && config.contains("CRAWLQ__LOG__FORMAT")
+            && config.contains("--database"),
+        "the start-up line names every layer: {config}"
+    );
     // claim -> wait -> fetch -> parse -> store, all inside the job's span.
     assert_eq!(message("claimed")["span"]["job.id"], "1");
     for stage in ["rate_limit_wait", "fetch", "parse"] {
@@ -471,5 +514,167 @@ fn healthcheck_follows_the_daemon_through_start_stop_and_death() {
                 .await
                 .unwrap();
         assert_eq!(states, ["stopped", "stale"]);
+    });
+}
+
+/// Runs `crawlq status --json` and parses what it prints.
+fn status_json(dir: &Path) -> serde_json::Value {
+    let out = output(crawlq(dir).args(["status", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&out.stdout)))
+}
+
+#[test]
+fn status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees() {
+    block_on(async {
+        let site = TestServer::start("127.0.0.1", |req| match req.path.as_str() {
+            "/missing/1" | "/missing/2" => Reply::status(404),
+            _ => Reply::html("<title>ok</title>"),
+        });
+        // A host that asks for an hour's pause: its jobs stay queued behind it.
+        let busy = TestServer::start("127.0.0.2", |req| match req.path.as_str() {
+            "/robots.txt" => Reply::status(404),
+            _ => Reply::status(503).with_header("Retry-After", "3600"),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut daemon = KillOnDrop(
+            crawlq(dir.path())
+                .arg("run")
+                .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let db = dir.path().join("data/crawlq.db");
+        wait_for_database(&db).await;
+        let sql = user_connection(&db).await;
+        for path in ["/ok/1", "/ok/2", "/missing/1", "/missing/2"] {
+            insert_job(&sql, &site.url(path)).await;
+        }
+        insert_job(&sql, "not a url").await;
+        let busy_first = insert_job(&sql, &busy.url("/first")).await;
+        wait_until("the busy host's pause", || {
+            let sql = sql.clone();
+            async move { job_row(&sql, busy_first).await.error.is_some() }
+        })
+        .await;
+        insert_job(&sql, &busy.url("/second")).await;
+
+        // Every job has settled, and the counters have reached the workers row with a
+        // heartbeat.
+        let settled = |report: &serde_json::Value| {
+            report["workers"][0]["done"] == 2
+                && report["workers"][0]["failed"] == 3
+                && report["jobs"]["queued"] == 2
+                && report["jobs"]["running"] == 0
+        };
+        let mut report = status_json(dir.path());
+        let started = Instant::now();
+        while !settled(&report) {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "status never settled: {report:#}"
+            );
+            runtime::sleep(Duration::from_millis(50)).await;
+            report = status_json(dir.path());
+        }
+        assert_eq!(report["jobs"]["done"], 2, "{report:#}");
+        assert_eq!(report["jobs"]["failed"], 3, "{report:#}");
+        assert_eq!(report["finished_last_minute"], 5, "{report:#}");
+        assert_eq!(report["finished_last_hour"], 5, "{report:#}");
+        assert!(report["database"].as_str().unwrap().ends_with("crawlq.db"));
+
+        let hosts = report["top_hosts"].as_array().unwrap();
+        assert_eq!(hosts.len(), 1, "only the busy host has a queue: {report:#}");
+        assert_eq!(hosts[0]["host"], "127.0.0.2");
+        assert_eq!(hosts[0]["queued"], 2);
+        assert_eq!(hosts[0]["due"], 1, "the retry waits out the pause");
+        assert!(hosts[0]["paused_until"].is_string(), "{report:#}");
+        assert!(
+            hosts[0]["pause_reason"].as_str().unwrap().contains("503"),
+            "{report:#}"
+        );
+
+        let errors = report["recent_errors"].as_array().unwrap();
+        let group = |status: &str, prefix: &str| {
+            errors
+                .iter()
+                .find(|g| {
+                    g["status"] == status && g["reason"].as_str().unwrap().starts_with(prefix)
+                })
+                .unwrap_or_else(|| panic!("no {status} group {prefix:?}: {report:#}"))
+                .clone()
+        };
+        assert_eq!(group("failed", "HTTP 404")["jobs"], 2);
+        assert_eq!(group("failed", "invalid URL")["jobs"], 1);
+        let retrying = group("queued", "HTTP 503");
+        assert_eq!(retrying["jobs"], 1);
+        assert!(
+            !retrying["reason"].as_str().unwrap().contains("attempt"),
+            "retry bookkeeping is cut off: {retrying}"
+        );
+        assert_eq!(errors.len(), 3, "{report:#}");
+
+        let worker = &report["workers"][0];
+        assert_eq!(worker["state"], "running");
+        assert_eq!(worker["pid"], daemon.0.id());
+
+        let out = output(crawlq(dir.path()).arg("status"));
+        let human = text(&out.stdout);
+        for expected in [
+            "queued: 2",
+            "127.0.0.2",
+            "HTTP 404 Not Found",
+            "retrying",
+            "running, heartbeat",
+        ] {
+            assert!(
+                human.contains(expected),
+                "{expected:?} missing from:\n{human}"
+            );
+        }
+
+        // The same picture per host, with plain SQL.
+        type HostStatsRow = (
+            String,
+            i64,
+            i64,
+            i64,
+            Option<f64>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<HostStatsRow> = sqlx::query_as(
+            "SELECT host, queued, done, failed, error_rate, paused_until, robots
+                   FROM host_stats ORDER BY host",
+        )
+        .fetch_all(&sql)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let (host, queued, done, failed, error_rate, paused, robots) = &rows[0];
+        assert_eq!(host, "127.0.0.1");
+        assert_eq!((*queued, *done, *failed), (0, 2, 2));
+        assert_eq!(*error_rate, Some(0.5));
+        assert_eq!(*paused, None);
+        assert_eq!(
+            robots.as_deref(),
+            Some("rules"),
+            "the test server answers 200"
+        );
+        let (host, queued, done, _, error_rate, paused, robots) = &rows[1];
+        assert_eq!(host, "127.0.0.2");
+        assert_eq!((*queued, *done), (2, 0));
+        assert_eq!(*error_rate, None, "nothing finished yet");
+        assert!(paused.is_some());
+        assert_eq!(robots.as_deref(), Some("allow all"), "a 404 robots.txt");
+
+        sigterm(&daemon.0);
+        assert!(exit_status(&mut daemon.0).await.success());
+        let report = status_json(dir.path());
+        assert_eq!(report["workers"][0]["state"], "stopped", "{report:#}");
+        assert_eq!(report["jobs"]["running"], 0);
     });
 }
