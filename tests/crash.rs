@@ -1,0 +1,260 @@
+//! Crash safety through the built binary: a crawl of a few thousand local pages survives
+//! `kill -9` at random moments, restart after restart, and nothing is lost or doubled.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::server::{Reply, TestServer};
+use common::{user_connection, DEADLINE};
+use crawlq::runtime::{self, block_on};
+use sqlx::SqlitePool;
+
+/// The size of the run: pages in the generated site and kills. CI runs the defaults; a
+/// soak raises both with CRASH_PAGES and CRASH_KILLS.
+fn from_env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Page `i` links to the next page (so every page is reachable from /p/0) and to four
+/// others spread over the site, so that many pages are found several times over.
+fn links_of(i: usize, pages: usize) -> Vec<usize> {
+    let mut links = vec![(i + 1) % pages];
+    links.extend((1..=4).map(|k| (i * 7 + k * 131) % pages));
+    links
+}
+
+fn site(pages: usize) -> TestServer {
+    TestServer::start("127.0.0.1", move |request| {
+        let Some(i) = request
+            .path
+            .strip_prefix("/p/")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|i| *i < pages)
+        else {
+            return Reply::status(404);
+        };
+        let anchors: String = links_of(i, pages)
+            .iter()
+            .map(|l| format!("<a href=\"/p/{l}\">page {l}</a>"))
+            .collect();
+        Reply::html(format!(
+            "<html><head><title>page {i}</title></head><body>{anchors}</body></html>"
+        ))
+    })
+}
+
+/// A small deterministic generator for the kill moments (seed printed on failure).
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn daemon(dir: &Path, exit_when_idle: bool) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_crawlq"));
+    command
+        .current_dir(dir)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .env("CRAWLQ__LOG__LEVEL", "warn")
+        .env("CRAWLQ__DAEMON__POLL_INTERVAL_MS", "20")
+        // A killed daemon's jobs come back after this long.
+        .env("CRAWLQ__DAEMON__LEASE_SECS", "2")
+        .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "0")
+        .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.5")
+        .env("CRAWLQ__LIMITS__PER_HOST_RPS", "400")
+        .env("CRAWLQ__LIMITS__PER_HOST_BURST", "8")
+        .env("CRAWLQ__LIMITS__PER_HOST_IN_FLIGHT", "16")
+        .env("CRAWLQ__CRAWL__OBEY_ROBOTS", "false")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if exit_when_idle {
+        command.arg("--exit-when-idle");
+    }
+    command.spawn().expect("crawlq starts")
+}
+
+async fn count(sql: &SqlitePool, query: &'static str) -> i64 {
+    sqlx::query_scalar(query).fetch_one(sql).await.unwrap()
+}
+
+/// Polls `query` (a count) until it reaches at least `target`, or `DEADLINE` passes.
+async fn wait_for_count(sql: &SqlitePool, query: &'static str, target: i64) {
+    let started = Instant::now();
+    loop {
+        // The daemon may not have created the tables yet on its first start.
+        let n: Result<i64, _> = sqlx::query_scalar(query).fetch_one(sql).await;
+        if n.is_ok_and(|n| n >= target) {
+            return;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out waiting for {query} to reach {target}"
+        );
+        runtime::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const DONE: &str = "SELECT COUNT(*) FROM jobs WHERE status = 'done'";
+
+#[test]
+fn a_crawl_killed_twenty_times_ends_complete_with_nothing_lost_or_doubled() {
+    block_on(async {
+        let (pages, kills_wanted) = (from_env("CRASH_PAGES", 2_000), from_env("CRASH_KILLS", 20));
+        let server = site(pages);
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data/crawlq.db");
+        let seed = std::env::var("CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x9E37_79B9_7F4A_7C15_u64);
+        let mut rng = XorShift(seed);
+
+        let mut kills = 0;
+        let mut done_before = 0;
+        while kills < kills_wanted {
+            let mut child = daemon(dir.path(), false);
+            if kills == 0 {
+                // The first start creates the database; then the crawl is queued.
+                wait_for_count(
+                    &user_connection_when_ready(&db).await,
+                    "SELECT COUNT(*) FROM workers",
+                    1,
+                )
+                .await;
+                let sql = user_connection(&db).await;
+                sqlx::query("INSERT INTO jobs (url, max_depth) VALUES (?1, 100000)")
+                    .bind(server.url("/p/0"))
+                    .execute(&sql)
+                    .await
+                    .unwrap();
+                sql.close().await;
+            }
+            let sql = user_connection(&db).await;
+            // Let this daemon make some progress, then kill it at a random moment: while
+            // it claims, fetches, commits results and children, or renews leases.
+            wait_for_count(&sql, DONE, done_before + 1).await;
+            runtime::sleep(Duration::from_millis(rng.below(250))).await;
+            child.kill().expect("kill -9");
+            child.wait().unwrap();
+            kills += 1;
+            done_before = count(&sql, DONE).await;
+            sql.close().await;
+            assert!(
+                (done_before as usize) < pages,
+                "the crawl finished before kill {kills} of {kills_wanted}; make it longer (seed {seed})"
+            );
+        }
+
+        // A last daemon finishes the crawl (the dead ones' leases expire on the way).
+        let mut last = daemon(dir.path(), true);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = last.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                let _ = last.kill();
+                panic!("the last daemon did not finish the crawl (seed {seed})");
+            }
+            runtime::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "{status:?}");
+
+        let sql = user_connection(&db).await;
+        let by_status: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
+                .fetch_all(&sql)
+                .await
+                .unwrap();
+        assert_eq!(
+            by_status,
+            vec![("done".to_owned(), pages as i64)],
+            "every page done exactly once as a job, none stuck or dropped (seed {seed})"
+        );
+        let distinct: i64 = count(&sql, "SELECT COUNT(DISTINCT canonical_url) FROM jobs").await;
+        assert_eq!(distinct as usize, pages, "one job per page");
+        let doubled: i64 = count(
+            &sql,
+            "SELECT COUNT(*) FROM (SELECT job_id, fetch_no FROM results
+                                    GROUP BY job_id, fetch_no HAVING COUNT(*) > 1)",
+        )
+        .await;
+        assert_eq!(doubled, 0, "one result per fetch");
+        let without_result: i64 = count(
+            &sql,
+            "SELECT COUNT(*) FROM jobs j WHERE NOT EXISTS
+                 (SELECT 1 FROM results r WHERE r.job_id = j.id AND r.fetch_no = j.fetch_no)",
+        )
+        .await;
+        assert_eq!(without_result, 0, "every done job has its result");
+        // Every link of every done page became a job of the crawl.
+        let missing_children: i64 = count(
+            &sql,
+            "SELECT COUNT(*) FROM latest_results r
+               JOIN jobs j ON j.id = r.job_id, json_each(r.links) l
+              WHERE NOT EXISTS (SELECT 1 FROM jobs c
+                                 WHERE c.root_id = j.root_id AND c.canonical_url = l.value)",
+        )
+        .await;
+        assert_eq!(missing_children, 0, "children lost (seed {seed})");
+        let links: i64 = count(
+            &sql,
+            "SELECT COUNT(*) FROM latest_results r, json_each(r.links)",
+        )
+        .await;
+        let expected_links: usize = (0..pages)
+            .map(|i| links_of(i, pages).into_iter().collect::<HashSet<_>>().len())
+            .sum();
+        assert_eq!(
+            links as usize, expected_links,
+            "each page's links were stored"
+        );
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok");
+        let unclean: i64 = count(
+            &sql,
+            "SELECT COUNT(*) FROM workers WHERE stopped_at IS NULL",
+        )
+        .await;
+        assert_eq!(
+            unclean as usize, kills,
+            "each killed daemon's row shows no clean exit"
+        );
+        let requests = server.hits().len();
+        eprintln!(
+            "{kills} kills survived (the last with {done_before} of {pages} pages done); \
+             0 jobs lost; {requests} page requests (refetched after kills: {})",
+            requests - pages
+        );
+    });
+}
+
+/// A connection once the daemon has created the file (the first start).
+async fn user_connection_when_ready(db: &Path) -> SqlitePool {
+    let started = Instant::now();
+    while !db.exists() {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the database was never created"
+        );
+        runtime::sleep(Duration::from_millis(10)).await;
+    }
+    user_connection(db).await
+}
