@@ -1,3 +1,10 @@
+-- Operator views and the indexes `crawlq status` needs to stay cheap on a big database.
+
+-- Fetches per minute / hour: results by time.
+CREATE INDEX results_fetched_at ON results (fetched_at);
+-- Jobs waiting for a retry (recrawls waiting for their next fetch have attempts = 0).
+CREATE INDEX jobs_retrying ON jobs (updated_at) WHERE status = 'queued' AND error IS NOT NULL;
+
 -- One row per host the daemon has admitted jobs for: what is waiting, what came of the
 -- rest, whether the host is paused (a Retry-After, or an unreachable robots.txt) and what
 -- its robots.txt said. Read-only; it scans `jobs`, so it is for people and dashboards,
@@ -13,7 +20,8 @@ WITH per_host AS (
            SUM(status = 'failed')                                   AS failed,
            SUM(status = 'skipped')                                  AS skipped,
            SUM(status = 'cancelled')                                AS cancelled,
-           SUM(status = 'skipped' AND error LIKE 'disallowed by robots.txt%') AS robots_skipped,
+           SUM(status = 'skipped'
+               AND IFNULL(error, '') LIKE 'disallowed by robots.txt%') AS robots_skipped,
            MAX(finished_at)                                         AS last_finished_at
       FROM jobs
      WHERE host IS NOT NULL
@@ -21,7 +29,8 @@ WITH per_host AS (
 )
 SELECT p.host,
        p.queued, p.due, p.running, p.done, p.failed, p.skipped, p.cancelled,
-       -- Failed jobs among those that got an answer one way or the other.
+       -- The share of finished fetches that failed (by their current status, so a job
+       -- waiting for its next recrawl counts as neither).
        ROUND(CAST(p.failed AS REAL) / NULLIF(p.done + p.failed, 0), 3) AS error_rate,
        p.last_finished_at,
        -- Set only while the pause lasts.
@@ -29,16 +38,19 @@ SELECT p.host,
             THEN h.paused_until END                                  AS paused_until,
        CASE WHEN h.paused_until > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
             THEN h.pause_reason END                                  AS pause_reason,
-       -- The newest robots.txt answer of any of the host's origins (schemes, ports):
-       -- 'rules', 'allow all' (4xx, or redirects that led nowhere), 'unreachable'
-       -- (5xx, 429, no answer), or NULL when none was fetched (or obey_robots is off).
+       -- The newest robots.txt answer of any of the host's origins (http or https, any
+       -- port): 'rules' (2xx), 'allow all' (4xx, or redirects that led nowhere),
+       -- 'unreachable' (5xx, 429, no answer), or NULL when none was fetched (or
+       -- crawl.obey_robots is off). The ranges ("…host:" < origin < "…host;") find
+       -- "http://host:PORT" through the primary key instead of reading every row.
        (SELECT CASE WHEN r.http_status BETWEEN 200 AND 299 THEN 'rules'
                     WHEN r.http_status IS NULL OR r.http_status = 429
                          OR r.http_status >= 500 THEN 'unreachable'
                     ELSE 'allow all' END
           FROM robots r
-         WHERE substr(r.origin, instr(r.origin, '://') + 3) = p.host
-            OR substr(r.origin, instr(r.origin, '://') + 3, length(p.host) + 1) = p.host || ':'
+         WHERE r.origin IN ('http://' || p.host, 'https://' || p.host)
+            OR (r.origin > 'http://' || p.host || ':' AND r.origin < 'http://' || p.host || ';')
+            OR (r.origin > 'https://' || p.host || ':' AND r.origin < 'https://' || p.host || ';')
          ORDER BY r.fetched_at DESC LIMIT 1)                         AS robots,
        p.robots_skipped
   FROM per_host p

@@ -21,7 +21,7 @@ use crate::job::{self, Attempt, ClaimedJob, JobId, Verdict};
 use crate::runtime;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use crate::store::{self, HostPick, Store, StoreError, WorkerCounters, WorkerIdentity};
+use crate::store::{self, HostPick, LiveWorker, Store, StoreError, WorkerCounters, WorkerIdentity};
 
 /// New rows validated per loop turn; bounds the time one turn spends on a bulk insert.
 const ADMISSION_BATCH: usize = 1000;
@@ -38,6 +38,34 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Http(String),
+    #[error(
+        "database {database} is in use by another running daemon, {} (pid {} on {}, heartbeat {:.1} s ago). \
+         Two daemons on one database would each apply the rate limits, doubling the load on \
+         every host, so this one will not start. Stop the other one first; if it has died, \
+         its row turns stale {:.0} s after its last heartbeat (3 x daemon.heartbeat_secs).",
+        other.id, other.pid, other.hostname, other.heartbeat_age_secs, stale_after.as_secs_f64()
+    )]
+    AnotherDaemon {
+        database: String,
+        other: LiveWorker,
+        stale_after: Duration,
+    },
+}
+
+/// Whether a worker row that still looks alive belongs to a process that is gone. Only a
+/// row of this host can be checked: its pid is ours (a restarted container, where the
+/// daemon is always pid 1, or another daemon in this process) or names no live process
+/// (a daemon killed before its row went stale).
+fn is_gone(worker: &LiveWorker, me: &WorkerIdentity) -> bool {
+    if worker.hostname != me.hostname {
+        return false;
+    }
+    if worker.pid == i64::from(me.pid) {
+        return true;
+    }
+    let proc = std::path::Path::new("/proc");
+    // Without /proc (not Linux) nothing can be ruled out.
+    proc.is_dir() && !proc.join(worker.pid.to_string()).exists()
 }
 
 /// How the daemon ends.
@@ -124,15 +152,21 @@ impl Daemon {
             owner = %self.owner,
             "crawlq started"
         );
-        self.store
-            .register_worker(&WorkerIdentity {
-                id: self.owner.clone(),
-                hostname: this_host(),
-                pid: std::process::id(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                heartbeat_every: s.daemon.heartbeat,
-            })
-            .await?;
+        let me = WorkerIdentity {
+            id: self.owner.clone(),
+            hostname: this_host(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            heartbeat_every: s.daemon.heartbeat,
+        };
+        let other = self.store.register_worker(&me, |w| is_gone(w, &me)).await?;
+        if let Some(other) = other {
+            return Err(DaemonError::AnotherDaemon {
+                database: s.database.path.display().to_string(),
+                other,
+                stale_after: s.daemon.heartbeat * 3,
+            });
+        }
         let mut scheduler = Scheduler::new(&self);
         let result = scheduler.run(&shutdown, options).await;
         let drained = scheduler.drain().await;
@@ -512,8 +546,11 @@ impl<'d> Scheduler<'d> {
                 tracing::info!(job.id = %new.id, %reason, "refused a new job");
             }
         }
-        // A refused job is failed by this daemon, so it counts in its `workers` row.
-        self.report.failed += self.store().record_admissions(&decisions).await?;
+        // Jobs refused or skipped at admission were ended by this daemon without a claim;
+        // they count in its `workers` row like the ones it fetched.
+        let admissions = self.store().record_admissions(&decisions).await?;
+        self.report.failed += admissions.refused;
+        self.report.skipped += admissions.skipped;
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use crawlq::job::{self, Status};
 use crawlq::runtime;
 use crawlq::settings::{Overrides, Settings};
 use crawlq::shutdown;
-use crawlq::store::{StatusReport, Store};
+use crawlq::store::{StatusLimits, StatusReport, Store};
 use crawlq::telemetry;
 
 #[derive(Parser)]
@@ -210,10 +210,23 @@ fn selectors_json(pairs: &[String]) -> Result<Option<String>, String> {
     Ok(Some(serde_json::Value::Object(object).to_string()))
 }
 
-async fn healthcheck(settings: Settings) -> Result<(), Failure> {
-    let store = Store::open(&settings.database)
+/// Opens the database for a command that only reads what a daemon wrote: a mistyped path
+/// must say so, not create an empty database that looks like an empty queue.
+async fn open_existing(settings: &Settings) -> Result<Store, Failure> {
+    let path = &settings.database.path;
+    if !path.exists() {
+        return Err(Failure::runtime(format!(
+            "database {} does not exist (the daemon creates it when it starts; is the path right?)",
+            path.display()
+        )));
+    }
+    Store::open(&settings.database)
         .await
-        .map_err(Failure::runtime)?;
+        .map_err(Failure::runtime)
+}
+
+async fn healthcheck(settings: Settings) -> Result<(), Failure> {
+    let store = open_existing(&settings).await?;
     let host = crawlq::daemon::this_host();
     let verdict = async {
         store.check_writable().await.map_err(Failure::runtime)?;
@@ -251,9 +264,7 @@ async fn healthcheck(settings: Settings) -> Result<(), Failure> {
 async fn body(settings: Settings, result_id: i64) -> Result<(), Failure> {
     use std::io::Write;
 
-    let store = Store::open(&settings.database)
-        .await
-        .map_err(Failure::runtime)?;
+    let store = open_existing(&settings).await?;
     let stored = store.gzipped_body(result_id).await;
     store.close().await;
     let Some(gzipped) = stored.map_err(Failure::runtime)? else {
@@ -271,11 +282,16 @@ async fn body(settings: Settings, result_id: i64) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(format!("writing the body: {e}")))
 }
 
+/// The longest lists `crawlq status` shows.
+const STATUS_LIMITS: StatusLimits = StatusLimits {
+    top_hosts: 10,
+    error_groups: 10,
+    workers: 20,
+};
+
 async fn status(settings: Settings, json: bool) -> Result<(), Failure> {
-    let store = Store::open(&settings.database)
-        .await
-        .map_err(Failure::runtime)?;
-    let report = store.status_report(10, 10).await;
+    let store = open_existing(&settings).await?;
+    let report = store.status_report(STATUS_LIMITS).await;
     store.close().await;
     let report = report.map_err(Failure::runtime)?;
     if json {
@@ -303,15 +319,15 @@ fn status_text(settings: &Settings, report: &StatusReport) -> String {
     }
     let _ = writeln!(
         out,
-        "oldest job waiting to run: inserted {}",
+        "oldest due job: inserted {}",
         report.oldest_due_created_at.as_deref().unwrap_or("-")
     );
     let _ = writeln!(
         out,
-        "finished: {} in the last minute, {} in the last hour ({:.1}/min)",
-        report.finished_last_minute,
-        report.finished_last_hour,
-        report.finished_last_hour as f64 / 60.0
+        "pages fetched: {} in the last minute, {} in the last hour ({:.1}/min)",
+        report.fetched_last_minute,
+        report.fetched_last_hour,
+        report.fetched_last_hour as f64 / 60.0
     );
     if !report.top_hosts.is_empty() {
         let _ = writeln!(out, "\nqueue by host (top {}):", report.top_hosts.len());
@@ -334,7 +350,16 @@ fn status_text(settings: &Settings, report: &StatusReport) -> String {
         }
     }
     if !report.recent_errors.is_empty() {
-        let _ = writeln!(out, "\nerrors in the last hour, by reason:");
+        let shown = report.recent_errors.len();
+        let _ = writeln!(
+            out,
+            "\nerrors in the last hour, by reason{}:",
+            if shown as u32 == STATUS_LIMITS.error_groups {
+                format!(" (the {shown} commonest)")
+            } else {
+                String::new()
+            }
+        );
         for group in &report.recent_errors {
             let state = if group.status == "queued" {
                 "retrying"

@@ -36,7 +36,9 @@ pub enum SettingsError {
         key: &'static str,
         value: String,
         reason: &'static str,
-        /// Which layer set the value (filled in by [`Settings::load`]).
+        /// Another key the value was checked against.
+        related: Option<&'static str>,
+        /// Which layers set the value and the related one (filled in by [`Settings::load`]).
         origin: Option<String>,
     },
     #[error(
@@ -63,47 +65,78 @@ impl SettingsError {
     /// Names the layer that set the bad value: the environment variable, the file, the
     /// command line, or the built-in defaults.
     fn locate(mut self, config: &Config, overrides: &Overrides) -> SettingsError {
-        let (path, slot): (Vec<&str>, &mut Option<String>) = match &mut self {
-            SettingsError::Invalid { key, origin, .. } => (key.split('.').collect(), origin),
+        match &mut self {
+            SettingsError::Invalid {
+                key,
+                related,
+                origin,
+                ..
+            } => {
+                let own = layer_of(config, overrides, &key.split('.').collect::<Vec<_>>());
+                let other = related.map(|related| {
+                    let layer =
+                        layer_of(config, overrides, &related.split('.').collect::<Vec<_>>());
+                    format!(
+                        "`{related}` set by {}",
+                        layer.as_deref().unwrap_or("an unknown layer")
+                    )
+                });
+                *origin = match (own, other) {
+                    (Some(own), Some(other)) => Some(format!("{own}; {other}")),
+                    (Some(own), None) => Some(own),
+                    (None, other) => other,
+                };
+            }
             SettingsError::InvalidHost {
                 host,
                 field,
                 origin,
                 ..
-            } => (vec!["limits", "hosts", host.as_str(), field], origin),
-            SettingsError::Load(_) | SettingsError::Unreadable { .. } => return self,
-        };
-        let layer = match origin_of(config, &path).as_deref() {
-            // `config` calls every environment value's origin "the environment".
-            Some("the environment") => {
-                let wanted = format!("{ENV_PREFIX}__{}", path.join("__")).to_ascii_lowercase();
-                let variable = std::env::vars()
-                    .map(|(name, _)| name)
-                    .find(|name| name.to_ascii_lowercase() == wanted)
-                    .unwrap_or(wanted);
-                format!("environment variable {variable}")
+            } => {
+                *origin = layer_of(
+                    config,
+                    overrides,
+                    &["limits", "hosts", host.as_str(), field],
+                )
             }
-            Some(file) => format!("--config {file}"),
-            None if path == ["database", "url"] && overrides.database.is_some() => {
-                "--database".to_owned()
-            }
-            None => "the built-in config/default.toml".to_owned(),
-        };
-        *slot = Some(layer);
+            SettingsError::Load(_) | SettingsError::Unreadable { .. } => {}
+        }
         self
     }
 }
 
-/// The origin `config` recorded for the value at `path` (None for built-in and override
-/// values, which it records without one).
-fn origin_of(config: &Config, path: &[&str]) -> Option<String> {
+/// Which layer set the value at `path`, for an error message; None if it is not found.
+fn layer_of(config: &Config, overrides: &Overrides, path: &[&str]) -> Option<String> {
+    let layer = match origin_of(config, path)? {
+        // `config` calls every environment value's origin "the environment".
+        Some(origin) if origin == "the environment" => {
+            let wanted = format!("{ENV_PREFIX}__{}", path.join("__")).to_ascii_lowercase();
+            let variable = std::env::vars()
+                .map(|(name, _)| name)
+                .find(|name| name.to_ascii_lowercase() == wanted)
+                .unwrap_or(wanted);
+            format!("environment variable {variable}")
+        }
+        Some(file) => format!("--config {file}"),
+        // Built-in and override values are recorded without an origin.
+        None if path == ["database", "url"] && overrides.database.is_some() => {
+            "--database".to_owned()
+        }
+        None => "the built-in config/default.toml".to_owned(),
+    };
+    Some(layer)
+}
+
+/// The origin `config` recorded for the value at `path`: None if there is no such value,
+/// Some(None) for a value recorded without one.
+fn origin_of(config: &Config, path: &[&str]) -> Option<Option<String>> {
     let (last, parents) = path.split_last()?;
     let (first, middle) = parents.split_first()?;
     let mut table = config.get_table(first).ok()?;
     for segment in middle {
         table = table.get(*segment)?.clone().into_table().ok()?;
     }
-    table.get(*last)?.origin().map(str::to_owned)
+    Some(table.get(*last)?.origin().map(str::to_owned))
 }
 
 #[derive(Debug, Clone)]
@@ -381,6 +414,7 @@ fn invalid(key: &'static str, value: impl ToString, reason: &'static str) -> Set
         key,
         value: value.to_string(),
         reason,
+        related: None,
         origin: None,
     }
 }
@@ -425,11 +459,13 @@ impl RawSettings {
         }
         // In-flight jobs finishing during the grace period must still hold their leases.
         if d.shutdown_grace_secs.saturating_mul(2) >= d.lease_secs {
-            return Err(invalid(
-                "daemon.shutdown_grace_secs",
-                d.shutdown_grace_secs,
-                "must be less than half of daemon.lease_secs",
-            ));
+            return Err(SettingsError::Invalid {
+                key: "daemon.shutdown_grace_secs",
+                value: d.shutdown_grace_secs.to_string(),
+                reason: "must be less than half of daemon.lease_secs",
+                related: Some("daemon.lease_secs"),
+                origin: None,
+            });
         }
         let daemon = DaemonSettings {
             poll_interval: Duration::from_millis(d.poll_interval_ms),

@@ -141,7 +141,26 @@ pub struct StatusCounts {
     pub skipped: i64,
 }
 
+const COUNT_BY_STATUS: &str = "SELECT status, COUNT(*) FROM jobs GROUP BY status";
+
 impl StatusCounts {
+    /// From `(status, count)` rows; a status the daemon does not know is left out.
+    fn from_rows(rows: Vec<(String, i64)>) -> StatusCounts {
+        let mut counts = StatusCounts::default();
+        for (status, n) in rows {
+            match status.as_str() {
+                "queued" => counts.queued = n,
+                "running" => counts.running = n,
+                "done" => counts.done = n,
+                "failed" => counts.failed = n,
+                "cancelled" => counts.cancelled = n,
+                "skipped" => counts.skipped = n,
+                _ => {}
+            }
+        }
+        counts
+    }
+
     pub fn get(&self, status: Status) -> i64 {
         match status {
             Status::Queued => self.queued,
@@ -162,6 +181,15 @@ pub struct WorkerIdentity {
     pub pid: u32,
     pub version: String,
     pub heartbeat_every: Duration,
+}
+
+/// Another daemon that looks alive, as [`Store::register_worker`] found it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LiveWorker {
+    pub id: String,
+    pub hostname: String,
+    pub pid: i64,
+    pub heartbeat_age_secs: f64,
 }
 
 /// A daemon's counters since it started, as its heartbeat writes them.
@@ -192,14 +220,31 @@ pub struct StatusReport {
     pub jobs: StatusCounts,
     /// Queued jobs the daemon has not validated yet (`host` still NULL).
     pub not_yet_admitted: i64,
-    /// When the longest-waiting job that may run now was inserted.
+    /// When the oldest queued job whose `run_after` has come was inserted (its host may
+    /// still be paused or at its rate limit).
     pub oldest_due_created_at: Option<String>,
-    /// Jobs that finished (done, failed or skipped) in the last minute and hour.
-    pub finished_last_minute: i64,
-    pub finished_last_hour: i64,
+    /// Pages fetched (rows added to `results`) in the last minute and hour.
+    pub fetched_last_minute: i64,
+    pub fetched_last_hour: i64,
     pub top_hosts: Vec<HostQueue>,
     pub recent_errors: Vec<ErrorGroup>,
     pub workers: Vec<WorkerSummary>,
+}
+
+/// What admission did besides admitting: jobs refused (failed: a bad URL or selectors)
+/// and jobs skipped (already in their crawl).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Admissions {
+    pub refused: u64,
+    pub skipped: u64,
+}
+
+/// How long the lists in a [`StatusReport`] may get.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusLimits {
+    pub top_hosts: u32,
+    pub error_groups: u32,
+    pub workers: u32,
 }
 
 /// One host's waiting work.
@@ -348,14 +393,13 @@ impl Store {
 
     /// Records admission decisions: a host for good jobs, `failed` with the reason for bad
     /// ones. Rows the user changed meanwhile (status or URL) are left for the next turn.
-    /// Returns how many jobs were refused (marked failed).
     pub async fn record_admissions(
         &self,
         decisions: &[(&NewJob, Result<Admitted, String>)],
-    ) -> Result<u64, StoreError> {
-        let mut refused = 0;
+    ) -> Result<Admissions, StoreError> {
+        let mut counts = Admissions::default();
         if decisions.is_empty() {
-            return Ok(refused);
+            return Ok(counts);
         }
         let mut tx = self.pool.begin().await.doing("admitting new jobs")?;
         for (job, decision) in decisions {
@@ -396,7 +440,7 @@ impl Store {
                 .doing("admitting new jobs")?
                 .rows_affected();
             if let (1, Err(_)) = (changed, decision) {
-                refused += 1;
+                counts.refused += 1;
             }
             if let (1, Ok(_)) = (changed, decision) {
                 // A seed joining another job's crawl counts toward that crawl's size.
@@ -410,7 +454,7 @@ impl Store {
                 .doing("admitting new jobs")?;
             }
             if let (0, Ok(admitted)) = (changed, decision) {
-                sqlx::query(concat!(
+                let skipped = sqlx::query(concat!(
                     "UPDATE jobs
                         SET status = 'skipped', finished_at = ",
                     now!(),
@@ -431,10 +475,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .doing("admitting new jobs")?;
+                counts.skipped += skipped.rows_affected();
             }
         }
         tx.commit().await.doing("admitting new jobs")?;
-        Ok(refused)
+        Ok(counts)
     }
 
     // ---- Claiming. ----
@@ -752,20 +797,53 @@ impl Store {
 
     // ---- Workers: one row per daemon process. ----
 
-    pub async fn register_worker(&self, me: &WorkerIdentity) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO workers (id, hostname, pid, version, heartbeat_every_secs)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(&me.id)
-        .bind(&me.hostname)
-        .bind(i64::from(me.pid))
-        .bind(&me.version)
-        .bind(me.heartbeat_every.as_secs_f64())
-        .execute(&self.pool)
-        .await
-        .doing("registering this daemon in workers")?;
-        Ok(())
+    /// Adds this daemon's row, unless another daemon is running on the database: a
+    /// `running` row (fresh heartbeat, no clean exit) that `is_gone` does not rule out.
+    /// Check and insert are one write transaction, so two daemons starting at once cannot
+    /// both pass. Returns the other daemon instead of registering.
+    pub async fn register_worker(
+        &self,
+        me: &WorkerIdentity,
+        is_gone: impl Fn(&LiveWorker) -> bool,
+    ) -> Result<Option<LiveWorker>, StoreError> {
+        const DOING: &str = "registering this daemon in workers";
+        let mut conn = self.pool.acquire().await.doing(DOING)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .doing(DOING)?;
+        let registered = async {
+            let running: Vec<LiveWorker> = sqlx::query_as(
+                "SELECT id, hostname, pid, heartbeat_age_secs FROM worker_status
+                  WHERE state = 'running' ORDER BY started_at DESC",
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .doing(DOING)?;
+            if let Some(other) = running.into_iter().find(|w| !is_gone(w)) {
+                return Ok(Some(other));
+            }
+            sqlx::query(
+                "INSERT INTO workers (id, hostname, pid, version, heartbeat_every_secs)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&me.id)
+            .bind(&me.hostname)
+            .bind(i64::from(me.pid))
+            .bind(&me.version)
+            .bind(me.heartbeat_every.as_secs_f64())
+            .execute(&mut *conn)
+            .await
+            .doing(DOING)?;
+            Ok(None)
+        }
+        .await;
+        let end = match registered {
+            Ok(None) => "COMMIT",
+            _ => "ROLLBACK",
+        };
+        sqlx::query(end).execute(&mut *conn).await.doing(DOING)?;
+        registered
     }
 
     /// Refreshes a worker's heartbeat and counters; `stopped` marks a clean exit.
@@ -941,56 +1019,47 @@ impl Store {
     }
 
     pub async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        let rows: Vec<(String, i64)> = sqlx::query_as(COUNT_BY_STATUS)
             .fetch_all(&self.pool)
             .await
             .doing("counting jobs")?;
-        let mut counts = StatusCounts::default();
-        for row in rows {
-            let status: String = row.try_get("status").doing("counting jobs")?;
-            let n: i64 = row.try_get("n").doing("counting jobs")?;
-            match status.as_str() {
-                "queued" => counts.queued = n,
-                "running" => counts.running = n,
-                "done" => counts.done = n,
-                "failed" => counts.failed = n,
-                "cancelled" => counts.cancelled = n,
-                "skipped" => counts.skipped = n,
-                _ => {}
-            }
-        }
-        Ok(counts)
+        Ok(StatusCounts::from_rows(rows))
     }
 
-    /// What `crawlq status` reports: `top_hosts` hosts by queue depth, the errors of the
-    /// last hour grouped by reason (at most `error_groups`), and the workers that are not
-    /// stopped plus those that stopped in the last day.
-    pub async fn status_report(
-        &self,
-        top_hosts: u32,
-        error_groups: u32,
-    ) -> Result<StatusReport, StoreError> {
-        let jobs = self.status_counts().await?;
+    /// What `crawlq status` reports, read in one transaction so that its parts agree:
+    /// the `limits.top_hosts` hosts by queue depth, the errors of the last hour grouped by
+    /// reason (at most `limits.error_groups`), and workers running, stale or stopped within
+    /// the last day (at most `limits.workers`).
+    pub async fn status_report(&self, limits: StatusLimits) -> Result<StatusReport, StoreError> {
+        const DOING: &str = "reading the status report";
+        let mut tx = self.pool.begin().await.doing(DOING)?;
+        let jobs = StatusCounts::from_rows(
+            sqlx::query_as(COUNT_BY_STATUS)
+                .fetch_all(&mut *tx)
+                .await
+                .doing(DOING)?,
+        );
+        // The oldest due job by id walks the status index in order and stops early.
         let (not_yet_admitted, oldest_due_created_at): (i64, Option<String>) =
             sqlx::query_as(concat!(
                 "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND host IS NULL),
-                        (SELECT MIN(created_at) FROM jobs
+                        (SELECT created_at FROM jobs INDEXED BY jobs_status
                           WHERE status = 'queued' AND run_after <= ",
                 now!(),
-                ")"
+                " ORDER BY id LIMIT 1)"
             ))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
-            .doing("reading the queue")?;
-        let (finished_last_minute, finished_last_hour): (i64, i64) = sqlx::query_as(
-            "SELECT COALESCE(SUM(finished_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-60 seconds')), 0),
+            .doing(DOING)?;
+        let (fetched_last_minute, fetched_last_hour): (i64, i64) = sqlx::query_as(
+            "SELECT COALESCE(SUM(fetched_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-60 seconds')), 0),
                     COUNT(*)
-               FROM jobs
-              WHERE finished_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3600 seconds')",
+               FROM results
+              WHERE fetched_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3600 seconds')",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .doing("measuring recent throughput")?;
+        .doing(DOING)?;
         let top_hosts: Vec<HostQueue> = sqlx::query_as(concat!(
             "SELECT q.host, q.queued, q.due,
                     (SELECT COUNT(*) FROM jobs r
@@ -1009,49 +1078,59 @@ impl Store {
                LEFT JOIN hosts h ON h.host = q.host
               ORDER BY q.queued DESC, q.host"
         ))
-        .bind(top_hosts)
-        .fetch_all(&self.pool)
+        .bind(limits.top_hosts)
+        .fetch_all(&mut *tx)
         .await
-        .doing("reading the queue per host")?;
-        // Retry messages end in "(attempt N of M; retrying in X s)" and final ones in
-        // "(gave up after N attempts)": cut that off so that one cause is one group.
+        .doing(DOING)?;
+        // Failed jobs by when they finished; jobs waiting for a retry (attempts > 0: a
+        // recrawl waiting for its next fetch has 0) by when they were put back. Retry
+        // messages end in "(attempt N of M; retrying in X s)" and final ones in "(gave up
+        // after N attempts)": that is cut off so that one cause is one group.
         let recent_errors: Vec<ErrorGroup> = sqlx::query_as(
-            "SELECT status, reason, COUNT(*) AS jobs, MAX(updated_at) AS last_seen
-               FROM (SELECT status, updated_at,
+            "SELECT status, reason, COUNT(*) AS jobs, MAX(at) AS last_seen
+               FROM (SELECT status, at,
                             CASE WHEN instr(error, ' (attempt ') > 0
                                      THEN substr(error, 1, instr(error, ' (attempt ') - 1)
                                  WHEN instr(error, ' (gave up after ') > 0
                                      THEN substr(error, 1, instr(error, ' (gave up after ') - 1)
-                                 ELSE error END AS reason
-                       FROM jobs
-                      WHERE status IN ('failed', 'queued') AND error IS NOT NULL
-                        AND updated_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3600 seconds'))
+                                 ELSE IFNULL(error, '') END AS reason
+                       FROM (SELECT status, finished_at AS at, error
+                               FROM jobs INDEXED BY jobs_finished_at
+                              WHERE finished_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3600 seconds')
+                                AND status = 'failed'
+                             UNION ALL
+                             SELECT status, updated_at, error
+                               FROM jobs INDEXED BY jobs_retrying
+                              WHERE status = 'queued' AND error IS NOT NULL AND attempts > 0
+                                AND updated_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-3600 seconds')))
               GROUP BY status, reason
               ORDER BY jobs DESC, reason
               LIMIT ?1",
         )
-        .bind(error_groups)
-        .fetch_all(&self.pool)
+        .bind(limits.error_groups)
+        .fetch_all(&mut *tx)
         .await
-        .doing("grouping recent errors")?;
+        .doing(DOING)?;
         let workers: Vec<WorkerSummary> = sqlx::query_as(
             "SELECT id, hostname, pid, version, state, started_at, heartbeat_age_secs,
                     claimed, done, failed, in_flight
                FROM worker_status
-              WHERE state <> 'stopped'
-                 OR stopped_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')
+              WHERE state = 'running'
+                 OR heartbeat_at >= strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')
               ORDER BY started_at DESC, id
-              LIMIT 20",
+              LIMIT ?1",
         )
-        .fetch_all(&self.pool)
+        .bind(limits.workers)
+        .fetch_all(&mut *tx)
         .await
-        .doing("reading workers")?;
+        .doing(DOING)?;
+        tx.commit().await.doing(DOING)?;
         Ok(StatusReport {
             jobs,
             not_yet_admitted,
             oldest_due_created_at,
-            finished_last_minute,
-            finished_last_hour,
+            fetched_last_minute,
+            fetched_last_hour,
             top_hosts,
             recent_errors,
             workers,

@@ -329,6 +329,18 @@ fn a_bad_setting_stops_start_up_naming_the_key_the_value_and_where_it_was_set() 
         "{stderr}"
     );
 
+    let out = output(
+        crawlq(dir.path())
+            .arg("run")
+            .env("CRAWLQ__DAEMON__LEASE_SECS", "10"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("`daemon.shutdown_grace_secs` = 8 (set by the built-in config/default.toml; `daemon.lease_secs` set by environment variable CRAWLQ__DAEMON__LEASE_SECS)"),
+        "a value checked against another names both layers: {stderr}"
+    );
+
     let out = output(crawlq(dir.path()).args(["run", "--database", "sqlite::memory:"]));
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
@@ -460,6 +472,19 @@ fn healthcheck_follows_the_daemon_through_start_stop_and_death() {
         let out = healthcheck();
         assert_eq!(out.status.code(), Some(1));
         assert!(
+            text(&out.stderr).contains("database q.db does not exist"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(
+            !dir.path().join("q.db").exists(),
+            "a read-only command creates no database"
+        );
+        let migrate = output(crawlq(dir.path()).args(["migrate", "--database", "q.db"]));
+        assert!(migrate.status.success());
+        let out = healthcheck();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
             text(&out.stderr).contains("no crawlq daemon has run"),
             "{}",
             text(&out.stderr)
@@ -530,6 +555,7 @@ fn status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees() {
     block_on(async {
         let site = TestServer::start("127.0.0.1", |req| match req.path.as_str() {
             "/missing/1" | "/missing/2" => Reply::status(404),
+            "/boom" => Reply::status(500),
             _ => Reply::html("<title>ok</title>"),
         });
         // A host that asks for an hour's pause: its jobs stay queued behind it.
@@ -554,6 +580,21 @@ fn status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees() {
             insert_job(&sql, &site.url(path)).await;
         }
         insert_job(&sql, "not a url").await;
+        sqlx::query("INSERT INTO jobs (url, max_attempts) VALUES (?1, 1)")
+            .bind(site.url("/boom"))
+            .execute(&sql)
+            .await
+            .unwrap();
+        // A daemon that stopped two days ago is history, not status.
+        sqlx::query(
+            "INSERT INTO workers (id, hostname, pid, version, started_at, heartbeat_at,
+                                  heartbeat_every_secs, stopped_at)
+             VALUES ('crawlq-1-old', 'elsewhere', 1, '0.0.1', '2026-01-01T00:00:00.000Z',
+                     '2026-01-02T00:00:00.000Z', 5, '2026-01-02T00:00:00.000Z')",
+        )
+        .execute(&sql)
+        .await
+        .unwrap();
         let busy_first = insert_job(&sql, &busy.url("/first")).await;
         wait_until("the busy host's pause", || {
             let sql = sql.clone();
@@ -566,7 +607,7 @@ fn status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees() {
         // heartbeat.
         let settled = |report: &serde_json::Value| {
             report["workers"][0]["done"] == 2
-                && report["workers"][0]["failed"] == 3
+                && report["workers"][0]["failed"] == 4
                 && report["jobs"]["queued"] == 2
                 && report["jobs"]["running"] == 0
         };
@@ -581,9 +622,32 @@ fn status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees() {
             report = status_json(dir.path());
         }
         assert_eq!(report["jobs"]["done"], 2, "{report:#}");
-        assert_eq!(report["jobs"]["failed"], 3, "{report:#}");
-        assert_eq!(report["finished_last_minute"], 5, "{report:#}");
-        assert_eq!(report["finished_last_hour"], 5, "{report:#}");
+        assert_eq!(report["jobs"]["failed"], 4, "{report:#}");
+        let fetches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM results")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert!(
+            fetches >= 5,
+            "2 pages, 2 not found, 1 server error: {fetches}"
+        );
+        assert_eq!(report["fetched_last_minute"], fetches, "{report:#}");
+        assert_eq!(report["fetched_last_hour"], fetches, "{report:#}");
+        // One fetch half an hour ago, one two hours ago.
+        for (id, age) in [(1, "-30 minutes"), (2, "-2 hours")] {
+            sqlx::query(
+                "UPDATE results SET fetched_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)
+                  WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(age)
+            .execute(&sql)
+            .await
+            .unwrap();
+        }
+        let windows = status_json(dir.path());
+        assert_eq!(windows["fetched_last_minute"], fetches - 2, "{windows:#}");
+        assert_eq!(windows["fetched_last_hour"], fetches - 1, "{windows:#}");
         assert!(report["database"].as_str().unwrap().ends_with("crawlq.db"));
 
         let hosts = report["top_hosts"].as_array().unwrap();
@@ -609,13 +673,23 @@ fn status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees() {
         };
         assert_eq!(group("failed", "HTTP 404")["jobs"], 2);
         assert_eq!(group("failed", "invalid URL")["jobs"], 1);
+        let gave_up = group("failed", "HTTP 500");
+        assert_eq!(
+            gave_up["reason"], "HTTP 500 Internal Server Error",
+            "the attempt count is cut off"
+        );
         let retrying = group("queued", "HTTP 503");
         assert_eq!(retrying["jobs"], 1);
         assert!(
             !retrying["reason"].as_str().unwrap().contains("attempt"),
             "retry bookkeeping is cut off: {retrying}"
         );
-        assert_eq!(errors.len(), 3, "{report:#}");
+        assert_eq!(errors.len(), 4, "{report:#}");
+        assert_eq!(
+            report["workers"].as_array().unwrap().len(),
+            1,
+            "only the daemon of today: {report:#}"
+        );
 
         let worker = &report["workers"][0];
         assert_eq!(worker["state"], "running");
@@ -656,8 +730,8 @@ fn status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees() {
         assert_eq!(rows.len(), 2, "{rows:?}");
         let (host, queued, done, failed, error_rate, paused, robots) = &rows[0];
         assert_eq!(host, "127.0.0.1");
-        assert_eq!((*queued, *done, *failed), (0, 2, 2));
-        assert_eq!(*error_rate, Some(0.5));
+        assert_eq!((*queued, *done, *failed), (0, 2, 3));
+        assert_eq!(*error_rate, Some(0.6));
         assert_eq!(*paused, None);
         assert_eq!(
             robots.as_deref(),
@@ -670,11 +744,96 @@ fn status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees() {
         assert_eq!(*error_rate, None, "nothing finished yet");
         assert!(paused.is_some());
         assert_eq!(robots.as_deref(), Some("allow all"), "a 404 robots.txt");
+        // The newest answer of any origin of the host counts: here one without a port.
+        sqlx::query(
+            "INSERT INTO robots (origin, http_status, fetched_at, expires_at)
+             VALUES ('https://127.0.0.2', 503, '2999-01-01T00:00:00.000Z', '2999-01-02T00:00:00.000Z')",
+        )
+        .execute(&sql)
+        .await
+        .unwrap();
+        let robots: Vec<(String, Option<String>)> =
+            sqlx::query_as("SELECT host, robots FROM host_stats ORDER BY host")
+                .fetch_all(&sql)
+                .await
+                .unwrap();
+        assert_eq!(
+            robots,
+            vec![
+                ("127.0.0.1".to_owned(), Some("rules".to_owned())),
+                ("127.0.0.2".to_owned(), Some("unreachable".to_owned())),
+            ]
+        );
 
         sigterm(&daemon.0);
         assert!(exit_status(&mut daemon.0).await.success());
         let report = status_json(dir.path());
         assert_eq!(report["workers"][0]["state"], "stopped", "{report:#}");
         assert_eq!(report["jobs"]["running"], 0);
+    });
+}
+
+#[test]
+fn a_second_daemon_on_the_same_database_refuses_to_start_but_a_restart_after_a_kill_does_not() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let dir = tempfile::tempdir().unwrap();
+        let start = || {
+            KillOnDrop(
+                crawlq(dir.path())
+                    .arg("run")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        };
+        let mut first = start();
+        let db = dir.path().join("data/crawlq.db");
+        wait_for_database(&db).await;
+        let sql = user_connection(&db).await;
+        wait_until("the first daemon's workers row", || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM workers")
+                .fetch_one(&sql)
+                .await
+                .unwrap()
+                == 1
+        })
+        .await;
+
+        let second = output(crawlq(dir.path()).arg("run"));
+        assert_eq!(second.status.code(), Some(1));
+        let stderr = text(&second.stderr);
+        assert!(
+            stderr.contains("is in use by another running daemon")
+                && stderr.contains(&format!("(pid {} on ", first.0.id())),
+            "{stderr}"
+        );
+
+        let job = insert_job(&sql, &server.url("/while-refused")).await;
+        wait_until("the first daemon to crawl the job", || {
+            let sql = sql.clone();
+            async move { job_row(&sql, job).await.status == "done" }
+        })
+        .await;
+
+        // kill -9 leaves a row that still looks alive; its pid is gone, so a restart on
+        // this host goes ahead at once.
+        first.0.kill().unwrap();
+        first.0.wait().unwrap();
+        let mut restarted = start();
+        let job = insert_job(&sql, &server.url("/after-restart")).await;
+        wait_until("the restarted daemon to crawl the job", || {
+            let sql = sql.clone();
+            async move { job_row(&sql, job).await.status == "done" }
+        })
+        .await;
+        let workers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workers")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!(workers, 2, "the refused daemon left no row");
+        sigterm(&restarted.0);
+        assert!(exit_status(&mut restarted.0).await.success());
     });
 }
