@@ -62,7 +62,8 @@ impl XorShift {
     }
 }
 
-fn daemon(dir: &Path, exit_when_idle: bool) -> Child {
+/// `crawlq run` in `dir`, at `rps` requests a second to the one test host.
+fn crawler(dir: &Path, rps: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_crawlq"));
     command
         .current_dir(dir)
@@ -70,21 +71,109 @@ fn daemon(dir: &Path, exit_when_idle: bool) -> Child {
         .env_remove("RUST_LOG")
         .env("CRAWLQ__LOG__LEVEL", "warn")
         .env("CRAWLQ__DAEMON__POLL_INTERVAL_MS", "20")
-        // A killed daemon's jobs come back after this long.
-        .env("CRAWLQ__DAEMON__LEASE_SECS", "2")
-        .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "0")
         .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.5")
-        .env("CRAWLQ__LIMITS__PER_HOST_RPS", "400")
+        .env("CRAWLQ__LIMITS__PER_HOST_RPS", rps)
         .env("CRAWLQ__LIMITS__PER_HOST_BURST", "8")
         .env("CRAWLQ__LIMITS__PER_HOST_IN_FLIGHT", "16")
         .env("CRAWLQ__CRAWL__OBEY_ROBOTS", "false")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    command
+}
+
+/// A daemon for the kill test: a killed daemon's jobs come back after 2 s.
+fn daemon(dir: &Path, exit_when_idle: bool) -> Child {
+    let mut command = crawler(dir, "400");
+    command
+        .env("CRAWLQ__DAEMON__LEASE_SECS", "2")
+        .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "0");
     if exit_when_idle {
         command.arg("--exit-when-idle");
     }
     command.spawn().expect("crawlq starts")
+}
+
+/// Waits for `child` to exit, killing it and failing after `limit`.
+async fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what}: no exit within {limit:?}");
+        }
+        runtime::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Inserts the crawl's seed, /p/0 with unlimited depth.
+async fn queue_the_crawl(sql: &SqlitePool, server: &TestServer) {
+    sqlx::query("INSERT INTO jobs (url, max_depth) VALUES (?1, 100000)")
+        .bind(server.url("/p/0"))
+        .execute(sql)
+        .await
+        .unwrap();
+}
+
+/// The crawl of the generated site is complete and consistent: every page a `done` job
+/// once, one result per fetch, every link of every page a job of the crawl, and an intact
+/// database.
+async fn assert_crawl_complete(sql: &SqlitePool, pages: usize, context: &str) {
+    let by_status: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
+            .fetch_all(sql)
+            .await
+            .unwrap();
+    assert_eq!(
+        by_status,
+        vec![("done".to_owned(), pages as i64)],
+        "every page done exactly once as a job, none stuck or dropped ({context})"
+    );
+    let distinct: i64 = count(sql, "SELECT COUNT(DISTINCT canonical_url) FROM jobs").await;
+    assert_eq!(distinct as usize, pages, "one job per page");
+    let doubled: i64 = count(
+        sql,
+        "SELECT COUNT(*) FROM (SELECT job_id, fetch_no FROM results
+                                GROUP BY job_id, fetch_no HAVING COUNT(*) > 1)",
+    )
+    .await;
+    assert_eq!(doubled, 0, "one result per fetch");
+    let without_result: i64 = count(
+        sql,
+        "SELECT COUNT(*) FROM jobs j WHERE NOT EXISTS
+             (SELECT 1 FROM results r WHERE r.job_id = j.id AND r.fetch_no = j.fetch_no)",
+    )
+    .await;
+    assert_eq!(without_result, 0, "every done job has its result");
+    let missing_children: i64 = count(
+        sql,
+        "SELECT COUNT(*) FROM latest_results r
+           JOIN jobs j ON j.id = r.job_id, json_each(r.links) l
+          WHERE NOT EXISTS (SELECT 1 FROM jobs c
+                             WHERE c.root_id = j.root_id AND c.canonical_url = l.value)",
+    )
+    .await;
+    assert_eq!(missing_children, 0, "children lost ({context})");
+    let links: i64 = count(
+        sql,
+        "SELECT COUNT(*) FROM latest_results r, json_each(r.links)",
+    )
+    .await;
+    let expected_links: usize = (0..pages)
+        .map(|i| links_of(i, pages).into_iter().collect::<HashSet<_>>().len())
+        .sum();
+    assert_eq!(
+        links as usize, expected_links,
+        "each page's links were stored"
+    );
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(sql)
+        .await
+        .unwrap();
+    assert_eq!(integrity, "ok");
 }
 
 async fn count(sql: &SqlitePool, query: &'static str) -> i64 {
@@ -136,11 +225,7 @@ fn a_crawl_killed_twenty_times_ends_complete_with_nothing_lost_or_doubled() {
                 )
                 .await;
                 let sql = user_connection(&db).await;
-                sqlx::query("INSERT INTO jobs (url, max_depth) VALUES (?1, 100000)")
-                    .bind(server.url("/p/0"))
-                    .execute(&sql)
-                    .await
-                    .unwrap();
+                queue_the_crawl(&sql, &server).await;
                 sql.close().await;
             }
             let sql = user_connection(&db).await;
@@ -161,73 +246,11 @@ fn a_crawl_killed_twenty_times_ends_complete_with_nothing_lost_or_doubled() {
 
         // A last daemon finishes the crawl (the dead ones' leases expire on the way).
         let mut last = daemon(dir.path(), true);
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = last.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > Duration::from_secs(120) {
-                let _ = last.kill();
-                panic!("the last daemon did not finish the crawl (seed {seed})");
-            }
-            runtime::sleep(Duration::from_millis(50)).await;
-        };
+        let status = exit_within(&mut last, Duration::from_secs(120), "the last daemon").await;
         assert!(status.success(), "{status:?}");
 
         let sql = user_connection(&db).await;
-        let by_status: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
-                .fetch_all(&sql)
-                .await
-                .unwrap();
-        assert_eq!(
-            by_status,
-            vec![("done".to_owned(), pages as i64)],
-            "every page done exactly once as a job, none stuck or dropped (seed {seed})"
-        );
-        let distinct: i64 = count(&sql, "SELECT COUNT(DISTINCT canonical_url) FROM jobs").await;
-        assert_eq!(distinct as usize, pages, "one job per page");
-        let doubled: i64 = count(
-            &sql,
-            "SELECT COUNT(*) FROM (SELECT job_id, fetch_no FROM results
-                                    GROUP BY job_id, fetch_no HAVING COUNT(*) > 1)",
-        )
-        .await;
-        assert_eq!(doubled, 0, "one result per fetch");
-        let without_result: i64 = count(
-            &sql,
-            "SELECT COUNT(*) FROM jobs j WHERE NOT EXISTS
-                 (SELECT 1 FROM results r WHERE r.job_id = j.id AND r.fetch_no = j.fetch_no)",
-        )
-        .await;
-        assert_eq!(without_result, 0, "every done job has its result");
-        // Every link of every done page became a job of the crawl.
-        let missing_children: i64 = count(
-            &sql,
-            "SELECT COUNT(*) FROM latest_results r
-               JOIN jobs j ON j.id = r.job_id, json_each(r.links) l
-              WHERE NOT EXISTS (SELECT 1 FROM jobs c
-                                 WHERE c.root_id = j.root_id AND c.canonical_url = l.value)",
-        )
-        .await;
-        assert_eq!(missing_children, 0, "children lost (seed {seed})");
-        let links: i64 = count(
-            &sql,
-            "SELECT COUNT(*) FROM latest_results r, json_each(r.links)",
-        )
-        .await;
-        let expected_links: usize = (0..pages)
-            .map(|i| links_of(i, pages).into_iter().collect::<HashSet<_>>().len())
-            .sum();
-        assert_eq!(
-            links as usize, expected_links,
-            "each page's links were stored"
-        );
-        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_one(&sql)
-            .await
-            .unwrap();
-        assert_eq!(integrity, "ok");
+        assert_crawl_complete(&sql, pages, &format!("seed {seed}")).await;
         let unclean: i64 = count(
             &sql,
             "SELECT COUNT(*) FROM workers WHERE stopped_at IS NULL",
@@ -257,4 +280,53 @@ async fn user_connection_when_ready(db: &Path) -> SqlitePool {
         runtime::sleep(Duration::from_millis(10)).await;
     }
     user_connection(db).await
+}
+
+#[test]
+fn sigterm_during_a_full_speed_crawl_exits_0_within_the_grace_period_and_loses_nothing() {
+    block_on(async {
+        let pages = 2_000;
+        let server = site(pages);
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data/crawlq.db");
+        // The defaults but the rate: lease 60 s, grace 8 s.
+        let mut child = crawler(dir.path(), "1000000").spawn().unwrap();
+        let sql = user_connection_when_ready(&db).await;
+        wait_for_count(&sql, "SELECT COUNT(*) FROM workers", 1).await;
+        queue_the_crawl(&sql, &server).await;
+        wait_for_count(&sql, DONE, 300).await;
+
+        let signalled = Instant::now();
+        let kill = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = exit_within(&mut child, Duration::from_secs(8), "SIGTERM").await;
+        let took = signalled.elapsed();
+        assert!(status.success(), "{status:?}");
+        let done = count(&sql, DONE).await;
+        assert!(
+            (done as usize) < pages,
+            "the crawl was still going when signalled"
+        );
+        let running = count(&sql, "SELECT COUNT(*) FROM jobs WHERE status = 'running'").await;
+        assert_eq!(running, 0, "in-flight jobs finished or went back to queued");
+        let leased = count(
+            &sql,
+            "SELECT COUNT(*) FROM jobs WHERE lease_owner IS NOT NULL",
+        )
+        .await;
+        assert_eq!(leased, 0, "no lease is left behind");
+
+        // What was queued is crawled by the next daemon, without waiting for any lease.
+        let mut next = crawler(dir.path(), "1000000")
+            .arg("--exit-when-idle")
+            .spawn()
+            .unwrap();
+        let status = exit_within(&mut next, DEADLINE, "the next daemon").await;
+        assert!(status.success(), "{status:?}");
+        assert_crawl_complete(&sql, pages, "after SIGTERM").await;
+        eprintln!("SIGTERM with {done} of {pages} pages done: exit 0 after {took:?}");
+    });
 }
