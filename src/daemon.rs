@@ -29,6 +29,8 @@ const ADMISSION_BATCH: usize = 1000;
 const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How often idle hosts are dropped from the rate limiter's memory.
 const PRUNE_LIMITER_EVERY: Duration = Duration::from_secs(60);
+/// How often the daemon checks that its database file was not deleted or replaced.
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// After a database error, the loop turns this often until a turn succeeds.
 const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -249,6 +251,7 @@ struct Scheduler<'d> {
     last_prune: Instant,
     last_stats: Instant,
     last_heartbeat: Instant,
+    last_file_check: Instant,
     done_at_last_stats: u64,
 }
 
@@ -273,6 +276,7 @@ impl<'d> Scheduler<'d> {
             last_prune: now,
             last_stats: now,
             last_heartbeat: now,
+            last_file_check: now,
             done_at_last_stats: 0,
         }
     }
@@ -296,6 +300,13 @@ impl<'d> Scheduler<'d> {
             // Runs even while the database is failing: these are the writes that find out
             // it works again, and renewals must keep trying so our leases do not lapse.
             self.housekeeping().await;
+            if self.last_file_check.elapsed() >= FILE_CHECK_EVERY {
+                self.last_file_check = Instant::now();
+                if let Err(e) = self.store().check_file() {
+                    tracing::error!(error = %e, "the database file is gone; stopping");
+                    return Err(e.into());
+                }
+            }
             if let Err(e) = self.admit_and_claim().await {
                 self.store_failed(&e);
             }

@@ -13,7 +13,9 @@
 //!   finished jobs shares one transaction (group commit).
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -21,7 +23,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
 use crate::fetch::Validators;
 use crate::follow::{Child, CrawlSpec};
@@ -88,6 +90,11 @@ pub enum StoreError {
         doing: &'static str,
         source: sqlx::Error,
     },
+    #[error(
+        "database {path} {what} while the daemon was using it; stopping, since its writes \
+         would go to a file nobody can see (restart the daemon to open the database again)"
+    )]
+    FileGone { path: String, what: &'static str },
 }
 
 trait Doing<T> {
@@ -289,6 +296,28 @@ pub struct WorkerSummary {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    file: Arc<DatabaseFile>,
+}
+
+/// The database file as it was opened, to notice it being deleted or replaced.
+#[derive(Debug)]
+struct DatabaseFile {
+    path: PathBuf,
+    /// Device and inode.
+    identity: Option<(u64, u64)>,
+}
+
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).map(|_| (0, 0))
+    }
 }
 
 impl Store {
@@ -304,7 +333,6 @@ impl Store {
         let options = SqliteConnectOptions::from_str("sqlite:")
             .expect("static options parse")
             .filename(&settings.path)
-            .create_if_missing(true)
             // WAL lets users read while we write, and their inserts wait on the busy
             // timeout instead of failing. NORMAL sync is durable against a crash of this
             // process (only an OS crash can lose the last commits).
@@ -312,9 +340,24 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(settings.busy_timeout)
             .foreign_keys(true);
+        // The file is created here, once. The pool's connections never create it, so a
+        // database deleted under the daemon is an error rather than a new, empty file.
+        let open_error = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        options
+            .clone()
+            .create_if_missing(true)
+            .connect()
+            .await
+            .map_err(open_error)?
+            .close()
+            .await
+            .map_err(open_error)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(options.create_if_missing(false))
             .await
             .map_err(|source| StoreError::Open {
                 path: path.clone(),
@@ -324,7 +367,28 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate { path, source })?;
-        Ok(Store { pool })
+        let file = DatabaseFile {
+            path: settings.path.clone(),
+            identity: file_identity(&settings.path).ok(),
+        };
+        Ok(Store {
+            pool,
+            file: Arc::new(file),
+        })
+    }
+
+    /// Fails if the database file was deleted or replaced (e.g. by a restore) since it was
+    /// opened. SQLite would carry on writing to the open, now invisible, file.
+    pub fn check_file(&self) -> Result<(), StoreError> {
+        let gone = |what| StoreError::FileGone {
+            path: self.file.path.display().to_string(),
+            what,
+        };
+        match file_identity(&self.file.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(gone("was deleted")),
+            Ok(now) if Some(now) != self.file.identity => Err(gone("was replaced by another file")),
+            _ => Ok(()),
+        }
     }
 
     pub async fn close(&self) {

@@ -837,3 +837,54 @@ fn a_second_daemon_on_the_same_database_refuses_to_start_but_a_restart_after_a_k
         assert!(exit_status(&mut restarted.0).await.success());
     });
 }
+
+#[test]
+fn a_database_deleted_or_replaced_under_the_daemon_stops_it_with_the_reason() {
+    block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("data/crawlq.db");
+        let start = || {
+            crawlq(dir.path())
+                .arg("run")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let stderr_of = |child: &mut Child| {
+            let mut log = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+            log
+        };
+
+        let mut daemon = start();
+        wait_for_database(&db).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+        }
+        let status = exit_status(&mut daemon).await;
+        let log = stderr_of(&mut daemon);
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(
+            log.contains("data/crawlq.db was deleted while the daemon was using it"),
+            "{log}"
+        );
+
+        // A restore that puts another file in its place.
+        let mut daemon = start();
+        wait_for_database(&db).await;
+        let copy = dir.path().join("copy.db");
+        let sql = user_connection(&db).await;
+        sqlx::query("VACUUM INTO ?1")
+            .bind(copy.display().to_string())
+            .execute(&sql)
+            .await
+            .unwrap();
+        sql.close().await;
+        std::fs::rename(&copy, &db).unwrap();
+        let status = exit_status(&mut daemon).await;
+        let log = stderr_of(&mut daemon);
+        assert_eq!(status.code(), Some(1), "{log}");
+        assert!(log.contains("was replaced by another file"), "{log}");
+    });
+}
