@@ -239,6 +239,12 @@ impl Crawler {
         } else {
             format!("redirect to {url}: ")
         };
+        // A destination the address guard refuses fails the job here, before robots.txt
+        // (which it would refuse too) could make it look like an unreachable host.
+        if let Err(refused @ FetchError::Refused { .. }) = self.fetcher.check_destination(url).await
+        {
+            return Err(Ending::Fatal(format!("{via}{refused}")));
+        }
         match self
             .robots
             .permission(url, |robots_url| self.fetch_robots(robots_url))

@@ -9,10 +9,11 @@
 //! middleware is deliberately not used (it sends an extra request past the limiter).
 //! `surf::Error` is not a `std::error::Error`: it is turned into [`FetchError`] here.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use futures_lite::AsyncReadExt;
-use isahc::config::{Configurable, RedirectPolicy};
+use isahc::config::{Configurable, Dialer, RedirectPolicy};
 use url::Url;
 
 use crate::runtime;
@@ -32,12 +33,24 @@ pub enum FetchError {
     BodyTooLarge { limit: u64 },
     #[error("network error talking to {host}: {reason}")]
     Network { host: String, reason: String },
+    #[error(
+        "refused to connect to {host}: it resolves to {address}, a {kind} address \
+         (fetch.block_private_addresses is on)"
+    )]
+    Refused {
+        host: String,
+        address: IpAddr,
+        kind: &'static str,
+    },
 }
 
 impl FetchError {
     /// Whether trying the same request later might work.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, FetchError::BodyTooLarge { .. })
+        !matches!(
+            self,
+            FetchError::BodyTooLarge { .. } | FetchError::Refused { .. }
+        )
     }
 }
 
@@ -139,17 +152,71 @@ impl Fetcher {
         Ok(response)
     }
 
+    /// The private-address guard's verdict on `url` alone, for a caller that must know
+    /// before fetching something else first (robots.txt). Ok when the guard is off.
+    pub async fn check_destination(&self, url: &Url) -> Result<(), FetchError> {
+        let host = url.host_str().unwrap_or_default();
+        self.checked_address(url, host).await.map(|_| ())
+    }
+
+    /// With `fetch.block_private_addresses` on: resolves the URL's host, refuses it if any
+    /// of its addresses is not public (a name with one private address among public ones
+    /// is refused too), and returns the address to connect to. None when the guard is off.
+    async fn checked_address(
+        &self,
+        url: &Url,
+        host: &str,
+    ) -> Result<Option<SocketAddr>, FetchError> {
+        let policy = &self.settings.addresses;
+        if !policy.block_private {
+            return Ok(None);
+        }
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addresses = match url.host() {
+            Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(ip.into(), port)],
+            Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(ip.into(), port)],
+            Some(url::Host::Domain(name)) => {
+                runtime::resolve(name, port)
+                    .await
+                    .map_err(|_| FetchError::Resolve {
+                        host: host.to_owned(),
+                    })?
+            }
+            None => Vec::new(),
+        };
+        for address in &addresses {
+            if let Some(kind) = policy.refusal(address.ip()) {
+                return Err(FetchError::Refused {
+                    host: host.to_owned(),
+                    address: address.ip(),
+                    kind,
+                });
+            }
+        }
+        addresses
+            .first()
+            .copied()
+            .map(Some)
+            .ok_or_else(|| FetchError::Resolve {
+                host: host.to_owned(),
+            })
+    }
+
     async fn exchange(
         &self,
         url: &Url,
         host: &str,
         options: GetOptions<'_>,
     ) -> Result<Response, FetchError> {
+        let pinned = self.checked_address(url, host).await?;
         let mut request = self
             .client
             .get(url.as_str())
             .header("User-Agent", self.settings.user_agent.as_str())
             .header("Accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8");
+        if let Some(credentials) = basic_auth(url) {
+            request = request.header("Authorization", credentials.as_str());
+        }
         if let Some(known) = options.if_changed {
             if let Some(etag) = &known.etag {
                 request = request.header("If-None-Match", etag.as_str());
@@ -158,7 +225,15 @@ impl Fetcher {
                 request = request.header("If-Modified-Since", date.as_str());
             }
         }
-        let mut response = request.await.map_err(|e| self.classify(e, host))?;
+        let mut request = request.build();
+        if let Some(address) = pinned {
+            request.set_ext(PinnedAddress(address));
+        }
+        let mut response = self
+            .client
+            .send(request)
+            .await
+            .map_err(|e| self.classify(e, host))?;
         let status = response
             .ext::<RawStatus>()
             .map_or_else(|| u16::from(response.status()), |raw| raw.0);
@@ -269,6 +344,35 @@ pub fn describe_status(status: u16) -> String {
     }
 }
 
+/// `user:password@` in a URL, sent as HTTP Basic credentials (as curl and browsers do). A
+/// redirect only carries them on if its Location names them again.
+fn basic_auth(url: &Url) -> Option<String> {
+    use base64::Engine;
+
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |part: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let pair = format!(
+        "{}:{}",
+        decode(url.username()),
+        decode(url.password().unwrap_or_default())
+    );
+    Some(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    ))
+}
+
+/// With `fetch.block_private_addresses`: the address the request must connect to, the one
+/// that was checked (so that a second DNS answer cannot differ from it).
+#[derive(Debug, Clone, Copy)]
+struct PinnedAddress(SocketAddr);
+
 /// The status line's code as sent; surf's own status type only holds codes it knows.
 #[derive(Debug, Clone, Copy)]
 struct RawStatus(u16);
@@ -292,6 +396,9 @@ impl http_client::HttpClient for CurlBackend {
         let mut builder = isahc::http::Request::builder()
             .uri(request.url().as_str())
             .method(method);
+        if let Some(PinnedAddress(address)) = request.ext().get::<PinnedAddress>() {
+            builder = builder.dial(Dialer::ip_socket(*address));
+        }
         for (name, values) in request.iter() {
             for value in values.iter() {
                 builder = builder.header(name.as_str(), value.as_str());

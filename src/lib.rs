@@ -9,6 +9,7 @@
 //! - [`runtime`]   — the only module that names `async-std`: spawn, sleep, timeouts.
 //! - [`store`]     — the only module that names `sqlx`: every SQL statement lives here.
 //! - [`fetch`]     — the only module that names `surf`: one HTTP request, body capped.
+//! - [`destinations`] — which addresses may be connected to (the private-network guard).
 //! - [`limits`]    — the only module that names `governor`: per-host and global quotas.
 //! - [`parse`]     — the only module that names `scraper`: HTML in, owned data out.
 //! - [`body`]      — the only module that names `flate2`: stored bodies, gzipped.
@@ -22,6 +23,7 @@
 pub mod body;
 pub mod crawl;
 pub mod daemon;
+pub mod destinations;
 pub mod fetch;
 pub mod follow;
 pub mod job;

@@ -33,6 +33,12 @@ where
     async_std::task::spawn_blocking(work).await
 }
 
+/// The addresses `host` resolves to (the system resolver, off the I/O threads).
+pub async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    use async_std::net::ToSocketAddrs;
+    Ok((host, port).to_socket_addrs().await?.collect())
+}
+
 pub async fn sleep(duration: Duration) {
     async_std::task::sleep(duration).await
 }

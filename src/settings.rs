@@ -11,8 +11,13 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::net::IpAddr;
+
 use config::{Config, Environment, File, FileFormat};
+use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::destinations::AddressPolicy;
 
 /// The defaults, compiled in so that the binary runs from any working directory.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
@@ -179,6 +184,8 @@ pub struct FetchSettings {
     pub conditional_get: bool,
     /// Keep every fetched body, gzip-compressed, in the `bodies` table.
     pub store_body: bool,
+    /// Which addresses may be connected to (`fetch.block_private_addresses`).
+    pub addresses: AddressPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +377,8 @@ struct RawFetch {
     max_redirects: u32,
     conditional_get: bool,
     store_body: bool,
+    block_private_addresses: bool,
+    allowed_private_addresses: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -495,6 +504,14 @@ impl RawSettings {
             max_redirects: f.max_redirects,
             conditional_get: f.conditional_get,
             store_body: f.store_body,
+            addresses: AddressPolicy {
+                block_private: f.block_private_addresses,
+                allowed: f
+                    .allowed_private_addresses
+                    .iter()
+                    .map(|entry| network(entry))
+                    .collect::<Result<_, _>>()?,
+            },
         };
 
         let r = &self.retry;
@@ -642,6 +659,21 @@ impl RawSettings {
     }
 }
 
+/// An address ("10.0.0.7") or a network ("10.0.0.0/8") of `fetch.allowed_private_addresses`.
+fn network(entry: &str) -> Result<IpNet, SettingsError> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpNet>()
+        .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            invalid(
+                "fetch.allowed_private_addresses",
+                format!("{entry:?}"),
+                "each entry must be an IP address or a network such as \"10.0.0.0/8\"",
+            )
+        })
+}
+
 /// Accepts a plain path or a `sqlite:` URL (`sqlite://data/x.db`, `sqlite:data/x.db`).
 fn database_path(url: &str) -> Result<PathBuf, SettingsError> {
     let path = url
@@ -716,6 +748,24 @@ mod tests {
         );
         let err = Settings::load_from_str("[limits]\nper_host_rpz = 1.0\n").unwrap_err();
         assert!(err.to_string().contains("per_host_rpz"), "{err}");
+        let err =
+            Settings::load_from_str("[fetch]\nallowed_private_addresses = [\"10.0.0.0/33\"]\n")
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("fetch.allowed_private_addresses")
+                && err.to_string().contains("10.0.0.0/33"),
+            "{err}"
+        );
+        let ok = Settings::load_from_str(
+            "[fetch]\nblock_private_addresses = true\nallowed_private_addresses = [\"10.1.2.3\", \"fd00::/8\"]\n",
+        )
+        .unwrap();
+        assert!(ok.fetch.addresses.block_private);
+        assert_eq!(ok.fetch.addresses.allowed.len(), 2);
+        assert_eq!(
+            ok.fetch.addresses.refusal("10.1.2.3".parse().unwrap()),
+            None
+        );
     }
 
     #[test]
