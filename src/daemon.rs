@@ -54,6 +54,15 @@ pub enum DaemonError {
     },
 }
 
+/// A database error explained by the file having been deleted or replaced, if it was: the
+/// error itself ("unable to open database file") would not say why.
+fn explained(store: &Store, error: StoreError) -> DaemonError {
+    match store.check_file() {
+        Err(gone) => gone.into(),
+        Ok(()) => error.into(),
+    }
+}
+
 /// Whether a worker row that still looks alive belongs to a process that is gone. Only a
 /// row of this host can be checked: its pid is ours (a restarted container, where the
 /// daemon is always pid 1, or another daemon in this process) or names no live process
@@ -112,7 +121,11 @@ impl Daemon {
         let store = Store::open(&settings.database).await?;
         let crawler =
             Arc::new(Crawler::new(settings.clone(), store.clone()).map_err(DaemonError::Http)?);
-        for (host, left) in store.active_pauses().await? {
+        let pauses = store
+            .active_pauses()
+            .await
+            .map_err(|e| explained(&store, e))?;
+        for (host, left) in pauses {
             crawler.limits().pause(&host, left);
         }
         let owner = format!("crawlq-{}-{:08x}", std::process::id(), fastrand::u32(..));
@@ -161,7 +174,11 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             heartbeat_every: s.daemon.heartbeat,
         };
-        let other = self.store.register_worker(&me, |w| is_gone(w, &me)).await?;
+        let other = self
+            .store
+            .register_worker(&me, |w| is_gone(w, &me))
+            .await
+            .map_err(|e| explained(&self.store, e))?;
         if let Some(other) = other {
             return Err(DaemonError::AnotherDaemon {
                 database: s.database.path.display().to_string(),

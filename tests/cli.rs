@@ -859,6 +859,16 @@ fn a_database_deleted_or_replaced_under_the_daemon_stops_it_with_the_reason() {
 
         let mut daemon = start();
         wait_for_database(&db).await;
+        let sql = user_connection(&db).await;
+        wait_until("the daemon's workers row", || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM workers")
+                .fetch_one(&sql)
+                .await
+                .unwrap()
+                == 1
+        })
+        .await;
+        sql.close().await;
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
         }
@@ -887,4 +897,38 @@ fn a_database_deleted_or_replaced_under_the_daemon_stops_it_with_the_reason() {
         assert_eq!(status.code(), Some(1), "{log}");
         assert!(log.contains("was replaced by another file"), "{log}");
     });
+}
+
+#[test]
+fn a_password_in_a_job_url_is_sent_as_basic_auth_but_never_logged() {
+    let server = TestServer::start("127.0.0.1", |req| match req.path.as_str() {
+        "/private" => Reply::html("<title>members</title>"),
+        _ => Reply::status(404),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let with_password = |path: &str| format!("http://ann:s3cret@{}{path}", server.addr());
+    let out = output(crawlq(dir.path()).args([
+        "add",
+        "--database",
+        "q.db",
+        &with_password("/private"),
+        &with_password("/missing"),
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = output(
+        crawlq(dir.path())
+            .args(["run", "--database", "q.db", "--exit-when-idle"])
+            .env("CRAWLQ__LOG__FORMAT", "json")
+            .env("RUST_LOG", "crawlq=debug"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&out.stderr);
+    assert!(log.contains("ann:***@127.0.0.1"), "{log}");
+    assert!(
+        !log.contains("s3cret"),
+        "the password reached the log:\n{log}"
+    );
+    // "YW5uOnMzY3JldA==" is base64("ann:s3cret").
+    let page = &server.hits_for("/private")[0];
+    assert_eq!(page.header("authorization"), Some("Basic YW5uOnMzY3JldA=="));
 }
