@@ -1235,3 +1235,96 @@ fn the_workers_row_carries_a_heartbeat_and_counters() {
         assert_eq!((state.as_str(), done), ("stopped", report.done as i64));
     });
 }
+
+#[test]
+fn hostile_rows_end_with_a_reason_or_a_documented_meaning() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let daemon = RunningDaemon::start(|_| {}).await;
+        let failed = [
+            ("   ", "invalid URL: empty"),
+            ("http://[::1]:99999/", "invalid URL"),
+            ("http://user@/nohost", "invalid URL"),
+        ];
+        let mut ids = Vec::new();
+        for (url, _) in failed {
+            ids.push(daemon.insert(url).await);
+        }
+        let huge = format!("http://127.0.0.1/{}", "a".repeat(100 * 1024));
+        ids.push(daemon.insert(&huge).await);
+        for (id, expected) in ids.iter().zip(
+            failed
+                .iter()
+                .map(|(_, e)| *e)
+                .chain(["bytes long, the limit is 8192"]),
+        ) {
+            let job = daemon.wait_finished(*id).await;
+            assert_eq!(job.status, "failed");
+            let error = job.error.unwrap();
+            assert!(error.contains(expected), "{error}");
+            assert!(
+                error.len() < 300,
+                "the reason does not echo 100 KB: {error}"
+            );
+        }
+
+        // Extreme numbers are taken as they are; surrounding whitespace is trimmed.
+        let sql = &daemon.sql;
+        for (column, value) in [
+            ("priority", i64::MIN),
+            ("priority", i64::MAX),
+            ("max_depth", i64::MAX),
+            ("max_depth", -5),
+        ] {
+            let statement = format!("INSERT INTO jobs (url, {column}) VALUES (?1, ?2)");
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .bind(format!("  {}  ", server.url(&format!("/{column}/{value}"))))
+                .bind(value)
+                .execute(sql)
+                .await
+                .unwrap();
+        }
+        daemon.wait_all_done(&[5, 6, 7, 8]).await;
+
+        // An IDN host is admitted in its ASCII (punycode) form; run_after keeps it from
+        // being fetched (no test leaves loopback).
+        execute(
+            sql,
+            "INSERT INTO jobs (url, run_after) VALUES ('http://Bücher.example/', '2999-01-01')",
+        )
+        .await;
+        common::wait_until("the IDN job's admission", || async {
+            sqlx::query_scalar::<_, Option<String>>("SELECT host FROM jobs WHERE id = 9")
+                .fetch_one(sql)
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await;
+        let host: String = sqlx::query_scalar("SELECT host FROM jobs WHERE id = 9")
+            .fetch_one(sql)
+            .await
+            .unwrap();
+        assert_eq!(host, "xn--bcher-kva.example");
+
+        // What SQLite itself refuses, with a message that names the column.
+        for (statement, expected) in [
+            (
+                "INSERT INTO jobs (url) VALUES (NULL)",
+                "NOT NULL constraint failed: jobs.url",
+            ),
+            (
+                "INSERT INTO jobs (url, priority) VALUES ('http://x/', NULL)",
+                "NOT NULL constraint failed: jobs.priority",
+            ),
+            (
+                "INSERT INTO jobs (url, status) VALUES ('http://x/', 'paused')",
+                "CHECK constraint failed",
+            ),
+        ] {
+            let error = sqlx::query(statement).execute(sql).await.unwrap_err();
+            assert!(error.to_string().contains(expected), "{statement}: {error}");
+        }
+        daemon.stop().await;
+    });
+}
