@@ -25,7 +25,8 @@ FROM ${RUNTIME_IMAGE}
 # shell so users can `docker exec crawlq sqlite3 /data/crawlq.db ...`.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g sqlite3 \
- && rm -rf /var/lib/apt/lists/* \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin crawlq \
  && mkdir -p /data && chown crawlq:crawlq /data
 COPY --from=build /src/target/release/crawlq /usr/local/bin/crawlq
