@@ -188,6 +188,19 @@ impl Daemon {
         }
         let mut scheduler = Scheduler::new(&self);
         let result = scheduler.run(&shutdown, options).await;
+        if let Err(DaemonError::Store(StoreError::FileGone { .. })) = &result {
+            // Nothing can be stored where anyone would see it: skip the drain, and keep
+            // our write-ahead log from being replayed over whatever is at the path now.
+            if let Err(e) = self.store.release_gone_file().await {
+                tracing::error!(
+                    error = %e,
+                    "could not empty the write-ahead log; delete {0}-wal and {0}-shm before starting again",
+                    s.database.path.display()
+                );
+            }
+            self.store.close().await;
+            return result.map(|()| scheduler.report);
+        }
         let drained = scheduler.drain().await;
         let report = scheduler.report;
         tracing::info!(

@@ -78,6 +78,11 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("database {path}: could not read the file's metadata: {source}")]
+    Inspect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("database {path}: could not open: {source}")]
     Open { path: String, source: sqlx::Error },
     #[error("database {path}: could not apply migrations: {source}")]
@@ -304,7 +309,7 @@ pub struct Store {
 struct DatabaseFile {
     path: PathBuf,
     /// Device and inode.
-    identity: Option<(u64, u64)>,
+    identity: (u64, u64),
 }
 
 fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
@@ -366,10 +371,16 @@ impl Store {
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|source| StoreError::Migrate { path, source })?;
+            .map_err(|source| StoreError::Migrate {
+                path: path.clone(),
+                source,
+            })?;
         let file = DatabaseFile {
             path: settings.path.clone(),
-            identity: file_identity(&settings.path).ok(),
+            identity: file_identity(&settings.path).map_err(|source| StoreError::Inspect {
+                path: path.clone(),
+                source,
+            })?,
         };
         Ok(Store {
             pool,
@@ -386,9 +397,21 @@ impl Store {
         };
         match file_identity(&self.file.path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(gone("was deleted")),
-            Ok(now) if Some(now) != self.file.identity => Err(gone("was replaced by another file")),
+            Ok(now) if now != self.file.identity => Err(gone("was replaced by another file")),
             _ => Ok(()),
         }
+    }
+
+    /// After [`Store::check_file`] failed: moves what the write-ahead log holds into the
+    /// file we have open (deleted or replaced) and empties the log. The log is shared by
+    /// path, so left as it is, the next program to open a restored file would replay our
+    /// writes over it.
+    pub async fn release_gone_file(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+            .doing("emptying the write-ahead log of a deleted or replaced database")?;
+        Ok(())
     }
 
     pub async fn close(&self) {
@@ -871,43 +894,33 @@ impl Store {
         is_gone: impl Fn(&LiveWorker) -> bool,
     ) -> Result<Option<LiveWorker>, StoreError> {
         const DOING: &str = "registering this daemon in workers";
-        let mut conn = self.pool.acquire().await.doing(DOING)?;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
-            .await
-            .doing(DOING)?;
-        let registered = async {
-            let running: Vec<LiveWorker> = sqlx::query_as(
-                "SELECT id, hostname, pid, heartbeat_age_secs FROM worker_status
-                  WHERE state = 'running' ORDER BY started_at DESC",
-            )
-            .fetch_all(&mut *conn)
-            .await
-            .doing(DOING)?;
-            if let Some(other) = running.into_iter().find(|w| !is_gone(w)) {
-                return Ok(Some(other));
-            }
-            sqlx::query(
-                "INSERT INTO workers (id, hostname, pid, version, heartbeat_every_secs)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(&me.id)
-            .bind(&me.hostname)
-            .bind(i64::from(me.pid))
-            .bind(&me.version)
-            .bind(me.heartbeat_every.as_secs_f64())
-            .execute(&mut *conn)
-            .await
-            .doing(DOING)?;
-            Ok(None)
+        // A transaction object, not a raw BEGIN: dropped unfinished (refused, an error, a
+        // cancelled future), it rolls back instead of going back to the pool still open.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.doing(DOING)?;
+        let running: Vec<LiveWorker> = sqlx::query_as(
+            "SELECT id, hostname, pid, heartbeat_age_secs FROM worker_status
+              WHERE state = 'running' ORDER BY started_at DESC",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .doing(DOING)?;
+        if let Some(other) = running.into_iter().find(|w| !is_gone(w)) {
+            return Ok(Some(other));
         }
-        .await;
-        let end = match registered {
-            Ok(None) => "COMMIT",
-            _ => "ROLLBACK",
-        };
-        sqlx::query(end).execute(&mut *conn).await.doing(DOING)?;
-        registered
+        sqlx::query(
+            "INSERT INTO workers (id, hostname, pid, version, heartbeat_every_secs)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&me.id)
+        .bind(&me.hostname)
+        .bind(i64::from(me.pid))
+        .bind(&me.version)
+        .bind(me.heartbeat_every.as_secs_f64())
+        .execute(&mut *tx)
+        .await
+        .doing(DOING)?;
+        tx.commit().await.doing(DOING)?;
+        Ok(None)
     }
 
     /// Refreshes a worker's heartbeat and counters; `stopped` marks a clean exit.
@@ -967,17 +980,10 @@ impl Store {
     /// Whether a write transaction can be started (not read-only, not locked for longer
     /// than the busy timeout). Nothing is written.
     pub async fn check_writable(&self) -> Result<(), StoreError> {
-        let mut conn = self
+        // Dropped without a commit, the transaction rolls back.
+        let _tx = self
             .pool
-            .acquire()
-            .await
-            .doing("checking the database is writable")?;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut *conn)
-            .await
-            .doing("checking the database is writable")?;
-        sqlx::query("ROLLBACK")
-            .execute(&mut *conn)
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .doing("checking the database is writable")?;
         Ok(())

@@ -891,11 +891,30 @@ fn a_database_deleted_or_replaced_under_the_daemon_stops_it_with_the_reason() {
             .await
             .unwrap();
         sql.close().await;
+        let restored = user_connection(&copy).await;
+        sqlx::query("CREATE TABLE restore_marker (x)")
+            .execute(&restored)
+            .await
+            .unwrap();
+        restored.close().await;
         std::fs::rename(&copy, &db).unwrap();
         let status = exit_status(&mut daemon).await;
         let log = stderr_of(&mut daemon);
         assert_eq!(status.code(), Some(1), "{log}");
         assert!(log.contains("was replaced by another file"), "{log}");
+        // The restored file is intact: the daemon's write-ahead log, shared by path, was
+        // emptied instead of being left to be replayed over it.
+        let sql = user_connection(&db).await;
+        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!(integrity, "ok");
+        let marker: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM restore_marker")
+            .fetch_one(&sql)
+            .await
+            .expect("the restored file's own table is there");
+        assert_eq!(marker, 0);
     });
 }
 
