@@ -21,7 +21,7 @@ use crate::job::{self, Attempt, ClaimedJob, JobId, Verdict};
 use crate::runtime;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use crate::store::{self, HostPick, LiveWorker, Store, StoreError, WorkerCounters, WorkerIdentity};
+use crate::store::{self, HostPick, Store, StoreError, WorkerCounters, WorkerIdentity};
 
 /// New rows validated per loop turn; bounds the time one turn spends on a bulk insert.
 const ADMISSION_BATCH: usize = 1000;
@@ -41,17 +41,61 @@ pub enum DaemonError {
     #[error("{0}")]
     Http(String),
     #[error(
-        "database {database} is in use by another running daemon, {} (pid {} on {}, heartbeat {:.1} s ago). \
-         Two daemons on one database would each apply the rate limits, doubling the load on \
-         every host, so this one will not start. Stop the other one first; if it has died, \
-         its row turns stale {:.0} s after its last heartbeat (3 x daemon.heartbeat_secs).",
-        other.id, other.pid, other.hostname, other.heartbeat_age_secs, stale_after.as_secs_f64()
+        "database {database} is in use by another running daemon ({holder}, which holds \
+         {lock}). Two daemons on one database would each apply the rate limits, doubling \
+         the load on every host, so this one will not start. Stop the other one first."
     )]
-    AnotherDaemon {
+    Locked {
         database: String,
-        other: LiveWorker,
-        stale_after: Duration,
+        lock: String,
+        holder: String,
     },
+    #[error("could not lock {lock}: {reason}")]
+    Lock { lock: String, reason: String },
+}
+
+/// Takes `<database>.lock` for the life of the process, or says which daemon holds it. The
+/// operating system lets go of it when the process ends, however it ends (kill -9
+/// included), and the lock is seen from every container sharing the file on this machine.
+/// That covers every daemon that can share the database: SQLite's WAL mode needs all its
+/// users on one machine (no network file systems).
+fn lock_database(database: &std::path::Path) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+
+    let path = std::path::PathBuf::from(format!("{}.lock", database.display()));
+    let io_error = |e: std::io::Error| DaemonError::Lock {
+        lock: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = database.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_error)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_error)?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Who holds it, for the message a second daemon prints.
+            file.set_len(0).map_err(io_error)?;
+            file.rewind().map_err(io_error)?;
+            writeln!(file, "pid {} on {}", std::process::id(), this_host()).map_err(io_error)?;
+            Ok(file)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(DaemonError::Locked {
+                database: database.display().to_string(),
+                lock: path.display().to_string(),
+                holder: holder.trim().to_owned(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error(e)),
+    }
 }
 
 /// A database error explained by the file having been deleted or replaced, if it was: the
@@ -61,22 +105,6 @@ fn explained(store: &Store, error: StoreError) -> DaemonError {
         Err(gone) => gone.into(),
         Ok(()) => error.into(),
     }
-}
-
-/// Whether a worker row that still looks alive belongs to a process that is gone. Only a
-/// row of this host can be checked: its pid is ours (a restarted container, where the
-/// daemon is always pid 1, or another daemon in this process) or names no live process
-/// (a daemon killed before its row went stale).
-fn is_gone(worker: &LiveWorker, me: &WorkerIdentity) -> bool {
-    if worker.hostname != me.hostname {
-        return false;
-    }
-    if worker.pid == i64::from(me.pid) {
-        return true;
-    }
-    let proc = std::path::Path::new("/proc");
-    // Without /proc (not Linux) nothing can be ruled out.
-    proc.is_dir() && !proc.join(worker.pid.to_string()).exists()
 }
 
 /// How the daemon ends.
@@ -111,6 +139,8 @@ pub struct Daemon {
     /// Our lease owner id: unique per process start, so a restarted daemon never mistakes
     /// a dead one's leases for its own.
     owner: String,
+    /// `<database>.lock`, locked for as long as this daemon lives.
+    _lock: std::fs::File,
 }
 
 impl Daemon {
@@ -118,6 +148,8 @@ impl Daemon {
     /// the HTTP client.
     pub async fn build(settings: Settings) -> Result<Daemon, DaemonError> {
         let settings = Arc::new(settings);
+        // Before the database is touched (migrations included).
+        let lock = lock_database(&settings.database.path)?;
         let store = Store::open(&settings.database).await?;
         let crawler =
             Arc::new(Crawler::new(settings.clone(), store.clone()).map_err(DaemonError::Http)?);
@@ -134,6 +166,7 @@ impl Daemon {
             store,
             crawler,
             owner,
+            _lock: lock,
         })
     }
 
@@ -174,18 +207,10 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             heartbeat_every: s.daemon.heartbeat,
         };
-        let other = self
-            .store
-            .register_worker(&me, |w| is_gone(w, &me))
+        self.store
+            .register_worker(&me)
             .await
             .map_err(|e| explained(&self.store, e))?;
-        if let Some(other) = other {
-            return Err(DaemonError::AnotherDaemon {
-                database: s.database.path.display().to_string(),
-                other,
-                stale_after: s.daemon.heartbeat * 3,
-            });
-        }
         let mut scheduler = Scheduler::new(&self);
         let result = scheduler.run(&shutdown, options).await;
         if let Err(DaemonError::Store(StoreError::FileGone { .. })) = &result {

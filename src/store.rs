@@ -195,15 +195,6 @@ pub struct WorkerIdentity {
     pub heartbeat_every: Duration,
 }
 
-/// Another daemon that looks alive, as [`Store::register_worker`] found it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct LiveWorker {
-    pub id: String,
-    pub hostname: String,
-    pub pid: i64,
-    pub heartbeat_age_secs: f64,
-}
-
 /// A daemon's counters since it started, as its heartbeat writes them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WorkerCounters {
@@ -884,29 +875,9 @@ impl Store {
 
     // ---- Workers: one row per daemon process. ----
 
-    /// Adds this daemon's row, unless another daemon is running on the database: a
-    /// `running` row (fresh heartbeat, no clean exit) that `is_gone` does not rule out.
-    /// Check and insert are one write transaction, so two daemons starting at once cannot
-    /// both pass. Returns the other daemon instead of registering.
-    pub async fn register_worker(
-        &self,
-        me: &WorkerIdentity,
-        is_gone: impl Fn(&LiveWorker) -> bool,
-    ) -> Result<Option<LiveWorker>, StoreError> {
-        const DOING: &str = "registering this daemon in workers";
-        // A transaction object, not a raw BEGIN: dropped unfinished (refused, an error, a
-        // cancelled future), it rolls back instead of going back to the pool still open.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.doing(DOING)?;
-        let running: Vec<LiveWorker> = sqlx::query_as(
-            "SELECT id, hostname, pid, heartbeat_age_secs FROM worker_status
-              WHERE state = 'running' ORDER BY started_at DESC",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .doing(DOING)?;
-        if let Some(other) = running.into_iter().find(|w| !is_gone(w)) {
-            return Ok(Some(other));
-        }
+    /// Adds this daemon's row. (Only one daemon runs per database: see the lock file in
+    /// `daemon`.)
+    pub async fn register_worker(&self, me: &WorkerIdentity) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO workers (id, hostname, pid, version, heartbeat_every_secs)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -916,11 +887,10 @@ impl Store {
         .bind(i64::from(me.pid))
         .bind(&me.version)
         .bind(me.heartbeat_every.as_secs_f64())
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
-        .doing(DOING)?;
-        tx.commit().await.doing(DOING)?;
-        Ok(None)
+        .doing("registering this daemon in workers")?;
+        Ok(())
     }
 
     /// Refreshes a worker's heartbeat and counters; `stopped` marks a clean exit.

@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::server::{Reply, TestServer};
-use common::{insert_job, job_row, user_connection, wait_until, DEADLINE};
+use common::{insert_job, job_row, user_connection, wait_until, KillOnDrop, DEADLINE};
 use crawlq::runtime::{self, block_on};
 
 fn crawlq(dir: &Path) -> Command {
@@ -28,19 +28,6 @@ fn output(command: &mut Command) -> Output {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A spawned daemon that is killed if its test panics before stopping it, so that no
-/// daemon outlives its test (holding the harness's output pipe open).
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn sigterm(child: &Child) {
@@ -801,12 +788,22 @@ fn a_second_daemon_on_the_same_database_refuses_to_start_but_a_restart_after_a_k
         })
         .await;
 
-        let second = output(crawlq(dir.path()).arg("run"));
-        assert_eq!(second.status.code(), Some(1));
-        let stderr = text(&second.stderr);
+        let mut second = KillOnDrop(
+            crawlq(dir.path())
+                .arg("run")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let status = exit_status(&mut second.0).await;
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(second.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
         assert!(
             stderr.contains("is in use by another running daemon")
-                && stderr.contains(&format!("(pid {} on ", first.0.id())),
+                && stderr.contains(&format!("(pid {} on ", first.0.id()))
+                && stderr.contains("data/crawlq.db.lock"),
             "{stderr}"
         );
 
@@ -835,6 +832,53 @@ fn a_second_daemon_on_the_same_database_refuses_to_start_but_a_restart_after_a_k
         assert_eq!(workers, 2, "the refused daemon left no row");
         sigterm(&restarted.0);
         assert!(exit_status(&mut restarted.0).await.success());
+    });
+}
+
+#[test]
+fn of_two_daemons_started_at_once_on_a_new_database_exactly_one_runs() {
+    block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let start = || {
+            KillOnDrop(
+                crawlq(dir.path())
+                    .arg("run")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
+        };
+        let (mut a, mut b) = (start(), start());
+        // One of them exits at once, refused, before touching the database.
+        let started = Instant::now();
+        let refused = loop {
+            assert!(started.elapsed() < DEADLINE, "both daemons kept running");
+            if a.0.try_wait().unwrap().is_some() {
+                break &mut a;
+            }
+            if b.0.try_wait().unwrap().is_some() {
+                break &mut b;
+            }
+            runtime::sleep(Duration::from_millis(10)).await;
+        };
+        let status = exit_status(&mut refused.0).await;
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(refused.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("is in use by another running daemon"),
+            "{stderr}"
+        );
+        let running = if a.0.try_wait().unwrap().is_none() {
+            &mut a
+        } else {
+            &mut b
+        };
+        let db = dir.path().join("data/crawlq.db");
+        wait_for_database(&db).await;
+        sigterm(&running.0);
+        assert!(exit_status(&mut running.0).await.success());
     });
 }
 

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::server::TestServer;
-use common::{user_connection, wait_until, DEADLINE};
+use common::{user_connection, wait_until, KillOnDrop, DEADLINE};
 use crawlq::runtime::{self, block_on};
 
 fn from_env(name: &str, default: usize) -> usize {
@@ -63,20 +63,22 @@ fn a_sqlite3_writer_and_reader_beside_a_full_speed_crawl_see_no_busy_errors() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("crawlq.db");
         let daemon_log = dir.path().join("daemon.log");
-        let mut daemon = Command::new(env!("CARGO_BIN_EXE_crawlq"))
-            .current_dir(dir.path())
-            .args(["run", "--database", "crawlq.db"])
-            .env_remove("RUST_LOG")
-            .env("CRAWLQ__LOG__FORMAT", "json")
-            .env("CRAWLQ__LIMITS__PER_HOST_RPS", "1000000")
-            .env("CRAWLQ__LIMITS__PER_HOST_BURST", "16")
-            .env("CRAWLQ__LIMITS__PER_HOST_IN_FLIGHT", "32")
-            .env("CRAWLQ__CRAWL__OBEY_ROBOTS", "false")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&daemon_log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut daemon = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_crawlq"))
+                .current_dir(dir.path())
+                .args(["run", "--database", "crawlq.db"])
+                .env_remove("RUST_LOG")
+                .env("CRAWLQ__LOG__FORMAT", "json")
+                .env("CRAWLQ__LIMITS__PER_HOST_RPS", "1000000")
+                .env("CRAWLQ__LIMITS__PER_HOST_BURST", "16")
+                .env("CRAWLQ__LIMITS__PER_HOST_IN_FLIGHT", "32")
+                .env("CRAWLQ__CRAWL__OBEY_ROBOTS", "false")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&daemon_log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
 
         wait_until("the daemon to create the database", || async {
             db.exists()
@@ -109,6 +111,8 @@ fn a_sqlite3_writer_and_reader_beside_a_full_speed_crawl_see_no_busy_errors() {
         let reads = "SELECT status, COUNT(*) FROM jobs GROUP BY status;\n\
                      SELECT COUNT(*) FROM latest_results;\n"
             .repeat(inserts);
+        let now = "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+        let writer_started: String = sqlx::query_scalar(now).fetch_one(&sql).await.unwrap();
         let started = Instant::now();
         let writer_log = dir.path().join("writer.err");
         let reader_log = dir.path().join("reader.err");
@@ -116,6 +120,12 @@ fn a_sqlite3_writer_and_reader_beside_a_full_speed_crawl_see_no_busy_errors() {
         let mut reader = sqlite3_shell(&db, reads, &reader_log);
         let writer_status = wait_exit(&mut writer, "the sqlite3 writer").await;
         let writer_took = started.elapsed();
+        let writer_ended: String = sqlx::query_scalar(now).fetch_one(&sql).await.unwrap();
+        let done_while_writing: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'done'")
+                .fetch_one(&sql)
+                .await
+                .unwrap();
         let reader_status = wait_exit(&mut reader, "the sqlite3 reader").await;
         let writer_errors = std::fs::read_to_string(&writer_log).unwrap();
         let reader_errors = std::fs::read_to_string(&reader_log).unwrap();
@@ -127,15 +137,19 @@ fn a_sqlite3_writer_and_reader_beside_a_full_speed_crawl_see_no_busy_errors() {
             reader_status.success() && reader_errors.is_empty(),
             "reader: {reader_status:?} {reader_errors}"
         );
-        let done_while_writing: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'done'")
+        assert!(
+            (done_while_writing as usize) < preload + inserts,
+            "the crawl was still going when the writer finished"
+        );
+        // And the daemon wrote results all along while the shell inserted.
+        let overlap: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM results WHERE fetched_at BETWEEN ?1 AND ?2")
+                .bind(&writer_started)
+                .bind(&writer_ended)
                 .fetch_one(&sql)
                 .await
                 .unwrap();
-        assert!(
-            (done_while_writing as usize) < preload + inserts,
-            "the crawl was still going while the shells ran"
-        );
+        assert!(overlap > 0, "no result was stored while the shell inserted");
 
         let total = (preload + inserts) as i64;
         let deadline = Instant::now() + DEADLINE * 3;
@@ -154,11 +168,11 @@ fn a_sqlite3_writer_and_reader_beside_a_full_speed_crawl_see_no_busy_errors() {
             runtime::sleep(Duration::from_millis(50)).await;
         }
         let kill = Command::new("kill")
-            .args(["-TERM", &daemon.id().to_string()])
+            .args(["-TERM", &daemon.0.id().to_string()])
             .status()
             .unwrap();
         assert!(kill.success());
-        assert!(wait_exit(&mut daemon, "the daemon").await.success());
+        assert!(wait_exit(&mut daemon.0, "the daemon").await.success());
 
         let log = std::fs::read_to_string(&daemon_log).unwrap();
         let store_errors: Vec<&str> = log

@@ -19,6 +19,19 @@ use crawlq::runtime::{self, JoinHandle};
 use crawlq::settings::Settings;
 use crawlq::shutdown::{self, ShutdownTrigger};
 
+/// A spawned process (a daemon) that is killed if its test panics before stopping it, so
+/// that none outlives its test, eating CPU or holding the harness's output pipe open.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
