@@ -110,3 +110,39 @@ fn the_database_lives_in_the_volume() {
         "database {env} is outside the volume {volume}"
     );
 }
+
+#[test]
+fn base_images_are_build_arguments_and_the_context_leaves_out_builds_and_data() {
+    let steps = instructions(&dockerfile());
+    let args: Vec<&str> = steps
+        .iter()
+        .filter(|(word, _)| word == "ARG")
+        .filter_map(|(_, rest)| rest.split('=').next())
+        .collect();
+    let froms: Vec<&str> = steps
+        .iter()
+        .filter(|(word, _)| word == "FROM")
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        froms.len(),
+        2,
+        "a build stage and a runtime stage: {froms:?}"
+    );
+    for from in &froms {
+        let arg = from
+            .strip_prefix("${")
+            .and_then(|a| a.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("FROM {from} is not a build argument"));
+        assert!(args.contains(&arg), "FROM {from}: no ARG {arg}");
+    }
+    let ignored = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.dockerignore"))
+        .expect("the repository has a .dockerignore");
+    let lines: Vec<&str> = ignored.lines().map(str::trim).collect();
+    for needed in ["target", "data", "*.db", ".git"] {
+        assert!(
+            lines.contains(&needed),
+            ".dockerignore lacks {needed}: {lines:?}"
+        );
+    }
+}
