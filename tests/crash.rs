@@ -273,7 +273,9 @@ fn a_crawl_killed_twenty_times_ends_complete_with_nothing_lost_or_doubled() {
 
         // A last daemon finishes the crawl (the dead ones' leases expire on the way).
         let mut last = KillOnDrop(daemon(dir.path(), true));
-        let status = exit_within(&mut last.0, Duration::from_secs(120), "the last daemon").await;
+        // At 100 pages a second, with room for a loaded machine.
+        let limit = Duration::from_secs(60 + pages as u64 / 50);
+        let status = exit_within(&mut last.0, limit, "the last daemon").await;
         assert!(status.success(), "{status:?}");
 
         let sql = user_connection(&db).await;
