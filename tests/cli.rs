@@ -40,17 +40,7 @@ fn sigterm(child: &Child) {
 
 /// Waits for the process to exit, failing the test after `DEADLINE`.
 async fn exit_status(child: &mut Child) -> ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            panic!("crawlq did not exit within {DEADLINE:?}");
-        }
-        runtime::sleep(Duration::from_millis(20)).await;
-    }
+    common::exit_within(child, DEADLINE, "crawlq").await
 }
 
 /// Waits until the daemon has created the database at `path` and applied every migration.
@@ -779,14 +769,7 @@ fn a_second_daemon_on_the_same_database_refuses_to_start_but_a_restart_after_a_k
         let db = dir.path().join("data/crawlq.db");
         wait_for_database(&db).await;
         let sql = user_connection(&db).await;
-        wait_until("the first daemon's workers row", || async {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM workers")
-                .fetch_one(&sql)
-                .await
-                .unwrap()
-                == 1
-        })
-        .await;
+        common::wait_for_workers(&sql, 1).await;
 
         let mut second = KillOnDrop(
             crawlq(dir.path())
@@ -904,14 +887,7 @@ fn a_database_deleted_or_replaced_under_the_daemon_stops_it_with_the_reason() {
         let mut daemon = start();
         wait_for_database(&db).await;
         let sql = user_connection(&db).await;
-        wait_until("the daemon's workers row", || async {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM workers")
-                .fetch_one(&sql)
-                .await
-                .unwrap()
-                == 1
-        })
-        .await;
+        common::wait_for_workers(&sql, 1).await;
         sql.close().await;
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));

@@ -12,15 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::server::TestServer;
-use common::{user_connection, wait_until, KillOnDrop, DEADLINE};
+use common::{
+    exit_within, size_from_env, user_connection, wait_for_workers, wait_until, KillOnDrop, DEADLINE,
+};
 use crawlq::runtime::{self, block_on};
-
-fn from_env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The sqlite3 shell as the README tells users to run it, reading statements from stdin.
 fn sqlite3_shell(db: &Path, statements: String, log: &Path) -> Child {
@@ -38,23 +33,13 @@ fn sqlite3_shell(db: &Path, statements: String, log: &Path) -> Child {
 }
 
 async fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "{what} did not finish"
-        );
-        runtime::sleep(Duration::from_millis(20)).await;
-    }
+    exit_within(child, Duration::from_secs(180), what).await
 }
 
 #[test]
 fn a_sqlite3_writer_and_reader_beside_a_full_speed_crawl_see_no_busy_errors() {
     block_on(async {
-        let inserts = from_env("CONTENTION_INSERTS", 2_000);
+        let inserts = size_from_env("CONTENTION_INSERTS", 2_000);
         let preload = 1_000;
         let hosts = [
             TestServer::pages("127.0.0.1"),
@@ -85,13 +70,7 @@ fn a_sqlite3_writer_and_reader_beside_a_full_speed_crawl_see_no_busy_errors() {
         })
         .await;
         let sql = user_connection(&db).await;
-        wait_until("the daemon's workers row", || async {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM workers")
-                .fetch_one(&sql)
-                .await
-                .is_ok_and(|n| n == 1)
-        })
-        .await;
+        wait_for_workers(&sql, 1).await;
         // A backlog first, so that the daemon is at full speed when the shells start.
         let mut tx = sql.begin().await.unwrap();
         for i in 0..preload {

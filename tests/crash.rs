@@ -11,18 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::server::{Reply, TestServer};
-use common::{user_connection, wait_until, KillOnDrop, DEADLINE};
+use common::{exit_within, size_from_env, user_connection, wait_until, KillOnDrop, DEADLINE};
 use crawlq::runtime::{self, block_on};
 use sqlx::SqlitePool;
-
-/// The size of the run: pages in the generated site and kills. CI runs the defaults; a
-/// soak raises both with CRASH_PAGES and CRASH_KILLS.
-fn from_env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Page `i` links to the next page (so every page is reachable from /p/0) and to four
 /// others spread over the site, so that many pages are found several times over.
@@ -106,21 +97,6 @@ fn daemon(dir: &Path, exit_when_idle: bool) -> Child {
         command.arg("--exit-when-idle");
     }
     command.spawn().expect("crawlq starts")
-}
-
-/// Waits for `child` to exit, killing it and failing after `limit`.
-async fn exit_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{what}: no exit within {limit:?}");
-        }
-        runtime::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Inserts the crawl's seed, /p/0 with unlimited depth. Every kill of a daemon counts an
@@ -223,7 +199,10 @@ const DONE: &str = "SELECT COUNT(*) FROM jobs WHERE status = 'done'";
 #[test]
 fn a_crawl_killed_twenty_times_ends_complete_with_nothing_lost_or_doubled() {
     block_on(async {
-        let (pages, kills_wanted) = (from_env("CRASH_PAGES", 2_000), from_env("CRASH_KILLS", 20));
+        let (pages, kills_wanted) = (
+            size_from_env("CRASH_PAGES", 2_000),
+            size_from_env("CRASH_KILLS", 20),
+        );
         let server = site(pages);
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("data/crawlq.db");

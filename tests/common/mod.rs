@@ -32,6 +32,45 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Waits for a spawned process to exit; after `limit`, kills it and fails the test.
+pub async fn exit_within(
+    child: &mut std::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        runtime::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `count` daemons have registered in `workers` (the daemon is past its
+/// start-up: lock taken, database migrated, row written).
+pub async fn wait_for_workers(sql: &SqlitePool, count: i64) {
+    wait_until("the daemon's workers row", || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM workers")
+            .fetch_one(sql)
+            .await
+            .is_ok_and(|n| n == count)
+    })
+    .await;
+}
+
+/// A size for a test run from the environment (soak runs raise them), else `default`.
+pub fn size_from_env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// How long any single wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
