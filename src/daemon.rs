@@ -200,15 +200,14 @@ impl Daemon {
             owner = %self.owner,
             "crawlq started"
         );
-        let me = WorkerIdentity {
-            id: self.owner.clone(),
-            hostname: this_host(),
-            pid: std::process::id(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            heartbeat_every: s.daemon.heartbeat,
-        };
         self.store
-            .register_worker(&me)
+            .register_worker(&WorkerIdentity {
+                id: self.owner.clone(),
+                hostname: this_host(),
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                heartbeat_every: s.daemon.heartbeat,
+            })
             .await
             .map_err(|e| explained(&self.store, e))?;
         let mut scheduler = Scheduler::new(&self);
