@@ -129,6 +129,59 @@ fn selector(css: &str) -> Selector {
     Selector::parse(css).expect("built-in selector is valid")
 }
 
+/// The HTML parser's time grows with the square of the nesting depth (each start tag
+/// scans the stack of open elements): 100 000 nested `<div>`s take minutes. Real pages
+/// stay far below this depth.
+pub const MAX_NESTING: usize = 5_000;
+
+/// Where (a byte offset) the document first nests deeper than [`MAX_NESTING`], if it
+/// does. An estimate without parsing: start tags open, end tags close; void elements,
+/// self-closed tags, and the tags pages often leave open (`p`, `li`, `td`, …, which the
+/// parser closes by itself) are not counted.
+fn nesting_cut(html: &str) -> Option<usize> {
+    const NOT_COUNTED: [&str; 24] = [
+        "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr", "p", "li", "dt", "dd", "tr", "td", "th", "option", "tbody", "thead",
+        "colgroup",
+    ];
+    let bytes = html.as_bytes();
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(offset) = bytes[at..].iter().position(|&b| b == b'<') {
+        let start = at + offset;
+        at = start + 1;
+        let closing = bytes.get(at) == Some(&b'/');
+        let name_start = at + usize::from(closing);
+        let name_len = bytes[name_start..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
+        if name_len == 0 || !bytes[name_start].is_ascii_alphabetic() {
+            continue;
+        }
+        let name = html[name_start..name_start + name_len].to_ascii_lowercase();
+        if NOT_COUNTED.contains(&name.as_str()) {
+            continue;
+        }
+        if closing {
+            depth = depth.saturating_sub(1);
+            continue;
+        }
+        let tag_end = bytes[name_start..]
+            .iter()
+            .position(|&b| b == b'>')
+            .map_or(bytes.len(), |p| name_start + p);
+        if bytes[..tag_end].ends_with(b"/") {
+            continue;
+        }
+        depth += 1;
+        if depth > MAX_NESTING {
+            return Some(start);
+        }
+    }
+    None
+}
+
 static TITLE: LazyLock<Selector> = LazyLock::new(|| selector("title"));
 static META: LazyLock<Selector> = LazyLock::new(|| selector("meta[content]"));
 static BASE: LazyLock<Selector> = LazyLock::new(|| selector("base[href]"));
@@ -137,6 +190,17 @@ static LINKS: LazyLock<Selector> = LazyLock::new(|| selector("a[href], area[href
 /// Extracts title, description, links and the selectors' data from an HTML document.
 /// `page_url` is where the document was fetched from (after redirects).
 pub fn parse_html(html: &str, page_url: &Url, selectors: &SelectorSet) -> ParsedPage {
+    let html = match nesting_cut(html) {
+        Some(cut) => {
+            tracing::warn!(
+                parsed_bytes = cut,
+                of = html.len(),
+                "the page nests elements more than {MAX_NESTING} deep; parsing only the part before that"
+            );
+            &html[..cut]
+        }
+        None => html,
+    };
     let document = Html::parse_document(html);
 
     let title = document
@@ -338,6 +402,20 @@ pub fn is_html(content_type: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_nesting_is_cut_where_it_passes_the_limit_and_ordinary_pages_are_not() {
+        let deep = format!("<title>t</title>{}x", "<div>".repeat(MAX_NESTING + 10));
+        let cut = nesting_cut(&deep).expect("too deep");
+        assert_eq!(cut, "<title>t</title>".len() + MAX_NESTING * "<div>".len());
+        let open_paragraphs = format!("<body>{}</body>", "<p>text<br><img src=x/>".repeat(50_000));
+        assert_eq!(nesting_cut(&open_paragraphs), None);
+        let balanced = "<div><span>a</span></div>".repeat(50_000);
+        assert_eq!(nesting_cut(&balanced), None);
+        let url = Url::parse("http://a/").unwrap();
+        let page = parse_html(&deep, &url, &SelectorSet::from_optional_json(None).unwrap());
+        assert_eq!(page.title.as_deref(), Some("t"));
+    }
 
     fn page(html: &str, selectors: &str) -> ParsedPage {
         let set = SelectorSet::from_json(selectors).unwrap();
