@@ -94,6 +94,12 @@ fn trickle(stream: &mut TcpStream, bytes: &[u8], every: Duration) {
     }
 }
 
+/// Writes zeros until the client hangs up.
+fn endless(stream: &mut TcpStream) {
+    let block = [0u8; 64 * 1024];
+    while stream.write_all(&block).is_ok() {}
+}
+
 fn behave(path: &str, stream: &mut TcpStream) {
     const HTML: &str = "Content-Type: text/html\r\n";
     match path {
@@ -166,6 +172,21 @@ fn behave(path: &str, stream: &mut TcpStream) {
                 .as_bytes(),
             );
         }
+        "/five-gigabytes" => {
+            write(
+                stream,
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5368709120\r\n\r\n",
+            );
+            endless(stream);
+        }
+        "/endless-chunked" => {
+            write(
+                stream,
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n",
+            );
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+            while stream.write_all(chunk.as_bytes()).is_ok() {}
+        }
         "/redirect-without-location" => {
             write(stream, b"HTTP/1.1 302 Found\r\nContent-Length: 0\r\n\r\n");
         }
@@ -217,6 +238,14 @@ fn broken_servers_end_each_job_with_a_reason_and_the_daemon_keeps_going() {
             ),
             ("/length-too-long", "127.0.0.3"),
             ("/length-too-short", "done"),
+            (
+                "/five-gigabytes",
+                "response body is larger than fetch.max_body_bytes",
+            ),
+            (
+                "/endless-chunked",
+                "response body is larger than fetch.max_body_bytes",
+            ),
             ("/bad-chunks", "127.0.0.3"),
             ("/http-1.0", "done"),
             ("/informational-first", "done"),
@@ -275,7 +304,10 @@ fn broken_servers_end_each_job_with_a_reason_and_the_daemon_keeps_going() {
         assert_eq!(title_of("/informational-first").as_deref(), Some("finally"));
         // A Content-Length shorter than the body is believed: only its 20 bytes are read
         // (an unclosed <title> runs to the end of what was read).
-        assert_eq!(title_of("/length-too-short").as_deref(), Some("cut here</tit"));
+        assert_eq!(
+            title_of("/length-too-short").as_deref(),
+            Some("cut here</tit")
+        );
 
         let job = daemon.wait_finished(tls).await;
         assert_ne!(job.status, "done");
