@@ -1328,3 +1328,51 @@ fn hostile_rows_end_with_a_reason_or_a_documented_meaning() {
         daemon.stop().await;
     });
 }
+
+#[test]
+fn results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_is_lost() {
+    block_on(async {
+        let server = TestServer::pages("127.0.0.1");
+        let daemon = RunningDaemon::start(|s| {
+            s.limits.max_in_flight = std::num::NonZeroUsize::new(3).unwrap();
+        })
+        .await;
+        // Results cannot be written (as on a full disk), while claims still can.
+        execute(
+            &daemon.sql,
+            "CREATE TRIGGER no_room BEFORE INSERT ON results
+             BEGIN SELECT RAISE(ABORT, 'simulated full disk'); END",
+        )
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..10 {
+            ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
+        }
+        wait_until("the first three fetches", || async {
+            server.hits().len() == 3
+        })
+        .await;
+        // Several store retries (one a second) later, nothing more has been claimed.
+        crawlq::runtime::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            server.hits().len(),
+            3,
+            "it claimed while it could not store"
+        );
+        let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'failed'")
+            .fetch_one(&daemon.sql)
+            .await
+            .unwrap();
+        assert_eq!(failed, 0);
+
+        execute(&daemon.sql, "DROP TRIGGER no_room").await;
+        daemon.wait_all_done(&ids).await;
+        assert_eq!(
+            server.hits().len(),
+            10,
+            "each page fetched once, none again"
+        );
+        let report = daemon.stop().await;
+        assert!(report.store_errors >= 2, "{report:?}");
+    });
+}
