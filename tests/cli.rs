@@ -30,6 +30,23 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Runs a command that must be refused as bad configuration or usage (exit code 2) and
+/// returns what it printed on stderr.
+fn refused(command: &mut Command) -> String {
+    let out = output(command);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+/// Everything an exited child wrote to its piped stderr.
+fn stderr_of(child: &mut Child) -> String {
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr is piped"), &mut log)
+        .unwrap();
+    log
+}
+
 fn sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -103,8 +120,7 @@ fn the_readme_flow_works_on_a_fresh_directory() {
 
         sigterm(&daemon);
         let status = exit_status(&mut daemon).await;
-        let mut log = String::new();
-        std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut log).unwrap();
+        let log = stderr_of(&mut daemon);
         assert!(status.success(), "{status:?}\n{log}");
         assert!(log.contains("crawlq started"), "{log}");
         assert!(
@@ -240,9 +256,11 @@ fn add_status_and_migrate_subcommands() {
         );
     });
 
-    let out = output(crawlq(dir.path()).args(["add", "--database", "x.db", "ftp://nope/"]));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unsupported URL scheme \"ftp\""));
+    let stderr = refused(crawlq(dir.path()).args(["add", "--database", "x.db", "ftp://nope/"]));
+    assert!(
+        stderr.contains("unsupported URL scheme \"ftp\""),
+        "{stderr}"
+    );
 
     let out = output(crawlq(dir.path()).args(["status", "--database", "x.db"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -254,13 +272,12 @@ fn add_status_and_migrate_subcommands() {
 #[test]
 fn a_bad_setting_stops_start_up_naming_the_key_the_value_and_where_it_was_set() {
     let dir = tempfile::tempdir().unwrap();
-    let out = output(
-        crawlq(dir.path())
-            .arg("run")
-            .env("CRAWLQ__LIMITS__PER_HOST_RPS", "-2"),
-    );
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
+    let run = || {
+        let mut command = crawlq(dir.path());
+        command.arg("run");
+        command
+    };
+    let stderr = refused(run().env("CRAWLQ__LIMITS__PER_HOST_RPS", "-2"));
     assert!(
         stderr.contains(
             "`limits.per_host_rps` = -2 (set by environment variable CRAWLQ__LIMITS__PER_HOST_RPS)"
@@ -272,22 +289,11 @@ fn a_bad_setting_stops_start_up_naming_the_key_the_value_and_where_it_was_set() 
         "nothing touched before the config is valid"
     );
 
-    let out = output(
-        crawlq(dir.path())
-            .arg("run")
-            .env("CRAWLQ__LIMITS__PER_HOST_RPS", "fast"),
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("per_host_rps"),
-        "{}",
-        text(&out.stderr)
-    );
+    let stderr = refused(run().env("CRAWLQ__LIMITS__PER_HOST_RPS", "fast"));
+    assert!(stderr.contains("per_host_rps"), "{stderr}");
 
     std::fs::write(dir.path().join("c.toml"), "[fetch]\ntimeout_sec = 3\n").unwrap();
-    let out = output(crawlq(dir.path()).args(["run", "--config", "c.toml"]));
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
+    let stderr = refused(run().args(["--config", "c.toml"]));
     assert!(
         stderr.contains("timeout_sec") && stderr.contains("c.toml"),
         "{stderr}"
@@ -298,29 +304,19 @@ fn a_bad_setting_stops_start_up_naming_the_key_the_value_and_where_it_was_set() 
         "[limits.hosts.\"Example.com\"]\nburst = 0\n",
     )
     .unwrap();
-    let out = output(crawlq(dir.path()).args(["run", "--config", "hosts.toml"]));
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
+    let stderr = refused(run().args(["--config", "hosts.toml"]));
     assert!(
         stderr.contains("`limits.hosts.\"Example.com\".burst` = 0 (set by --config hosts.toml)"),
         "{stderr}"
     );
 
-    let out = output(
-        crawlq(dir.path())
-            .arg("run")
-            .env("CRAWLQ__DAEMON__LEASE_SECS", "10"),
-    );
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
+    let stderr = refused(run().env("CRAWLQ__DAEMON__LEASE_SECS", "10"));
     assert!(
         stderr.contains("`daemon.shutdown_grace_secs` = 8 (set by the built-in config/default.toml; `daemon.lease_secs` set by environment variable CRAWLQ__DAEMON__LEASE_SECS)"),
         "a value checked against another names both layers: {stderr}"
     );
 
-    let out = output(crawlq(dir.path()).args(["run", "--database", "sqlite::memory:"]));
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
+    let stderr = refused(run().args(["--database", "sqlite::memory:"]));
     assert!(stderr.contains("(set by --database)"), "{stderr}");
 }
 
@@ -780,8 +776,7 @@ fn a_second_daemon_on_the_same_database_refuses_to_start_but_a_restart_after_a_k
                 .unwrap(),
         );
         let status = exit_status(&mut second.0).await;
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(second.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let stderr = stderr_of(&mut second.0);
         assert_eq!(status.code(), Some(1), "{stderr}");
         assert!(
             stderr.contains("is in use by another running daemon")
@@ -835,7 +830,7 @@ fn of_two_daemons_started_at_once_on_a_new_database_exactly_one_runs() {
         let (mut a, mut b) = (start(), start());
         // One of them exits at once, refused, before touching the database.
         let started = Instant::now();
-        let refused = loop {
+        let loser = loop {
             assert!(started.elapsed() < DEADLINE, "both daemons kept running");
             if a.0.try_wait().unwrap().is_some() {
                 break &mut a;
@@ -845,9 +840,8 @@ fn of_two_daemons_started_at_once_on_a_new_database_exactly_one_runs() {
             }
             runtime::sleep(Duration::from_millis(10)).await;
         };
-        let status = exit_status(&mut refused.0).await;
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(refused.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        let status = exit_status(&mut loser.0).await;
+        let stderr = stderr_of(&mut loser.0);
         assert_eq!(status.code(), Some(1), "{stderr}");
         assert!(
             stderr.contains("is in use by another running daemon"),
@@ -878,12 +872,6 @@ fn a_database_deleted_or_replaced_under_the_daemon_stops_it_with_the_reason() {
                 .spawn()
                 .unwrap()
         };
-        let stderr_of = |child: &mut Child| {
-            let mut log = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
-            log
-        };
-
         let mut daemon = start();
         wait_for_database(&db).await;
         let sql = user_connection(&db).await;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::server::{Reply, TestServer};
-use common::{exit_within, size_from_env, user_connection, wait_until, KillOnDrop, DEADLINE};
+use common::{
+    exit_within, size_from_env, user_connection, wait_for_workers, wait_until, KillOnDrop, DEADLINE,
+};
 use crawlq::runtime::{self, block_on};
 use sqlx::SqlitePool;
 
@@ -220,12 +222,7 @@ fn a_crawl_killed_twenty_times_ends_complete_with_nothing_lost_or_doubled() {
             let mut child = KillOnDrop(daemon(dir.path(), false));
             if kills == 0 {
                 // The first start creates the database; then the crawl is queued.
-                wait_for_count(
-                    &user_connection_when_ready(&db).await,
-                    "SELECT COUNT(*) FROM workers",
-                    1,
-                )
-                .await;
+                wait_for_workers(&user_connection_when_ready(&db).await, 1).await;
                 let sql = user_connection(&db).await;
                 queue_the_crawl(&sql, &server).await;
                 sql.close().await;
@@ -330,7 +327,7 @@ fn sigterm_during_a_full_speed_crawl_exits_0_within_the_grace_period_and_loses_n
         // The defaults but the rate: lease 60 s, grace 8 s.
         let mut child = KillOnDrop(crawler(dir.path(), "1000000").spawn().unwrap());
         let sql = user_connection_when_ready(&db).await;
-        wait_for_count(&sql, "SELECT COUNT(*) FROM workers", 1).await;
+        wait_for_workers(&sql, 1).await;
         queue_the_crawl(&sql, &server).await;
         wait_for_count(&sql, DONE, 300).await;
         wait_until("a 30 s page in flight", || async {
