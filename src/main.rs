@@ -1,6 +1,7 @@
 //! The `crawlq` command line. Errors become exit codes here and nowhere else:
 //! 0 success, 1 a runtime failure (database, network client), 2 bad configuration or usage.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -103,7 +104,9 @@ fn main() -> ExitCode {
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("crawlq: {}", failure.message);
+            // Not eprintln!: it panics when stderr cannot be written (a full disk), which
+            // would turn this exit code into 101.
+            let _ = writeln!(std::io::stderr(), "crawlq: {}", failure.message);
             ExitCode::from(failure.code)
         }
     }
@@ -152,7 +155,7 @@ async fn run(settings: Settings, options: RunOptions) -> Result<(), Failure> {
             trigger.fire();
         } else {
             // Leases make this safe: whatever was running is claimable again once they expire.
-            eprintln!("crawlq: second signal; exiting now");
+            let _ = writeln!(std::io::stderr(), "crawlq: second signal; exiting now");
             std::process::exit(130);
         }
     })

@@ -83,14 +83,14 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
-    #[error("database {path}: could not open: {source}")]
+    #[error("database {path}: could not open: {source}{}", advice(.source))]
     Open { path: String, source: sqlx::Error },
-    #[error("database {path}: could not apply migrations: {source}")]
+    #[error("database {path}: could not apply migrations: {source}{}", migrate_advice(.source))]
     Migrate {
         path: String,
         source: sqlx::migrate::MigrateError,
     },
-    #[error("database error while {doing}: {source}")]
+    #[error("database error while {doing}: {source}{}", advice(.source))]
     Query {
         doing: &'static str,
         source: sqlx::Error,
@@ -100,6 +100,49 @@ pub enum StoreError {
          would go to a file nobody can see (restart the daemon to open the database again)"
     )]
     FileGone { path: String, what: &'static str },
+}
+
+/// What an operator should do about a database error, for the errors that come from the
+/// machine rather than from crawlq (SQLite's own messages say what, not why).
+fn advice(error: &sqlx::Error) -> &'static str {
+    let code = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .and_then(|code| code.parse::<i32>().ok());
+    // Extended result codes carry the primary code in their low byte.
+    match code.map(|code| code & 0xff) {
+        Some(5 | 6) => {
+            " (another connection held the database locked for longer than \
+             database.busy_timeout_ms: is a client keeping a transaction open?)"
+        }
+        Some(8) => {
+            " (the daemon's user cannot write the database: check the permissions of the \
+             file, its -wal and -shm files and its directory, and that the file system is \
+             not mounted read-only)"
+        }
+        Some(10) => {
+            " (a read or write of the disk failed: is the disk full, or the file over a \
+             quota or file size limit? Free space and the daemon resumes by itself)"
+        }
+        Some(11 | 26) => {
+            " (the file is damaged or not a database: run PRAGMA integrity_check and \
+             restore a backup)"
+        }
+        Some(13) => " (the disk is full: free space and the daemon resumes by itself)",
+        Some(14) => {
+            " (the file or its directory cannot be opened: deleted, moved, or its \
+             permissions changed?)"
+        }
+        _ => "",
+    }
+}
+
+fn migrate_advice(error: &sqlx::migrate::MigrateError) -> &'static str {
+    match error {
+        sqlx::migrate::MigrateError::Execute(e)
+        | sqlx::migrate::MigrateError::ExecuteMigration(e, _) => advice(e),
+        _ => "",
+    }
 }
 
 trait Doing<T> {
@@ -353,6 +396,19 @@ impl Store {
             .map_err(open_error)?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // SQLite rolls a transaction back by itself when a write fails for want of room
+            // (SQLITE_FULL, SQLITE_IOERR). sqlx does not notice: its ROLLBACK then fails
+            // ("no transaction is active"), it goes on counting the transaction as open,
+            // and the connection's next `begin()` becomes a SAVEPOINT that starts a real
+            // transaction nothing ever commits. That connection holds the write lock for
+            // good, sees its own writes that nobody else sees, and every other writer
+            // gets "database is locked". A connection in that state is closed, not reused
+            // (its close rolls back whatever it holds). By the time it is acquired again,
+            // the queued ROLLBACK and the pool's release ping have run, so the count is
+            // settled.
+            .before_acquire(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect_with(options.create_if_missing(false))
             .await
             .map_err(|source| StoreError::Open {

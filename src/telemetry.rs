@@ -34,7 +34,11 @@ pub fn init(log: &LogSettings) -> Result<(), BadLogLevel> {
         .with_writer(|| Scrubbed(std::io::stderr()))
         // Colour only for a person at a terminal, not for files and log shippers.
         .with_ansi(std::io::stderr().is_terminal())
-        .with_span_events(FmtSpan::CLOSE);
+        .with_span_events(FmtSpan::CLOSE)
+        // On a log that cannot be written (its disk is full) the default reports the
+        // failure with `eprintln!`, which panics on that same stderr: in a database worker
+        // thread or the main task, and the daemon dies. The lines are dropped instead.
+        .log_internal_errors(false);
     let _already_installed = match log.format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -8,19 +8,11 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::server::{Reply, TestServer};
-use common::{insert_job, job_row, user_connection, wait_until, KillOnDrop, DEADLINE};
+use common::{
+    crawlq, insert_job, job_row, sigterm, stderr_of, user_connection, wait_for_database,
+    wait_until, KillOnDrop, DEADLINE,
+};
 use crawlq::runtime::{self, block_on};
-
-fn crawlq(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_crawlq"));
-    command
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("CRAWLQ__DAEMON__POLL_INTERVAL_MS", "20")
-        .env("CRAWLQ__RETRY__BACKOFF_INITIAL_MS", "50")
-        .stdin(Stdio::null());
-    command
-}
 
 fn output(command: &mut Command) -> Output {
     command.output().expect("crawlq runs")
@@ -39,46 +31,9 @@ fn refused(command: &mut Command) -> String {
     stderr
 }
 
-/// Everything an exited child wrote to its piped stderr.
-fn stderr_of(child: &mut Child) -> String {
-    let mut log = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr is piped"), &mut log)
-        .unwrap();
-    log
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
 /// Waits for the process to exit, failing the test after `DEADLINE`.
 async fn exit_status(child: &mut Child) -> ExitStatus {
     common::exit_within(child, DEADLINE, "crawlq").await
-}
-
-/// Waits until the daemon has created the database at `path` and applied every migration.
-async fn wait_for_database(path: &Path) {
-    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
-        .unwrap()
-        .count() as i64;
-    wait_until("the daemon to create and migrate the database", || async {
-        if !path.exists() {
-            return false;
-        }
-        let sql = user_connection(path).await;
-        let migrated =
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
-                .fetch_one(&sql)
-                .await
-                .is_ok_and(|n| n == migrations);
-        sql.close().await;
-        migrated
-    })
-    .await;
 }
 
 #[test]
@@ -856,73 +811,6 @@ fn of_two_daemons_started_at_once_on_a_new_database_exactly_one_runs() {
         wait_for_database(&db).await;
         sigterm(&running.0);
         assert!(exit_status(&mut running.0).await.success());
-    });
-}
-
-#[test]
-fn a_database_deleted_or_replaced_under_the_daemon_stops_it_with_the_reason() {
-    block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("data/crawlq.db");
-        let start = || {
-            crawlq(dir.path())
-                .arg("run")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        };
-        let mut daemon = start();
-        wait_for_database(&db).await;
-        let sql = user_connection(&db).await;
-        common::wait_for_workers(&sql, 1).await;
-        sql.close().await;
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-        }
-        let status = exit_status(&mut daemon).await;
-        let log = stderr_of(&mut daemon);
-        assert_eq!(status.code(), Some(1), "{log}");
-        assert!(
-            log.contains("data/crawlq.db was deleted while the daemon was using it"),
-            "{log}"
-        );
-
-        // A restore that puts another file in its place.
-        let mut daemon = start();
-        wait_for_database(&db).await;
-        let copy = dir.path().join("copy.db");
-        let sql = user_connection(&db).await;
-        sqlx::query("VACUUM INTO ?1")
-            .bind(copy.display().to_string())
-            .execute(&sql)
-            .await
-            .unwrap();
-        sql.close().await;
-        let restored = user_connection(&copy).await;
-        sqlx::query("CREATE TABLE restore_marker (x)")
-            .execute(&restored)
-            .await
-            .unwrap();
-        restored.close().await;
-        std::fs::rename(&copy, &db).unwrap();
-        let status = exit_status(&mut daemon).await;
-        let log = stderr_of(&mut daemon);
-        assert_eq!(status.code(), Some(1), "{log}");
-        assert!(log.contains("was replaced by another file"), "{log}");
-        // The restored file is intact: the daemon's write-ahead log, shared by path, was
-        // emptied instead of being left to be replayed over it.
-        let sql = user_connection(&db).await;
-        let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
-            .fetch_one(&sql)
-            .await
-            .unwrap();
-        assert_eq!(integrity, "ok");
-        let marker: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM restore_marker")
-            .fetch_one(&sql)
-            .await
-            .expect("the restored file's own table is there");
-        assert_eq!(marker, 0);
     });
 }
 

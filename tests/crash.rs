@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::server::{Reply, TestServer};
 use common::{
-    exit_within, size_from_env, user_connection, wait_for_workers, wait_until, KillOnDrop, DEADLINE,
+    exit_within, sigterm, size_from_env, user_connection, wait_for_workers, wait_until, KillOnDrop,
+    DEADLINE,
 };
 use crawlq::runtime::{self, block_on};
 use sqlx::SqlitePool;
@@ -336,11 +337,7 @@ fn sigterm_during_a_full_speed_crawl_exits_0_within_the_grace_period_and_loses_n
         .await;
 
         let signalled = Instant::now();
-        let kill = Command::new("kill")
-            .args(["-TERM", &child.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
+        sigterm(&child.0);
         let requested_before: Vec<String> = server.hits().into_iter().map(|h| h.path).collect();
         // The grace period is 8 s; the margin is for a loaded machine.
         let status = exit_within(&mut child.0, Duration::from_secs(10), "SIGTERM").await;

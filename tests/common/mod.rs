@@ -63,6 +63,57 @@ pub async fn wait_for_workers(sql: &SqlitePool, count: i64) {
     .await;
 }
 
+/// The built `crawlq` binary, run in `dir` (so the default `data/crawlq.db` lands there)
+/// with fast polling and retries; the caller adds the subcommand.
+pub fn crawlq(dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_crawlq"));
+    command
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("CRAWLQ__DAEMON__POLL_INTERVAL_MS", "20")
+        .env("CRAWLQ__RETRY__BACKOFF_INITIAL_MS", "50")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
+/// Sends SIGTERM, as `docker stop` and systemd do.
+pub fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Everything an exited child wrote to its piped stderr.
+pub fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr is piped"), &mut log)
+        .unwrap();
+    log
+}
+
+/// Waits until the daemon has created the database at `path` and applied every migration.
+pub async fn wait_for_database(path: &Path) {
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count() as i64;
+    wait_until("the daemon to create and migrate the database", || async {
+        if !path.exists() {
+            return false;
+        }
+        let sql = user_connection(path).await;
+        let migrated =
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
+                .fetch_one(&sql)
+                .await
+                .is_ok_and(|n| n == migrations);
+        sql.close().await;
+        migrated
+    })
+    .await;
+}
+
 /// A size for a test run from the environment (soak runs raise them), else `default`.
 pub fn size_from_env(name: &str, default: usize) -> usize {
     std::env::var(name)
