@@ -37,7 +37,7 @@ say() { printf '\n== %s\n' "$*"; }
 fail() {
     printf 'FAIL: %s\n' "$*" >&2
     if [[ -n ${db:-} && -f $db ]]; then
-        sqlite3 -cmd '.timeout 5000' "$db" "SELECT id, status, url, error FROM jobs" >&2 || true
+        sqlite3 -cmd '.timeout 30000' "$db" "SELECT id, status, url, error FROM jobs" >&2 || true
     fi
     podman logs --tail 20 "$container" >&2 2>/dev/null || true
     exit 1
@@ -173,7 +173,7 @@ stop_daemon() { # prints the exit code
 }
 data=$(podman volume inspect --format '{{.Mountpoint}}' "$volume")
 db=$data/crawlq.db
-sql() { sqlite3 -cmd '.timeout 5000' "$db" "$@"; }
+sql() { sqlite3 -cmd '.timeout 30000' "$db" "$@"; }
 selectors='{"title":"title","price":"span.price"}'
 insert_here() { # page numbers: this machine's sqlite3 on the volume's file
     for i in "$@"; do

@@ -385,13 +385,13 @@ impl Store {
             path: path.clone(),
             source,
         };
-        options
+        // Kept open until the pool is up and migrated: the last connection to close
+        // checkpoints the write-ahead log into the file and deletes it, syncing the disk
+        // while it holds the write lock, so a user's insert could wait on that for nothing.
+        let first = options
             .clone()
             .create_if_missing(true)
             .connect()
-            .await
-            .map_err(open_error)?
-            .close()
             .await
             .map_err(open_error)?;
         let pool = SqlitePoolOptions::new()
@@ -422,6 +422,7 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
+        first.close().await.map_err(open_error)?;
         let file = DatabaseFile {
             path: settings.path.clone(),
             identity: file_identity(&settings.path).map_err(|source| StoreError::Inspect {
