@@ -270,7 +270,8 @@ impl Crawler {
         let mut url = robots_url;
         for _ in 0..=ROBOTS_MAX_REDIRECTS {
             let host = job::host_key(&url).expect("robots.txt URLs have a host");
-            self.limits.until_ready(&host, None).await;
+            // robots.txt itself is not under the Crawl-delay it may hold.
+            let _no_turn = self.limits.until_ready(&host, None).await;
             let options = GetOptions {
                 cut_body_at: Some(robots::MAX_ROBOTS_BYTES),
                 if_changed: None,
@@ -313,7 +314,8 @@ impl Crawler {
             let url = chain.last().expect("chain starts non-empty").clone();
             let host = job::host_key(&url).expect("checked URLs have a host");
             let crawl_delay = self.ask_robots(&url, &host, chain.len() == 1).await?;
-            self.limits.until_ready(&host, crawl_delay).await;
+            // Held until this hop's response is in (dropped with this loop turn).
+            let _turn = self.limits.until_ready(&host, crawl_delay).await;
             let options = GetOptions {
                 if_changed: if_changed.filter(|_| chain.len() == 1),
                 cut_body_at: None,

@@ -4,8 +4,10 @@
 //! governor's keyed limiter keeps a state per key forever, so [`RateLimits::prune`] must
 //! be called now and then (the daemon does it in its housekeeping) to forget idle hosts.
 //!
-//! A robots.txt Crawl-delay adds a second, slower limiter for that host; a request waits
-//! for both, so a Crawl-delay can only slow a host down, never speed it past its quota.
+//! A robots.txt Crawl-delay is a wait between one request's end and the next one's start
+//! (as the sites that define it mean it): requests to that host go one at a time, each
+//! holding a [`CrawlDelayTurn`] until it ends. They also wait for the quota, so a
+//! Crawl-delay can only slow a host down, never speed it past its quota.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::runtime::{AsyncMutex, AsyncMutexGuardArc};
 use crate::settings::{LimitSettings, Rate};
 
 pub struct RateLimits {
@@ -29,24 +32,32 @@ pub struct RateLimits {
 }
 
 struct CrawlDelay {
-    limiter: Arc<DefaultDirectRateLimiter>,
+    /// When the host's last request ended; locked while a request is under way.
+    last_ended: Arc<AsyncMutex<Instant>>,
     interval: Duration,
     last_used: Instant,
 }
 
 impl CrawlDelay {
     fn new(interval: Duration, now: Instant) -> CrawlDelay {
-        let limiter = RateLimiter::direct(
-            Quota::with_period(interval).expect("a crawl delay slower than a quota is positive"),
-        );
-        // The request that fetched robots.txt (and any before) used the host's quota just
-        // now: the first request under the delay waits a whole interval too.
-        let _ = limiter.check();
+        // The request that fetched robots.txt ended just now: the first request under the
+        // delay waits a whole interval too.
         CrawlDelay {
-            limiter: Arc::new(limiter),
+            last_ended: Arc::new(AsyncMutex::new(now)),
             interval,
             last_used: now,
         }
+    }
+}
+
+/// A request's turn on a host with a Crawl-delay. Keep it until the request has ended,
+/// however it ends: the next request to the host waits for it, then for the delay.
+#[must_use = "the turn must be held for as long as the request runs"]
+pub struct CrawlDelayTurn(AsyncMutexGuardArc<Instant>);
+
+impl Drop for CrawlDelayTurn {
+    fn drop(&mut self) {
+        *self.0 = Instant::now();
     }
 }
 
@@ -81,18 +92,29 @@ impl RateLimits {
     /// Waits until one request to `host` is allowed: the host's quota first, then the
     /// global one. Taking the host's cell first means a global wait can only make the host
     /// slower than its quota, never faster.
-    /// With a `crawl_delay` (from robots.txt), requests to the host are also kept at
-    /// least that far apart.
+    /// With a `crawl_delay` (from robots.txt) slower than the quota, it first waits for
+    /// the host's previous request to end and for the delay after it, and returns the turn
+    /// that the caller holds until its request ends.
     #[tracing::instrument(level = "debug", name = "rate_limit_wait", skip(self))]
-    pub async fn until_ready(&self, host: &str, crawl_delay: Option<Duration>) {
+    pub async fn until_ready(
+        &self,
+        host: &str,
+        crawl_delay: Option<Duration>,
+    ) -> Option<CrawlDelayTurn> {
+        let turn = match crawl_delay.and_then(|d| self.crawl_delay_of(host, d)) {
+            Some((last_ended, interval)) => {
+                let last_ended = last_ended.lock_arc().await;
+                let wait = (*last_ended + interval).saturating_duration_since(Instant::now());
+                crate::runtime::sleep(wait).await;
+                Some(CrawlDelayTurn(last_ended))
+            }
+            None => None,
+        };
         loop {
             // A pause can be set (or lengthened) while we wait, for the quota too: look
             // again after every wait, and only go when no pause stands.
             while let Some(left) = self.pause_left(host) {
                 crate::runtime::sleep(left).await;
-            }
-            if let Some(delay) = crawl_delay.and_then(|d| self.crawl_delay_limiter(host, d)) {
-                delay.until_ready().await;
             }
             match self.overrides.get(host) {
                 Some((limiter, _)) => limiter.until_ready().await,
@@ -102,7 +124,7 @@ impl RateLimits {
                 global.until_ready().await;
             }
             if self.pause_left(host).is_none() {
-                return;
+                return turn;
             }
         }
     }
@@ -115,13 +137,14 @@ impl RateLimits {
         *entry = (*entry).max(until);
     }
 
-    /// The Crawl-delay limiter of `host`, made (or remade, if the delay changed) on first
-    /// use. None when the delay is not slower than the host's own quota.
-    fn crawl_delay_limiter(
+    /// The Crawl-delay state of `host` (when its last request ended) and the delay, made
+    /// (or remade, if the delay changed) on first use. None when the delay is not slower
+    /// than the host's own quota.
+    fn crawl_delay_of(
         &self,
         host: &str,
         interval: Duration,
-    ) -> Option<Arc<DefaultDirectRateLimiter>> {
+    ) -> Option<(Arc<AsyncMutex<Instant>>, Duration)> {
         if interval <= self.quota_interval(host) {
             return None;
         }
@@ -136,7 +159,7 @@ impl RateLimits {
             })
             .or_insert_with(|| CrawlDelay::new(interval, now));
         entry.last_used = now;
-        Some(entry.limiter.clone())
+        Some((entry.last_ended.clone(), interval))
     }
 
     /// The time between requests the host's configured quota allows.
@@ -162,13 +185,13 @@ impl RateLimits {
             .lock()
             .expect("pause map lock")
             .retain(|_, until| *until > now);
-        // Idle for a whole interval with nobody waiting on it: the limiter is back to
-        // full, so a new one made later behaves the same.
+        // Idle for a whole interval with no request holding or awaiting a turn: a new
+        // entry made later (it waits one interval) is no faster.
         self.delayed
             .lock()
             .expect("crawl delay map lock")
             .retain(|_, d| {
-                Arc::strong_count(&d.limiter) > 1 || now.duration_since(d.last_used) < d.interval
+                Arc::strong_count(&d.last_ended) > 1 || now.duration_since(d.last_used) < d.interval
             });
     }
 
@@ -191,7 +214,7 @@ mod tests {
         crate::runtime::block_on(async {
             let started = Instant::now();
             for _ in 0..3 {
-                limits.until_ready("a.example", None).await;
+                let _no_turn = limits.until_ready("a.example", None).await;
             }
             // Burst 1 at 20/s: the 2nd and 3rd requests wait 50 ms each.
             assert!(
@@ -200,7 +223,7 @@ mod tests {
                 started.elapsed()
             );
             let other = Instant::now();
-            limits.until_ready("b.example", None).await;
+            let _no_turn = limits.until_ready("b.example", None).await;
             assert!(
                 other.elapsed() < Duration::from_millis(40),
                 "{:?}",
@@ -215,7 +238,7 @@ mod tests {
         let limits = RateLimits::new(&settings.limits);
         crate::runtime::block_on(async {
             for i in 0..50 {
-                limits.until_ready(&format!("h{i}.example"), None).await;
+                let _no_turn = limits.until_ready(&format!("h{i}.example"), None).await;
             }
         });
         assert_eq!(limits.tracked_hosts(), 50);

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 /// A lock that can be held across an `.await` (a task waits for it without blocking a thread).
 pub use async_std::sync::Mutex as AsyncMutex;
+/// A guard of an [`AsyncMutex`] held through an `Arc`, so it can outlive the borrow.
+pub use async_std::sync::MutexGuardArc as AsyncMutexGuardArc;
 pub use async_std::task::JoinHandle;
 
 /// Runs a future to completion on the current thread (the entry point of `main` and tests).
