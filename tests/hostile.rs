@@ -100,6 +100,35 @@ fn endless(stream: &mut TcpStream) {
     while stream.write_all(&block).is_ok() {}
 }
 
+/// A gzip body that never ends and inflates ~1 000-fold: 1 MiB of zeros per ~1 KiB sent,
+/// without end (a gigabyte for a megabyte). Deflate blocks ended by a sync flush are byte
+/// aligned, and a block of zeros only refers back to zeros, so the same block can follow
+/// itself for ever.
+fn gzip_bomb(stream: &mut TcpStream) {
+    use flate2::{Compress, Compression, FlushCompress};
+    let zeros = vec![0u8; 1 << 20];
+    let mut deflate = Compress::new(Compression::best(), false);
+    let mut block = |deflate: &mut Compress| {
+        let mut out = Vec::with_capacity(4096);
+        deflate
+            .compress_vec(&zeros, &mut out, FlushCompress::Sync)
+            .unwrap();
+        out
+    };
+    let first = block(&mut deflate);
+    let repeated = block(&mut deflate);
+    // The gzip header: magic, deflate, no flags, no time, no extra flags, unknown OS.
+    let mut start = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    start.extend_from_slice(&first);
+    write(
+        stream,
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\n\r\n",
+    );
+    write(stream, &start);
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until && stream.write_all(&repeated).is_ok() {}
+}
+
 fn behave(path: &str, stream: &mut TcpStream) {
     const HTML: &str = "Content-Type: text/html\r\n";
     match path {
@@ -187,6 +216,7 @@ fn behave(path: &str, stream: &mut TcpStream) {
             let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
             while stream.write_all(chunk.as_bytes()).is_ok() {}
         }
+        "/gzip-bomb" => gzip_bomb(stream),
         "/redirect-without-location" => {
             write(stream, b"HTTP/1.1 302 Found\r\nContent-Length: 0\r\n\r\n");
         }
@@ -247,6 +277,10 @@ fn broken_servers_end_each_job_with_a_reason_and_the_daemon_keeps_going() {
                 "response body is larger than fetch.max_body_bytes",
             ),
             ("/bad-chunks", "127.0.0.3"),
+            (
+                "/gzip-bomb",
+                "response body is larger than fetch.max_body_bytes",
+            ),
             ("/http-1.0", "done"),
             ("/informational-first", "done"),
             ("/redirect-without-location", "HTTP 302 Found"),
