@@ -108,7 +108,7 @@ fn gzip_bomb(stream: &mut TcpStream) {
     use flate2::{Compress, Compression, FlushCompress};
     let zeros = vec![0u8; 1 << 20];
     let mut deflate = Compress::new(Compression::best(), false);
-    let mut block = |deflate: &mut Compress| {
+    let block = |deflate: &mut Compress| {
         let mut out = Vec::with_capacity(4096);
         deflate
             .compress_vec(&zeros, &mut out, FlushCompress::Sync)
