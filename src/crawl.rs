@@ -413,7 +413,7 @@ impl Crawler {
         let span = tracing::debug_span!("parse", bytes);
         let body = response.body;
         let content_type = response.content_type;
-        let (parsed, gzipped) = runtime::spawn_blocking(move || {
+        let (parsed, gzipped) = runtime::run_cpu_bound(move || {
             span.in_scope(|| {
                 let gzipped = keep_body.then(|| body::gzip(&body));
                 let parsed = html.then(|| {

@@ -271,8 +271,7 @@ impl Fetcher {
         // The declared length is a hint from the server, not a promise: cap the up-front
         // allocation so a lying Content-Length cannot reserve the whole body limit.
         let initial = declared_length.unwrap_or(16 * 1024).min(limit).min(1 << 20);
-        let mut buffer = Vec::with_capacity(initial as usize);
-        body.read_to_end(&mut buffer)
+        let mut buffer = read_capped(&mut body, initial as usize, limit as usize + 1)
             .await
             .map_err(|e| FetchError::Network {
                 host: host.to_owned(),
@@ -441,6 +440,31 @@ fn ascii_header_value(bytes: &[u8]) -> String {
         }
     }
     value
+}
+
+/// Reads `body` to its end (at most `most` bytes: the caller's `take`). Capacity doubles as
+/// `read_to_end`'s does, but never past `most`: a body cut at the 10 MB limit then holds
+/// 10 MB, not the 16 MB `read_to_end` would reserve (and 24 MB while copying to it).
+async fn read_capped(
+    body: &mut (impl futures_lite::AsyncRead + Unpin),
+    initial: usize,
+    most: usize,
+) -> std::io::Result<Vec<u8>> {
+    use futures_lite::AsyncReadExt;
+    let mut buffer = Vec::with_capacity(initial.min(most));
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let read = body.read(&mut chunk).await?;
+        if read == 0 {
+            return Ok(buffer);
+        }
+        let needed = buffer.len() + read;
+        if needed > buffer.capacity() {
+            let grown = (buffer.capacity() * 2).clamp(needed, most.max(needed));
+            buffer.reserve_exact(grown - buffer.len());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
 }
 
 #[cfg(test)]

@@ -163,7 +163,7 @@ impl Robots {
         let origin_owned = origin.to_owned();
         // Parsing a large robots.txt compiles many patterns: keep it off the I/O threads.
         let policy =
-            runtime::spawn_blocking(move || policy_of(&answer, &agent, &origin_owned)).await;
+            runtime::run_cpu_bound(move || policy_of(&answer, &agent, &origin_owned)).await;
         let entry = Cached {
             policy: Arc::new(policy),
             expires: Instant::now() + fresh_for,

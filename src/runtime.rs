@@ -4,6 +4,7 @@
 //! these functions, so moving to another executor means rewriting only this file.
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// A lock that can be held across an `.await` (a task waits for it without blocking a thread).
@@ -26,12 +27,19 @@ where
     async_std::task::spawn(future)
 }
 
-/// Runs CPU-bound or blocking work (HTML parsing) off the threads that drive I/O.
-pub async fn spawn_blocking<F, T>(work: F) -> T
+/// Runs CPU-bound work (HTML parsing, robots.txt rules) off the threads that drive I/O,
+/// at most one piece per core at a time: more would only share the cores, and each piece
+/// holds its page's DOM (tens of MB for a page of 100 000 links) while it runs.
+pub async fn run_cpu_bound<F, T>(work: F) -> T
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
+    static CORES: OnceLock<async_lock::Semaphore> = OnceLock::new();
+    let cores = CORES.get_or_init(|| {
+        async_lock::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+    let _core = cores.acquire().await;
     async_std::task::spawn_blocking(work).await
 }
 
