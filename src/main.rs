@@ -184,9 +184,19 @@ async fn add(
     for url in &urls {
         job::admit(url, selectors.as_deref(), &plain, &filter).map_err(Failure::config)?;
     }
+    let new_database = !settings.database.path.exists();
     let store = Store::open(&settings.database)
         .await
         .map_err(Failure::runtime)?;
+    if new_database {
+        // Not an error (adding jobs before the first `run` is fine), but a mistyped path
+        // would otherwise queue jobs where no daemon looks.
+        let _ = writeln!(
+            std::io::stderr(),
+            "crawlq: created a new database at {} (it did not exist)",
+            settings.database.path.display()
+        );
+    }
     for url in &urls {
         let id = store
             .insert_job(url, priority, selectors.as_deref())

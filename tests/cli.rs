@@ -195,6 +195,15 @@ fn add_status_and_migrate_subcommands() {
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "1\n2\n");
+    assert_eq!(text(&out.stderr), "", "x.db existed: nothing to say");
+    // A path that does not exist (a typo?) is created, and `add` says so.
+    let out = output(crawlq(dir.path()).args(["add", "--database", "typo.db", "http://a.test/"]));
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("created a new database at typo.db (it did not exist)"),
+        "{}",
+        text(&out.stderr)
+    );
 
     block_on(async {
         let sql = user_connection(&dir.path().join("x.db")).await;
