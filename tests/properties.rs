@@ -1,7 +1,7 @@
 //! Property tests (proptest) for the code that takes arbitrary input: URL admission and
 //! canonicalisation, HTML parsing, and the log scrubber. 256 cases each in `cargo test`;
 //! `PROPTEST_CASES=100000 cargo test --release --test properties` runs longer (scripts/soak.sh).
-//! A failing case is saved under `proptest-regressions/` and replayed on every run.
+//! A failing case is saved in `tests/properties.proptest-regressions` and replayed on every run.
 
 use std::collections::BTreeSet;
 
