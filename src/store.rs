@@ -1383,19 +1383,6 @@ async fn queue_children(
     parent: &ClaimedJob,
     children: &[Child],
 ) -> Result<(), StoreError> {
-    let room: Option<i64> = sqlx::query_scalar(
-        "SELECT MAX(0, CAST(max_pages AS INTEGER) - crawl_size) FROM jobs WHERE id = ?1",
-    )
-    .bind(parent.root_id)
-    .fetch_optional(&mut **tx)
-    .await
-    .doing("queueing links")?
-    .flatten();
-    // No root row (deleted by the user) or no budget: no limit. SQLite reads LIMIT -1 so.
-    let room = room.unwrap_or(-1);
-    if room == 0 {
-        return Ok(());
-    }
     let links: Vec<(&str, &str)> = children
         .iter()
         .map(|c| (c.url.as_str(), c.host.as_str()))
@@ -1414,13 +1401,15 @@ async fn queue_children(
             AND NOT EXISTS (SELECT 1 FROM jobs d
                              WHERE d.root_id = ?2 AND d.canonical_url = l.value ->> 0)
           ORDER BY l.key
-          LIMIT ?4
+          -- The crawl's page budget left; no root row (deleted by the user) or no budget
+          -- is no limit, which SQLite reads from LIMIT -1.
+          LIMIT COALESCE((SELECT MAX(0, CAST(max_pages AS INTEGER) - crawl_size)
+                            FROM jobs WHERE id = ?2), -1)
          ON CONFLICT DO NOTHING",
     )
     .bind(parent.id.0)
     .bind(parent.root_id)
     .bind(links)
-    .bind(room)
     .execute(&mut **tx)
     .await
     .doing("queueing links")?
