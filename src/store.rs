@@ -822,7 +822,15 @@ impl Store {
             return Ok(report);
         }
         let mut tx = self.pool.begin().await.doing("storing results")?;
-        for attempt in attempts {
+        // The common case, a page fetched and parsed on the first try, is stored for the
+        // whole batch in a few statements: each statement is a round trip to SQLite's
+        // worker thread, and those trips, not SQLite, were most of a page's cost.
+        let mut seen = std::collections::HashSet::new();
+        let (plain, others): (Vec<&Attempt>, Vec<&Attempt>) = attempts
+            .iter()
+            .partition(|a| is_plain_first_fetch(a) && seen.insert(a.job.id));
+        finish_plain_batch(&mut tx, &plain, &mut report).await?;
+        for attempt in others {
             let job = &attempt.job;
             let sql = match attempt.verdict {
                 Verdict::Done => FINISH_DONE,
@@ -1603,5 +1611,227 @@ async fn remember_validators(
         .execute(&mut **tx)
         .await
         .doing("remembering validators")?;
+    Ok(())
+}
+
+/// A done first fetch with nothing but a result, validators and links to store: no body,
+/// no 304 copy, no redirect to record, no host pause, no earlier attempt's row to replace.
+fn is_plain_first_fetch(attempt: &Attempt) -> bool {
+    let Some(page) = &attempt.page else {
+        return false;
+    };
+    attempt.verdict == Verdict::Done
+        && attempt.pause.is_none()
+        && attempt.job.attempt == 1
+        && page.unchanged_since.is_none()
+        && page.gzipped_body.is_none()
+        && page.redirect_target.is_none()
+}
+
+fn plain_page(attempt: &Attempt) -> &PageRecord {
+    attempt.page.as_ref().expect("plain fetches have a page")
+}
+
+/// [`FINISH_DONE`] for a batch: ?1 is a JSON array of [id, lease, attempt]. Returns the
+/// ids whose lease still held (each job appears once in a batch).
+const FINISH_DONE_BATCH: &str = concat!(
+    fetch_finished!("done"),
+    ", error = NULL
+       FROM json_each(?1) AS b
+      WHERE jobs.id = b.value ->> 0 AND jobs.status = 'running'
+        AND jobs.lease_owner = b.value ->> 1 AND jobs.attempts = b.value ->> 2
+     RETURNING jobs.id"
+);
+
+/// Stores a batch of plain first fetches (see [`is_plain_first_fetch`]) in five statements
+/// at most, whatever its size; the same rows as the one-attempt path.
+async fn finish_plain_batch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    attempts: &[&Attempt],
+    report: &mut FinishReport,
+) -> Result<(), StoreError> {
+    const DOING: &str = "storing results";
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let leases: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.job.id.0, a.job.lease.as_str(), a.job.attempt))
+        .collect();
+    let finished: std::collections::HashSet<i64> = sqlx::query_scalar(FINISH_DONE_BATCH)
+        .bind(serde_json::to_string(&leases).expect("values serialize"))
+        .fetch_all(&mut **tx)
+        .await
+        .doing(DOING)?
+        .into_iter()
+        .collect();
+    let (stored, lost): (Vec<&Attempt>, Vec<&Attempt>) = attempts
+        .iter()
+        .partition(|a| finished.contains(&a.job.id.0));
+    for attempt in lost {
+        report.lost.push((attempt.job.id, attempt.job.attempt));
+        tracing::warn!(
+            job.id = %attempt.job.id,
+            url = %attempt.job.url,
+            "lease lost before the result was stored (job cancelled, edited or expired); result dropped"
+        );
+    }
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = stored
+        .iter()
+        .map(|a| {
+            let p = plain_page(a);
+            serde_json::json!({
+                "job": a.job.id.0, "fetch_no": a.job.fetch_no, "url": p.url,
+                "final_url": p.final_url, "status": p.http_status, "type": p.content_type,
+                "title": p.title, "description": p.description, "links": p.links,
+                "data": p.data, "bytes": p.bytes, "ms": p.elapsed.as_millis() as u64,
+            })
+        })
+        .collect();
+    let result_ids: HashMap<i64, i64> = sqlx::query_as(concat!(
+        "INSERT INTO results (job_id, fetch_no, url, final_url, http_status, content_type,
+                              title, description, links, data, bytes, elapsed_ms,
+                              not_modified, fetched_at)
+         SELECT r.value ->> 'job', r.value ->> 'fetch_no', r.value ->> 'url',
+                r.value ->> 'final_url', r.value ->> 'status', r.value ->> 'type',
+                r.value ->> 'title', r.value ->> 'description', r.value ->> 'links',
+                r.value ->> 'data', r.value ->> 'bytes', r.value ->> 'ms', 0, ",
+        now!(),
+        "
+           FROM json_each(?1) AS r
+          WHERE true
+         ON CONFLICT (job_id, fetch_no) DO UPDATE SET
+             url = excluded.url, final_url = excluded.final_url,
+             http_status = excluded.http_status, content_type = excluded.content_type,
+             title = excluded.title, description = excluded.description,
+             links = excluded.links, data = excluded.data, bytes = excluded.bytes,
+             elapsed_ms = excluded.elapsed_ms, not_modified = excluded.not_modified,
+             fetched_at = excluded.fetched_at
+         RETURNING job_id, id"
+    ))
+    .bind(serde_json::to_string(&rows).expect("values serialize"))
+    .fetch_all(&mut **tx)
+    .await
+    .doing(DOING)?
+    .into_iter()
+    .collect();
+
+    // Validators, as `remember_validators` keeps them: a 2xx answer for the URL itself
+    // with an ETag or Last-Modified replaces them, any other 2xx forgets them.
+    let mut keep = Vec::new();
+    let mut forget = Vec::new();
+    for a in &stored {
+        let (p, Some(url)) = (plain_page(a), a.job.canonical_url.as_deref()) else {
+            continue;
+        };
+        if !(200..300).contains(&p.http_status) {
+            continue;
+        }
+        if p.validators.is_empty() || p.final_url != p.url {
+            forget.push(url);
+        } else if let Some(result_id) = result_ids.get(&a.job.id.0) {
+            keep.push((
+                url,
+                &p.validators.etag,
+                &p.validators.last_modified,
+                result_id,
+            ));
+        }
+    }
+    if !keep.is_empty() {
+        sqlx::query(
+            "INSERT INTO validators (url, etag, last_modified, result_id)
+             SELECT v.value ->> 0, v.value ->> 1, v.value ->> 2, v.value ->> 3
+               FROM json_each(?1) AS v
+              WHERE true
+             ON CONFLICT (url) DO UPDATE SET
+                 etag = excluded.etag, last_modified = excluded.last_modified,
+                 result_id = excluded.result_id",
+        )
+        .bind(serde_json::to_string(&keep).expect("values serialize"))
+        .execute(&mut **tx)
+        .await
+        .doing("remembering validators")?;
+    }
+    if !forget.is_empty() {
+        sqlx::query("DELETE FROM validators WHERE url IN (SELECT value FROM json_each(?1))")
+            .bind(serde_json::to_string(&forget).expect("values serialize"))
+            .execute(&mut **tx)
+            .await
+            .doing("remembering validators")?;
+    }
+
+    let links: Vec<_> = stored
+        .iter()
+        .flat_map(|a| {
+            a.children
+                .iter()
+                .map(|c| (a.job.id.0, a.job.root_id, c.url.as_str(), c.host.as_str()))
+        })
+        .collect();
+    if !links.is_empty() {
+        queue_children_batch(tx, &links).await?;
+    }
+    report.stored += stored.len();
+    Ok(())
+}
+
+/// `queue_children` for the links of many pages at once: each (parent id, root id, URL,
+/// host) becomes a job of the parent's crawl unless the crawl has the URL already, within
+/// each crawl's page budget (`max_pages`), counted in link order across the batch.
+async fn queue_children_batch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    links: &[(i64, i64, &str, &str)],
+) -> Result<(), StoreError> {
+    let roots: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
+                           max_depth, scope, allow, deny, max_pages, parent_id, root_id,
+                           depth, crawl_host, recrawl_every)
+         SELECT url, host, url, priority, selectors, max_attempts, max_depth, scope, allow,
+                deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every
+           FROM (SELECT l.value ->> 2 AS url, l.value ->> 3 AS host, p.priority, p.selectors,
+                        p.max_attempts, p.max_depth, p.scope, p.allow, p.deny, p.max_pages,
+                        p.id AS parent_id, l.value ->> 1 AS root_id,
+                        CAST(p.depth AS INTEGER) + 1 AS depth,
+                        COALESCE(p.crawl_host, p.host) AS crawl_host, p.recrawl_every,
+                        l.key AS position,
+                        ROW_NUMBER() OVER (PARTITION BY l.value ->> 1 ORDER BY l.key) AS n,
+                        -- No root row (deleted by the user) or no budget: no limit.
+                        (SELECT MAX(0, CAST(r.max_pages AS INTEGER) - r.crawl_size)
+                           FROM jobs r WHERE r.id = l.value ->> 1) AS room
+                   FROM json_each(?1) AS l
+                   JOIN jobs p ON p.id = l.value ->> 0
+                  WHERE NOT EXISTS (SELECT 1 FROM jobs d
+                                     WHERE d.root_id = l.value ->> 1
+                                       AND d.canonical_url = l.value ->> 2))
+          WHERE room IS NULL OR n <= room
+          ORDER BY position
+         ON CONFLICT DO NOTHING
+         RETURNING root_id",
+    )
+    .bind(serde_json::to_string(links).expect("values serialize"))
+    .fetch_all(&mut **tx)
+    .await
+    .doing("queueing links")?;
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let mut queued: HashMap<i64, i64> = HashMap::new();
+    for root in roots {
+        *queued.entry(root).or_default() += 1;
+    }
+    let queued: Vec<(i64, i64)> = queued.into_iter().collect();
+    sqlx::query(
+        "UPDATE jobs SET crawl_size = crawl_size + (q.value ->> 1)
+           FROM json_each(?1) AS q
+          WHERE jobs.id = q.value ->> 0",
+    )
+    .bind(serde_json::to_string(&queued).expect("values serialize"))
+    .execute(&mut **tx)
+    .await
+    .doing("queueing links")?;
     Ok(())
 }
