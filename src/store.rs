@@ -1638,10 +1638,16 @@ const FINISH_DONE_BATCH: &str = concat!(
     fetch_finished!("done"),
     ", error = NULL
        FROM json_each(?1) AS b
-      WHERE jobs.id = b.value ->> 0 AND jobs.status = 'running'
+      WHERE jobs.id = b.value ->> 0
+        -- `+` keeps SQLite from scanning jobs_status (every running job) once per batch
+        -- row instead of looking each job up by id.
+        AND +jobs.status = 'running'
         AND jobs.lease_owner = b.value ->> 1 AND jobs.attempts = b.value ->> 2
      RETURNING jobs.id"
 );
+
+/// Links per statement when queueing a batch's links (a few MB of JSON at most).
+const LINKS_PER_STATEMENT: usize = 20_000;
 
 /// Stores a batch of plain first fetches (see [`is_plain_first_fetch`]) in five statements
 /// at most, whatever its size; the same rows as the one-attempt path.
@@ -1721,8 +1727,8 @@ async fn finish_plain_batch(
 
     // Validators, as `remember_validators` keeps them: a 2xx answer for the URL itself
     // with an ETag or Last-Modified replaces them, any other 2xx forgets them.
-    let mut keep = Vec::new();
-    let mut forget = Vec::new();
+    // Per URL, the batch's last answer decides, as it would one attempt after another.
+    let mut decided: HashMap<&str, Option<(&Validators, i64)>> = HashMap::new();
     for a in &stored {
         let (p, Some(url)) = (plain_page(a), a.job.canonical_url.as_deref()) else {
             continue;
@@ -1731,14 +1737,19 @@ async fn finish_plain_batch(
             continue;
         }
         if p.validators.is_empty() || p.final_url != p.url {
-            forget.push(url);
+            decided.insert(url, None);
         } else if let Some(result_id) = result_ids.get(&a.job.id.0) {
-            keep.push((
-                url,
-                &p.validators.etag,
-                &p.validators.last_modified,
-                result_id,
-            ));
+            decided.insert(url, Some((&p.validators, *result_id)));
+        }
+    }
+    let mut keep = Vec::new();
+    let mut forget = Vec::new();
+    for (url, decision) in decided {
+        match decision {
+            Some((validators, result_id)) => {
+                keep.push((url, &validators.etag, &validators.last_modified, result_id))
+            }
+            None => forget.push(url),
         }
     }
     if !keep.is_empty() {
@@ -1764,6 +1775,10 @@ async fn finish_plain_batch(
             .doing("remembering validators")?;
     }
 
+    // A URL linked from two pages of one crawl in this batch is queued once, by the first:
+    // a second copy would take a place in the crawl's budget and then lose to the unique
+    // index, leaving the crawl short of `max_pages`.
+    let mut linked = std::collections::HashSet::new();
     let links: Vec<_> = stored
         .iter()
         .flat_map(|a| {
@@ -1771,9 +1786,12 @@ async fn finish_plain_batch(
                 .iter()
                 .map(|c| (a.job.id.0, a.job.root_id, c.url.as_str(), c.host.as_str()))
         })
+        .filter(|(_, root, url, _)| linked.insert((*root, *url)))
         .collect();
-    if !links.is_empty() {
-        queue_children_batch(tx, &links).await?;
+    // In slices, so that pages with huge numbers of links cannot make one statement's
+    // text too big for SQLite; each slice sees the crawl sizes the previous one left.
+    for slice in links.chunks(LINKS_PER_STATEMENT) {
+        queue_children_batch(tx, slice).await?;
     }
     report.stored += stored.len();
     Ok(())

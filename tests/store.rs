@@ -1,4 +1,5 @@
-//! The store's claim queries on a real SQLite file, at sizes the daemon tests do not reach.
+//! The store on a real SQLite file: its claim queries at sizes the daemon tests do not reach,
+//! and batches of results stored in one go.
 
 mod common;
 
@@ -189,5 +190,85 @@ fn upgrading_a_database_keeps_its_results_as_first_fetches() {
             .await
             .unwrap();
         assert_eq!(fetch_no, 1);
+    });
+}
+
+/// A stored page of the test crawl with the links `children`.
+fn done(job: &crawlq::job::ClaimedJob, children: &[&str]) -> crawlq::job::Attempt {
+    crawlq::job::Attempt {
+        job: job.clone(),
+        page: Some(crawlq::job::PageRecord {
+            url: job.url.clone(),
+            final_url: job.url.clone(),
+            http_status: 200,
+            content_type: Some("text/html".to_owned()),
+            title: Some(job.url.clone()),
+            description: None,
+            links: children.iter().map(|c| c.to_string()).collect(),
+            data: Default::default(),
+            bytes: 100,
+            elapsed: Duration::from_millis(1),
+            unchanged_since: None,
+            validators: Default::default(),
+            gzipped_body: None,
+            redirect_target: None,
+        }),
+        verdict: crawlq::job::Verdict::Done,
+        pause: None,
+        children: children
+            .iter()
+            .map(|url| crawlq::follow::Child {
+                url: url.to_string(),
+                host: "s.test".to_owned(),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn a_link_two_pages_of_one_batch_share_takes_one_place_in_the_crawl_budget() {
+    block_on(async {
+        let (db, store) = open().await;
+        let sql = user_connection(&db.path).await;
+        // Crawl 1 has fetched / and found /a and /b: 3 of its 5 pages.
+        execute(
+            &sql,
+            "INSERT INTO jobs (id, url, host, canonical_url, root_id, max_depth, max_pages,
+                               crawl_size, status, depth)
+             VALUES (1, 'http://s.test/', 's.test', 'http://s.test/', 1, 5, 5, 3, 'done', 0),
+                    (2, 'http://s.test/a', 's.test', 'http://s.test/a', 1, 5, 5, 1, 'queued', 1),
+                    (3, 'http://s.test/b', 's.test', 'http://s.test/b', 1, 5, 5, 1, 'queued', 1)",
+        )
+        .await;
+        let pick = HostPick {
+            host: "s.test".to_owned(),
+            jobs: 2,
+        };
+        let claimed = store
+            .claim("me", Duration::from_secs(60), &[pick])
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        // /a links to /c; /b to /c and /d. Stored in one batch, the budget's 2 places go to
+        // /c and /d, as they would one page after the other.
+        let batch = [
+            done(&claimed[0], &["http://s.test/c"]),
+            done(&claimed[1], &["http://s.test/c", "http://s.test/d"]),
+        ];
+        let report = store.finish(&batch).await.unwrap();
+        assert_eq!(report.stored, 2);
+        let urls: Vec<String> = sqlx::query_scalar("SELECT url FROM jobs ORDER BY url")
+            .fetch_all(&sql)
+            .await
+            .unwrap();
+        assert_eq!(
+            urls,
+            ["/", "/a", "/b", "/c", "/d"].map(|p| format!("http://s.test{p}"))
+        );
+        let size: i64 = sqlx::query_scalar("SELECT crawl_size FROM jobs WHERE id = 1")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!(size, 5);
     });
 }
