@@ -454,7 +454,11 @@ async fn read_capped(
     let mut buffer = Vec::with_capacity(initial.min(most));
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        let read = body.read(&mut chunk).await?;
+        let read = match body.read(&mut chunk).await {
+            Ok(read) => read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if read == 0 {
             return Ok(buffer);
         }

@@ -4,7 +4,7 @@
 //! these functions, so moving to another executor means rewriting only this file.
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A lock that can be held across an `.await` (a task waits for it without blocking a thread).
@@ -35,12 +35,19 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    static CORES: OnceLock<async_lock::Semaphore> = OnceLock::new();
+    static CORES: OnceLock<Arc<async_lock::Semaphore>> = OnceLock::new();
     let cores = CORES.get_or_init(|| {
-        async_lock::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(async_lock::Semaphore::new(cores))
     });
-    let _core = cores.acquire().await;
-    async_std::task::spawn_blocking(work).await
+    let core = cores.acquire_arc().await;
+    // The slot goes with the work: if the caller stops waiting, the work still runs, and
+    // still holds its core until it ends.
+    async_std::task::spawn_blocking(move || {
+        let _core = core;
+        work()
+    })
+    .await
 }
 
 /// The addresses `host` resolves to (the system resolver, off the I/O threads).
