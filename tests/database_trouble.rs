@@ -127,17 +127,30 @@ fn a_full_disk_stops_claiming_says_why_fails_no_job_and_the_crawl_resumes_once_t
         let sql = user_connection(&db).await;
         wait_for_workers(&sql, 1).await;
 
-        // No file of the daemon's may grow past the database's present size.
-        let size = std::fs::metadata(&db).unwrap().len();
-        limit_file_size(daemon.0.id(), &size.to_string());
+        // Empty the write-ahead log into the database file, so that the daemon's writes
+        // start again at its beginning; then let no file of the daemon's grow past 256 KiB.
+        // The log has room for a few pages' results and then none; it stays far below the
+        // 4 MB at which SQLite would copy it into the database file, so only it is written.
+        wait_until("an emptied write-ahead log", || async {
+            let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&sql)
+                .await
+                .unwrap();
+            busy == 0
+        })
+        .await;
+        limit_file_size(daemon.0.id(), &(256 * 1024).to_string());
+        // In one transaction: thirty commits would fill the log's 256 KiB by themselves.
         let pages = 30;
+        let mut tx = sql.begin().await.unwrap();
         for i in 0..pages {
             sqlx::query("INSERT INTO jobs (url) VALUES (?1)")
                 .bind(server.url(&format!("/p{i}")))
-                .execute(&sql)
+                .execute(&mut *tx)
                 .await
                 .unwrap();
         }
+        tx.commit().await.unwrap();
         wait_until("the daemon to report the failing writes", || async {
             !log.store_errors().is_empty()
         })
@@ -159,6 +172,11 @@ fn a_full_disk_stops_claiming_says_why_fails_no_job_and_the_crawl_resumes_once_t
             "it claimed while it could not store"
         );
         assert!(hits_before < pages, "the limit stopped nothing");
+        // Pages were fetched before the writes failed: their results waited in memory.
+        assert!(
+            hits_before > 0,
+            "nothing was fetched before the disk filled"
+        );
         let failed = count(&sql, "SELECT COUNT(*) FROM jobs WHERE status = 'failed'").await;
         assert_eq!(failed, 0, "a job was failed for a store error");
         let last = errors.last().unwrap();
