@@ -1244,6 +1244,28 @@ impl Store {
 }
 
 /// The lease check shared by every change to a running job: ?1 id, ?2 lease token, ?3 attempt.
+/// The start of an INSERT of one fetch's `results` row (a SELECT follows).
+macro_rules! insert_result {
+    () => {
+        "INSERT INTO results (job_id, fetch_no, url, final_url, http_status, content_type,
+                              title, description, links, data, bytes, elapsed_ms,
+                              not_modified, fetched_at) "
+    };
+}
+
+/// A retried fetch rewrites the row an earlier attempt of the same fetch left.
+macro_rules! result_replaces_earlier_attempt {
+    () => {
+        " ON CONFLICT (job_id, fetch_no) DO UPDATE SET
+             url = excluded.url, final_url = excluded.final_url,
+             http_status = excluded.http_status, content_type = excluded.content_type,
+             title = excluded.title, description = excluded.description,
+             links = excluded.links, data = excluded.data, bytes = excluded.bytes,
+             elapsed_ms = excluded.elapsed_ms, not_modified = excluded.not_modified,
+             fetched_at = excluded.fetched_at"
+    };
+}
+
 macro_rules! while_leased {
     () => {
         " WHERE id = ?1 AND status = 'running' AND lease_owner = ?2 AND attempts = ?3"
@@ -1507,24 +1529,16 @@ async fn upsert_result(
     let links = (!copied).then(|| serde_json::to_string(&page.links).expect("strings serialize"));
     let data = (!copied).then(|| serde_json::to_string(&page.data).expect("strings serialize"));
     sqlx::query_scalar(concat!(
-        "INSERT INTO results (job_id, fetch_no, url, final_url, http_status, content_type,
-                              title, description, links, data, bytes, elapsed_ms,
-                              not_modified, fetched_at)
-         SELECT ?1, ?2, ?3, ?4, ?5, COALESCE(?6, old.content_type), COALESCE(?7, old.title),
+        insert_result!(),
+        "SELECT ?1, ?2, ?3, ?4, ?5, COALESCE(?6, old.content_type), COALESCE(?7, old.title),
                 COALESCE(?8, old.description), COALESCE(?9, old.links, '[]'),
                 COALESCE(?10, old.data, '{}'), ?11, ?12, ?13, ",
         now!(),
         "
            FROM (SELECT 1) LEFT JOIN results old ON old.id = ?14
-          WHERE true
-         ON CONFLICT (job_id, fetch_no) DO UPDATE SET
-             url = excluded.url, final_url = excluded.final_url,
-             http_status = excluded.http_status, content_type = excluded.content_type,
-             title = excluded.title, description = excluded.description,
-             links = excluded.links, data = excluded.data, bytes = excluded.bytes,
-             elapsed_ms = excluded.elapsed_ms, not_modified = excluded.not_modified,
-             fetched_at = excluded.fetched_at
-         RETURNING id"
+          WHERE true",
+        result_replaces_earlier_attempt!(),
+        " RETURNING id"
     ))
     .bind(job.id.0)
     .bind(job.fetch_no)
@@ -1698,25 +1712,17 @@ async fn finish_plain_batch(
         })
         .collect();
     let result_ids: HashMap<i64, i64> = sqlx::query_as(concat!(
-        "INSERT INTO results (job_id, fetch_no, url, final_url, http_status, content_type,
-                              title, description, links, data, bytes, elapsed_ms,
-                              not_modified, fetched_at)
-         SELECT r.value ->> 'job', r.value ->> 'fetch_no', r.value ->> 'url',
+        insert_result!(),
+        "SELECT r.value ->> 'job', r.value ->> 'fetch_no', r.value ->> 'url',
                 r.value ->> 'final_url', r.value ->> 'status', r.value ->> 'type',
                 r.value ->> 'title', r.value ->> 'description', r.value ->> 'links',
                 r.value ->> 'data', r.value ->> 'bytes', r.value ->> 'ms', 0, ",
         now!(),
         "
            FROM json_each(?1) AS r
-          WHERE true
-         ON CONFLICT (job_id, fetch_no) DO UPDATE SET
-             url = excluded.url, final_url = excluded.final_url,
-             http_status = excluded.http_status, content_type = excluded.content_type,
-             title = excluded.title, description = excluded.description,
-             links = excluded.links, data = excluded.data, bytes = excluded.bytes,
-             elapsed_ms = excluded.elapsed_ms, not_modified = excluded.not_modified,
-             fetched_at = excluded.fetched_at
-         RETURNING job_id, id"
+          WHERE true",
+        result_replaces_earlier_attempt!(),
+        " RETURNING job_id, id"
     ))
     .bind(serde_json::to_string(&rows).expect("values serialize"))
     .fetch_all(&mut **tx)
