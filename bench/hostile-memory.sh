@@ -12,10 +12,9 @@ set -euo pipefail
 COPIES=${1:-8}
 PORT=${PORT:-18090}
 cd "$(dirname "$0")/.."
-for tool in python3 sqlite3 /usr/bin/time; do
-  command -v "$tool" >/dev/null || { echo "needs $tool"; exit 1; }
-done
-cargo build --release --quiet
+. bench/common.sh
+need python3 sqlite3 /usr/bin/time
+use_crawlq_bin
 work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -76,7 +75,7 @@ run() { # name, paths...
   local name=$1; shift
   local db="$work/$name.db"
   rm -f "$db"*
-  CRAWLQ__DATABASE__URL="$db" ./target/release/crawlq migrate >/dev/null
+  CRAWLQ__DATABASE__URL="$db" "$CRAWLQ_BIN" migrate >/dev/null
   {
     echo "BEGIN;"
     for path in "$@"; do
@@ -89,7 +88,7 @@ run() { # name, paths...
   CRAWLQ__DATABASE__URL="$db" CRAWLQ__CRAWL__OBEY_ROBOTS=false CRAWLQ__LOG__LEVEL=error \
   CRAWLQ__LIMITS__PER_HOST_RPS=1000 CRAWLQ__LIMITS__PER_HOST_BURST=64 \
   CRAWLQ__LIMITS__PER_HOST_IN_FLIGHT=64 CRAWLQ__FETCH__TIMEOUT_SECS=20 \
-    /usr/bin/time -v ./target/release/crawlq run --exit-when-idle 2>"$work/$name.time" >/dev/null
+    /usr/bin/time -v "$CRAWLQ_BIN" run --exit-when-idle 2>"$work/$name.time" >/dev/null
   local rss
   rss=$(awk -F': ' '/Maximum resident/ {print $2}' "$work/$name.time")
   printf '%-16s peak RSS %6d KB   jobs: %s\n' "$name" "$rss" \

@@ -58,14 +58,9 @@ JOBS=${JOBS:-200}
 SLOW_JOBS=${SLOW_JOBS:-10000}
 PORT=${PORT:-18110}
 cd "$(dirname "$0")/.."
-for tool in nginx python3 /usr/bin/time; do
-  command -v "$tool" >/dev/null || { echo "needs $tool"; exit 1; }
-done
-if [ -z "${CRAWLQ_BIN:-}" ]; then
-  CRAWLQ_BIN=target/release/crawlq
-  [ -x "$CRAWLQ_BIN" ] || cargo build --release --quiet
-fi
-[ -x "$CRAWLQ_BIN" ] || { echo "CRAWLQ_BIN=$CRAWLQ_BIN is not an executable"; exit 1; }
+. bench/common.sh
+need nginx python3 /usr/bin/time
+use_crawlq_bin
 
 work=$(mktemp -d)
 timer=

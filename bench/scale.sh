@@ -18,10 +18,9 @@ SIZES=${SIZES:-"2000 20000 200000"}
 QUEUED=${QUEUED:-1000000}
 WATCH_SECS=${WATCH_SECS:-30}
 PORT=${PORT:-18081}
-if [ -z "${CRAWLQ_BIN:-}" ]; then
-  export CRAWLQ_BIN=target/release/crawlq
-  [ -x "$CRAWLQ_BIN" ] || cargo build --release --quiet
-fi
+. bench/common.sh
+need nginx wrk sqlite3 python3 /usr/bin/time
+use_crawlq_bin
 
 for n in $SIZES; do
   echo "== crawl of $n pages"

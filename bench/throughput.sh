@@ -26,13 +26,9 @@ N=${1:-20000}
 PORT=${PORT:-18080}
 WRK_SECS=${WRK_SECS:-10}
 cd "$(dirname "$0")/.."
-for tool in nginx wrk sqlite3 python3 /usr/bin/time; do
-  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install nginx-light wrk sqlite3 time)"; exit 1; }
-done
-if [ -z "${CRAWLQ_BIN:-}" ]; then
-  CRAWLQ_BIN=target/release/crawlq
-  [ -x "$CRAWLQ_BIN" ] || cargo build --release --quiet
-fi
+. bench/common.sh
+need nginx wrk sqlite3 python3 /usr/bin/time
+use_crawlq_bin
 
 work=$(mktemp -d)
 trap 'kill $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
