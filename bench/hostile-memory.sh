@@ -15,8 +15,9 @@ cd "$(dirname "$0")/.."
 . bench/common.sh
 need python3 sqlite3 /usr/bin/time
 use_crawlq_bin
-work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+make_work_dir
+server=
+stop_on_exit="server"
 
 python3 - "$PORT" <<'PY' &
 import socketserver, sys, time, zlib

@@ -32,22 +32,13 @@ cd "$(dirname "$0")/.."
 need nginx python3 /usr/bin/time
 use_crawlq_bin
 
-work=$(mktemp -d)
+make_work_dir
 timer=
-cleanup() {
-  [ -n "$timer" ] && kill "$timer" 2>/dev/null || true
-  kill "$(cat "$work/nginx.pid" 2>/dev/null)" 2>/dev/null || true
-  if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
+stop_on_exit="timer"
 
 mkdir "$work/site"
 echo '<!doctype html><html><head><title>tiny</title></head><body>tiny</body></html>' >"$work/site/p.html"
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 1024; }
+{ nginx_conf_head 1024; cat <<NGINX
 http {
   log_format arrival '\$msec \$request_time \$status \$request_uri';
   access_log $work/access.log arrival;
@@ -59,6 +50,7 @@ http {
   }
 }
 NGINX
+} >"$work/nginx.conf"
 chmod -R a+rX "$work"
 nginx -c "$work/nginx.conf"
 

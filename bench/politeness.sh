@@ -62,16 +62,10 @@ cd "$(dirname "$0")/.."
 need nginx python3 /usr/bin/time
 use_crawlq_bin
 
-work=$(mktemp -d)
+make_work_dir
 timer=
 sniffer=
-cleanup() {
-  [ -n "$timer" ] && kill "$timer" 2>/dev/null || true
-  [ -n "$sniffer" ] && kill "$sniffer" 2>/dev/null || true
-  kill "$(cat "$work/nginx.pid" 2>/dev/null)" 2>/dev/null || true
-  if [ -n "${KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
+stop_on_exit="timer sniffer"
 
 # Hosts, quotas and roles: one line per host, "address quota role", also used by the analysis.
 python3 - "$work" <<'PY'
@@ -103,11 +97,7 @@ printf 'User-agent: *\nAllow: /\n' >"$work/site/robots.txt"
 printf 'User-agent: *\nCrawl-delay: 1\nAllow: /\n' >"$work/site/robots-delay.txt"
 touch "$work/site/429.flag"
 listens=$(awk -v p="$PORT" '$3 == "slow" || $3 == "small" {printf "    listen %s:%s;\n", $1, p}' "$work/hosts.txt")
-cat >"$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
+{ nginx_conf_head 4096; cat <<NGINX
 http {
   log_format polite '\$msec \$request_time \$server_addr \$host \$status \$request_uri';
   access_log $work/access.log polite;
@@ -139,6 +129,7 @@ $listens
   }
 }
 NGINX
+} >"$work/nginx.conf"
 chmod -R a+rX "$work"
 nginx -c "$work/nginx.conf"
 

@@ -27,17 +27,13 @@ for n in $SIZES; do
   WRK_SECS=${WRK_SECS:-5} bench/throughput.sh "$n" | grep -E "^(site|wrk|crawlq|        cpu|ratio|checks)"
 done
 
-work=$(mktemp -d)
-trap 'kill $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+make_work_dir
 mkdir -p "$work/site"
 echo "<title>queued page</title>" > "$work/site/page.html"
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 64; }
+{ nginx_conf_head 64; cat <<NGINX
 http { access_log off; server { listen 127.0.0.1:$PORT; root $work/site; } }
 NGINX
+} >"$work/nginx.conf"
 chmod -R a+rX "$work"
 nginx -c "$work/nginx.conf"
 

@@ -30,8 +30,7 @@ cd "$(dirname "$0")/.."
 need nginx wrk sqlite3 python3 /usr/bin/time
 use_crawlq_bin
 
-work=$(mktemp -d)
-trap 'kill $(cat "$work/nginx.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
+make_work_dir
 
 python3 - "$work" "$N" "$PORT" <<'PY'
 import json, os, random, sys
@@ -90,17 +89,14 @@ request = function()
 end
 LUA
 
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 1024; }
+{ nginx_conf_head 1024; cat <<NGINX
 http {
   keepalive_requests 1000000;
   server { listen 127.0.0.1:$PORT; root $work/site; access_log off; }
   server { listen 127.0.0.2:$PORT; root $work/site; access_log $work/off-site.log; }
 }
 NGINX
+} >"$work/nginx.conf"
 chmod -R a+rX "$work"
 nginx -c "$work/nginx.conf"
 
