@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::server::{Reply, TestServer};
 use common::{
-    crawlq, insert_job, job_row, sigterm, stderr_of, user_connection, wait_for_database,
-    wait_until, KillOnDrop, DEADLINE,
+    crawlq, insert_job, job_row, sigterm, spawn_daemon, stderr_of, user_connection,
+    wait_for_database, wait_until, KillOnDrop, DEADLINE,
 };
 use crawlq::runtime::{self, block_on};
 
@@ -715,30 +715,14 @@ fn a_second_daemon_on_the_same_database_refuses_to_start_but_a_restart_after_a_k
     block_on(async {
         let server = TestServer::pages("127.0.0.1");
         let dir = tempfile::tempdir().unwrap();
-        let start = || {
-            KillOnDrop(
-                crawlq(dir.path())
-                    .arg("run")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            )
-        };
+        let start = || spawn_daemon(dir.path(), Stdio::null());
         let mut first = start();
         let db = dir.path().join("data/crawlq.db");
         wait_for_database(&db).await;
         let sql = user_connection(&db).await;
         common::wait_for_workers(&sql, 1).await;
 
-        let mut second = KillOnDrop(
-            crawlq(dir.path())
-                .arg("run")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
+        let mut second = spawn_daemon(dir.path(), Stdio::piped());
         let status = exit_status(&mut second.0).await;
         let stderr = stderr_of(&mut second.0);
         assert_eq!(status.code(), Some(1), "{stderr}");
@@ -781,16 +765,7 @@ fn a_second_daemon_on_the_same_database_refuses_to_start_but_a_restart_after_a_k
 fn of_two_daemons_started_at_once_on_a_new_database_exactly_one_runs() {
     block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let start = || {
-            KillOnDrop(
-                crawlq(dir.path())
-                    .arg("run")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap(),
-            )
-        };
+        let start = || spawn_daemon(dir.path(), Stdio::piped());
         let (mut a, mut b) = (start(), start());
         // One of them exits at once, refused, before touching the database.
         let started = Instant::now();

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::server::{Reply, TestServer};
 use common::{
-    crawlq, exit_within, sigterm, stderr_of, user_connection, wait_for_database, wait_for_workers,
-    wait_until, KillOnDrop, DEADLINE,
+    crawlq, exit_within, sigterm, spawn_daemon, stderr_of, user_connection, wait_for_database,
+    wait_for_workers, wait_until, KillOnDrop, DEADLINE,
 };
 use crawlq::runtime::{self, block_on};
 use sqlx::SqlitePool;
@@ -209,14 +209,7 @@ fn a_database_deleted_or_replaced_under_the_daemon_stops_it_with_the_reason() {
     block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("data/crawlq.db");
-        let start = || {
-            crawlq(dir.path())
-                .arg("run")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        };
+        let start = || spawn_daemon(dir.path(), Stdio::piped());
         let mut daemon = start();
         wait_for_database(&db).await;
         let sql = user_connection(&db).await;
@@ -225,8 +218,8 @@ fn a_database_deleted_or_replaced_under_the_daemon_stops_it_with_the_reason() {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
         }
-        let status = exit_within(&mut daemon, DEADLINE, "crawlq").await;
-        let log = stderr_of(&mut daemon);
+        let status = exit_within(&mut daemon.0, DEADLINE, "crawlq").await;
+        let log = stderr_of(&mut daemon.0);
         assert_eq!(status.code(), Some(1), "{log}");
         assert!(
             log.contains("data/crawlq.db was deleted while the daemon was using it"),
@@ -251,8 +244,8 @@ fn a_database_deleted_or_replaced_under_the_daemon_stops_it_with_the_reason() {
             .unwrap();
         restored.close().await;
         std::fs::rename(&copy, &db).unwrap();
-        let status = exit_within(&mut daemon, DEADLINE, "crawlq").await;
-        let log = stderr_of(&mut daemon);
+        let status = exit_within(&mut daemon.0, DEADLINE, "crawlq").await;
+        let log = stderr_of(&mut daemon.0);
         assert_eq!(status.code(), Some(1), "{log}");
         assert!(log.contains("was replaced by another file"), "{log}");
         // The restored file is intact: the daemon's write-ahead log, shared by path, was

@@ -76,6 +76,19 @@ pub fn crawlq(dir: &Path) -> std::process::Command {
     command
 }
 
+/// `crawlq run` in `dir` (see [`crawlq`]), stdout dropped, stderr as asked; killed if the
+/// test ends first.
+pub fn spawn_daemon(dir: &Path, stderr: std::process::Stdio) -> KillOnDrop {
+    KillOnDrop(
+        crawlq(dir)
+            .arg("run")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("crawlq starts"),
+    )
+}
+
 /// Sends SIGTERM, as `docker stop` and systemd do.
 pub fn sigterm(child: &std::process::Child) {
     let status = std::process::Command::new("kill")
