@@ -26,7 +26,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
 use crate::fetch::Validators;
-use crate::follow::{Child, CrawlSpec};
+use crate::follow::CrawlSpec;
 use crate::job::{
     Admitted, Attempt, ClaimedJob, JobId, KnownVersion, PageRecord, RedirectTarget, Status, Verdict,
 };
@@ -880,7 +880,7 @@ impl Store {
                     store_body(&mut tx, result_id, page).await?;
                 }
                 if let Some(url) = &job.canonical_url {
-                    remember_validators(&mut tx, url, result_id, page).await?;
+                    update_validators(&mut tx, &[(url.as_str(), page, result_id)]).await?;
                 }
             }
             if let (Verdict::Done, Some(page)) = (&attempt.verdict, &attempt.page) {
@@ -889,7 +889,7 @@ impl Store {
                 }
             }
             if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
-                queue_children(&mut tx, job, &attempt.children).await?;
+                queue_children(&mut tx, &[attempt]).await?;
             }
 
             report.stored += 1;
@@ -1406,55 +1406,6 @@ fn lossy_text(row: &SqliteRow, column: &str) -> Result<Option<String>, sqlx::Err
     Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
-/// Queues a done page's links as child jobs of its crawl, in page order, skipping URLs the
-/// crawl already has and stopping at the crawl's `max_pages` (kept on its root job).
-async fn queue_children(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    parent: &ClaimedJob,
-    children: &[Child],
-) -> Result<(), StoreError> {
-    let links: Vec<(&str, &str)> = children
-        .iter()
-        .map(|c| (c.url.as_str(), c.host.as_str()))
-        .collect();
-    let links = serde_json::to_string(&links).expect("strings serialize");
-    let queued = sqlx::query(
-        "INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
-                           max_depth, scope, allow, deny, max_pages, parent_id, root_id,
-                           depth, crawl_host, recrawl_every)
-         SELECT l.value ->> 0, l.value ->> 1, l.value ->> 0, p.priority, p.selectors,
-                p.max_attempts, p.max_depth, p.scope, p.allow, p.deny, p.max_pages, p.id,
-                ?2, CAST(p.depth AS INTEGER) + 1, COALESCE(p.crawl_host, p.host),
-                p.recrawl_every
-           FROM jobs p, json_each(?3) l
-          WHERE p.id = ?1
-            AND NOT EXISTS (SELECT 1 FROM jobs d
-                             WHERE d.root_id = ?2 AND d.canonical_url = l.value ->> 0)
-          ORDER BY l.key
-          -- The crawl's page budget left; no root row (deleted by the user) or no budget
-          -- is no limit, which SQLite reads from LIMIT -1.
-          LIMIT COALESCE((SELECT MAX(0, CAST(max_pages AS INTEGER) - crawl_size)
-                            FROM jobs WHERE id = ?2), -1)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(parent.id.0)
-    .bind(parent.root_id)
-    .bind(links)
-    .execute(&mut **tx)
-    .await
-    .doing("queueing links")?
-    .rows_affected();
-    if queued > 0 {
-        sqlx::query("UPDATE jobs SET crawl_size = crawl_size + ?2 WHERE id = ?1")
-            .bind(parent.root_id)
-            .bind(queued as i64)
-            .execute(&mut **tx)
-            .await
-            .doing("queueing links")?;
-    }
-    Ok(())
-}
-
 /// Records where a crawl's redirect led as a `skipped` row of the crawl, so the unique
 /// (root, canonical URL) index keeps links to that page from being fetched again.
 async fn mark_redirect_target(
@@ -1595,39 +1546,6 @@ async fn store_body(
     Ok(())
 }
 
-/// Keeps the validators of a 2xx page fetched without redirects (they describe its URL),
-/// so the next fetch of the URL can be conditional; forgets them when a new version came
-/// without any.
-async fn remember_validators(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    canonical_url: &str,
-    result_id: i64,
-    page: &PageRecord,
-) -> Result<(), StoreError> {
-    if page.unchanged_since.is_some() || !(200..300).contains(&page.http_status) {
-        return Ok(());
-    }
-    let query = if page.validators.is_empty() || page.final_url != page.url {
-        sqlx::query("DELETE FROM validators WHERE url = ?1").bind(canonical_url)
-    } else {
-        sqlx::query(
-            "INSERT INTO validators (url, etag, last_modified, result_id) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (url) DO UPDATE SET
-                 etag = excluded.etag, last_modified = excluded.last_modified,
-                 result_id = excluded.result_id",
-        )
-        .bind(canonical_url)
-        .bind(&page.validators.etag)
-        .bind(&page.validators.last_modified)
-        .bind(result_id)
-    };
-    query
-        .execute(&mut **tx)
-        .await
-        .doing("remembering validators")?;
-    Ok(())
-}
-
 /// A done first fetch with nothing but a result, validators and links to store: no body,
 /// no 304 copy, no redirect to record, no host pause, no earlier attempt's row to replace.
 fn is_plain_first_fetch(attempt: &Attempt) -> bool {
@@ -1731,22 +1649,36 @@ async fn finish_plain_batch(
     .into_iter()
     .collect();
 
-    // Validators, as `remember_validators` keeps them: a 2xx answer for the URL itself
-    // with an ETag or Last-Modified replaces them, any other 2xx forgets them.
-    // Per URL, the batch's last answer decides, as it would one attempt after another.
+    let answers: Vec<_> = stored
+        .iter()
+        .filter_map(|a| {
+            let url = a.job.canonical_url.as_deref()?;
+            let result_id = *result_ids.get(&a.job.id.0)?;
+            Some((url, plain_page(a), result_id))
+        })
+        .collect();
+    update_validators(tx, &answers).await?;
+    queue_children(tx, &stored).await?;
+    report.stored += stored.len();
+    Ok(())
+}
+
+/// Keeps the validators of 2xx pages fetched without redirects (they describe their URL),
+/// so the next fetch of a URL can be conditional, and forgets them when a new version came
+/// without any. A 304 (its stored version still holds) and other statuses change nothing.
+/// Each answer is (canonical URL, page, result id); per URL the last answer decides, as one
+/// after another would.
+async fn update_validators(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    answers: &[(&str, &PageRecord, i64)],
+) -> Result<(), StoreError> {
     let mut decided: HashMap<&str, Option<(&Validators, i64)>> = HashMap::new();
-    for a in &stored {
-        let (p, Some(url)) = (plain_page(a), a.job.canonical_url.as_deref()) else {
-            continue;
-        };
-        if !(200..300).contains(&p.http_status) {
+    for &(url, page, result_id) in answers {
+        if page.unchanged_since.is_some() || !(200..300).contains(&page.http_status) {
             continue;
         }
-        if p.validators.is_empty() || p.final_url != p.url {
-            decided.insert(url, None);
-        } else if let Some(result_id) = result_ids.get(&a.job.id.0) {
-            decided.insert(url, Some((&p.validators, *result_id)));
-        }
+        let keep = !page.validators.is_empty() && page.final_url == page.url;
+        decided.insert(url, keep.then_some((&page.validators, result_id)));
     }
     let mut keep = Vec::new();
     let mut forget = Vec::new();
@@ -1781,11 +1713,19 @@ async fn finish_plain_batch(
             .doing("remembering validators")?;
     }
 
-    // A URL linked from two pages of one crawl in this batch is queued once, by the first:
-    // a second copy would take a place in the crawl's budget and then lose to the unique
-    // index, leaving the crawl short of `max_pages`.
+    Ok(())
+}
+
+/// Queues the links of done pages as child jobs of their crawls, in page order.
+async fn queue_children(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    pages: &[&Attempt],
+) -> Result<(), StoreError> {
+    // A URL linked from two pages of one crawl is queued once, by the first: a second copy
+    // would take a place in the crawl's budget and then lose to the unique index, leaving
+    // the crawl short of `max_pages`.
     let mut linked = std::collections::HashSet::new();
-    let links: Vec<_> = stored
+    let links: Vec<_> = pages
         .iter()
         .flat_map(|a| {
             a.children
@@ -1799,13 +1739,12 @@ async fn finish_plain_batch(
     for slice in links.chunks(LINKS_PER_STATEMENT) {
         queue_children_batch(tx, slice).await?;
     }
-    report.stored += stored.len();
     Ok(())
 }
 
-/// `queue_children` for the links of many pages at once: each (parent id, root id, URL,
-/// host) becomes a job of the parent's crawl unless the crawl has the URL already, within
-/// each crawl's page budget (`max_pages`), counted in link order across the batch.
+/// One statement of `queue_children`: each (parent id, root id, URL, host) becomes a job of
+/// the parent's crawl unless the crawl has the URL already, within each crawl's page budget
+/// (`max_pages`, kept on its root job), counted in link order across the slice.
 async fn queue_children_batch(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     links: &[(i64, i64, &str, &str)],
