@@ -301,6 +301,7 @@ struct Scheduler<'d> {
     /// Set by any database error during the current loop turn.
     turn_failed: bool,
     last_expiry_check: Instant,
+    last_admission: Instant,
     last_renewal: Instant,
     last_prune: Instant,
     last_stats: Instant,
@@ -326,6 +327,7 @@ impl<'d> Scheduler<'d> {
             store_healthy: true,
             turn_failed: false,
             last_expiry_check: long_ago,
+            last_admission: long_ago,
             last_renewal: now,
             last_prune: now,
             last_stats: now,
@@ -567,21 +569,26 @@ impl<'d> Scheduler<'d> {
         if free == 0 {
             return Ok(());
         }
-        self.admit().await?;
+        // New rows are looked for once per poll interval, not on every turn of a busy
+        // loop: each look is a round trip to SQLite's thread, and the interval is what an
+        // idle daemon promises anyway.
+        if self.last_admission.elapsed() >= self.settings().daemon.poll_interval {
+            self.admit().await?;
+            self.last_admission = Instant::now();
+        }
         let picks = self.pick_hosts(free).await?;
         let settings = self.daemon.settings.clone();
         self.claims += 1;
         let token = store::lease_token(&self.daemon.owner, self.claims);
-        let mut claimed = self
+        let claimed = self
             .store()
-            .claim(&token, settings.daemon.lease, &picks)
+            .claim(
+                &token,
+                settings.daemon.lease,
+                &picks,
+                settings.fetch.conditional_get,
+            )
             .await?;
-        if settings.fetch.conditional_get && !claimed.is_empty() {
-            // Best effort: the jobs are ours now, and a plain GET is always right.
-            if let Err(e) = self.store().attach_known_versions(&mut claimed).await {
-                tracing::warn!(error = %e, "could not read stored validators; fetching in full");
-            }
-        }
         for job in claimed {
             self.start(job);
         }
@@ -625,21 +632,10 @@ impl<'d> Scheduler<'d> {
     async fn pick_hosts(&mut self, free: usize) -> Result<Vec<HostPick>, StoreError> {
         // Hosts at their cap will be skipped, so ask for enough to fill `free` anyway.
         let wanted = free + self.in_flight.by_host.len();
-        let mut hosts = self
+        let hosts = self
             .store()
             .hosts_with_due_jobs(&self.cursor, wanted)
             .await?;
-        if hosts.len() < wanted && !self.cursor.is_empty() {
-            let wrapped = self
-                .store()
-                .hosts_with_due_jobs("", wanted - hosts.len())
-                .await?;
-            for host in wrapped {
-                if !hosts.contains(&host) {
-                    hosts.push(host);
-                }
-            }
-        }
         let mut picks = Vec::new();
         let mut left = free;
         for host in hosts {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// A lock that can be held across an `.await` (a task waits for it without blocking a thread).
 pub use async_std::sync::Mutex as AsyncMutex;
+/// A guard of an [`AsyncMutex`].
+pub use async_std::sync::MutexGuard as AsyncMutexGuard;
 /// A guard of an [`AsyncMutex`] held through an `Arc`, so it can outlive the borrow.
 pub use async_std::sync::MutexGuardArc as AsyncMutexGuardArc;
 pub use async_std::task::JoinHandle;

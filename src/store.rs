@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
@@ -31,6 +31,7 @@ use crate::job::{
     Admitted, Attempt, ClaimedJob, JobId, KnownVersion, PageRecord, RedirectTarget, Status, Verdict,
 };
 use crate::robots::RobotsAnswer;
+use crate::runtime::{AsyncMutex, AsyncMutexGuard};
 use crate::settings::DatabaseSettings;
 
 /// All timestamps are UTC ISO-8601 text written by SQLite, so comparisons use one clock.
@@ -334,8 +335,71 @@ pub struct WorkerSummary {
 
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// For the crawl's own lookups (robots.txt, a redirect target's job), from many tasks
+    /// at once.
     pool: SqlitePool,
+    /// One connection for everything the scheduler and the command line do. A connection
+    /// must drop its page cache whenever another connection has written, so when the
+    /// scheduler's statements went to whichever pooled connection was free, each one
+    /// started cold and re-read its index pages from the file (11 reads per page stored).
+    /// On one connection the cache stays warm, and the single writer is what SQLite
+    /// allows anyway. It is held outside a pool because a pool pings a connection each
+    /// time it is given back, a round trip to SQLite's thread per statement.
+    writer: Arc<Writer>,
     file: Arc<DatabaseFile>,
+}
+
+/// Connections for the crawl's lookups, and their page cache each (`-N` is N KiB).
+const READER_CONNECTIONS: u32 = 2;
+const READER_CACHE: &str = "-1024";
+/// The writer's page cache: big enough for the indexes a crawl of 200 000 pages writes
+/// to at random (its URLs, its validators).
+const WRITER_CACHE: &str = "-8192";
+
+/// The scheduler's connection (see [`Store`]), opened again after it was given up.
+#[derive(Debug)]
+struct Writer {
+    options: SqliteConnectOptions,
+    connection: AsyncMutex<Option<SqliteConnection>>,
+}
+
+/// The writer connection, held for one operation.
+struct WriterGuard<'a>(AsyncMutexGuard<'a, Option<SqliteConnection>>);
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        self.0
+            .as_ref()
+            .expect("a WriterGuard always holds a connection")
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.0
+            .as_mut()
+            .expect("a WriterGuard always holds a connection")
+    }
+}
+
+/// A pool of at most `connections`, guarded against a transaction SQLite ended by itself.
+fn pool_options(connections: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(connections)
+        // SQLite rolls a transaction back by itself when a write fails for want of room
+        // (SQLITE_FULL, SQLITE_IOERR). sqlx does not notice: its ROLLBACK then fails
+        // ("no transaction is active"), it goes on counting the transaction as open,
+        // and the connection's next `begin()` becomes a SAVEPOINT that starts a real
+        // transaction nothing ever commits. That connection holds the write lock for
+        // good, sees its own writes that nobody else sees, and every other writer
+        // gets "database is locked". A connection in that state is closed, not reused
+        // (its close rolls back whatever it holds). By the time it is acquired again,
+        // the queued ROLLBACK and the pool's release ping have run, so the count is
+        // settled.
+        .before_acquire(|conn, _| {
+            Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+        })
 }
 
 /// The database file as it was opened, to notice it being deleted or replaced.
@@ -394,27 +458,11 @@ impl Store {
             .connect()
             .await
             .map_err(open_error)?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            // SQLite rolls a transaction back by itself when a write fails for want of room
-            // (SQLITE_FULL, SQLITE_IOERR). sqlx does not notice: its ROLLBACK then fails
-            // ("no transaction is active"), it goes on counting the transaction as open,
-            // and the connection's next `begin()` becomes a SAVEPOINT that starts a real
-            // transaction nothing ever commits. That connection holds the write lock for
-            // good, sees its own writes that nobody else sees, and every other writer
-            // gets "database is locked". A connection in that state is closed, not reused
-            // (its close rolls back whatever it holds). By the time it is acquired again,
-            // the queued ROLLBACK and the pool's release ping have run, so the count is
-            // settled.
-            .before_acquire(|conn, _| {
-                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
-            })
-            .connect_with(options.create_if_missing(false))
+        let options = options.create_if_missing(false);
+        let pool = pool_options(READER_CONNECTIONS)
+            .connect_with(options.clone().pragma("cache_size", READER_CACHE))
             .await
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(open_error)?;
         MIGRATOR
             .run(&pool)
             .await
@@ -422,6 +470,11 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
+        let writer_options = options.pragma("cache_size", WRITER_CACHE);
+        let writer = Writer {
+            connection: AsyncMutex::new(Some(writer_options.connect().await.map_err(open_error)?)),
+            options: writer_options,
+        };
         first.close().await.map_err(open_error)?;
         let file = DatabaseFile {
             path: settings.path.clone(),
@@ -432,8 +485,31 @@ impl Store {
         };
         Ok(Store {
             pool,
+            writer: Arc::new(writer),
             file: Arc::new(file),
         })
+    }
+
+    /// The writer connection, for one operation. SQLite rolls a transaction back by itself
+    /// when a write fails for want of room, and sqlx may then go on counting it as open
+    /// (see [`pool_options`]); such a connection is closed and a new one opened.
+    async fn writer(&self) -> Result<WriterGuard<'_>, sqlx::Error> {
+        let mut held = self.writer.connection.lock().await;
+        if let Some(connection) = held.as_mut() {
+            if connection.is_in_transaction() {
+                // A dropped transaction's ROLLBACK may still be queued: let it run first.
+                let _ = connection.ping().await;
+            }
+        }
+        if held.as_ref().is_some_and(|c| c.is_in_transaction()) {
+            if let Some(stuck) = held.take() {
+                let _ = stuck.close().await;
+            }
+        }
+        if held.is_none() {
+            *held = Some(self.writer.options.connect().await?);
+        }
+        Ok(WriterGuard(held))
     }
 
     /// Fails if the database file was deleted or replaced (e.g. by a restore) since it was
@@ -456,13 +532,21 @@ impl Store {
     /// writes over it.
     pub async fn release_gone_file(&self) -> Result<(), StoreError> {
         sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
+            .execute(
+                &mut *self
+                    .writer()
+                    .await
+                    .doing("emptying the write-ahead log of a deleted or replaced database")?,
+            )
             .await
             .doing("emptying the write-ahead log of a deleted or replaced database")?;
         Ok(())
     }
 
     pub async fn close(&self) {
+        if let Some(connection) = self.writer.connection.lock().await.take() {
+            let _ = connection.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -480,7 +564,7 @@ impl Store {
         .bind(url)
         .bind(priority)
         .bind(selectors)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.writer().await.doing("adding a job")?)
         .await
         .doing("adding a job")?;
         Ok(JobId(id))
@@ -502,7 +586,7 @@ impl Store {
               ORDER BY id LIMIT ?1",
         )
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.writer().await.doing("reading new jobs")?)
         .await
         .doing("reading new jobs")?;
         rows.iter()
@@ -536,7 +620,8 @@ impl Store {
         if decisions.is_empty() {
             return Ok(counts);
         }
-        let mut tx = self.pool.begin().await.doing("admitting new jobs")?;
+        let mut writer = self.writer().await.doing("admitting new jobs")?;
+        let mut tx = writer.begin().await.doing("admitting new jobs")?;
         for (job, decision) in decisions {
             let query = match decision {
                 // OR IGNORE: a URL already in the same crawl (a user added a seed to an
@@ -619,25 +704,30 @@ impl Store {
 
     // ---- Claiming. ----
 
-    /// Hosts that have admitted, queued jobs due now, in host order starting after `after`,
-    /// at most `limit`. A loose index scan: two index seeks per host (is there a next host,
-    /// is its earliest job due), however many jobs each host has.
+    /// Hosts that have admitted, queued jobs due now, in host order starting after `after`
+    /// and going round to the first host up to `after` itself, at most `limit`. A loose
+    /// index scan: two index seeks per host (is there a next host, is its earliest job
+    /// due), however many jobs each host has.
     pub async fn hosts_with_due_jobs(
         &self,
         after: &str,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(concat!(
-            "WITH RECURSIVE next_host(host) AS (
+            "WITH RECURSIVE next_host(host, lap) AS (
                  SELECT (SELECT MIN(host) FROM jobs INDEXED BY jobs_claimable
-                          WHERE status = 'queued' AND host IS NOT NULL AND host > ?1)
+                          WHERE status = 'queued' AND host IS NOT NULL AND host > ?1), 0
                  UNION ALL
+                 -- Past the last host (NULL), the walk starts again from the first one
+                 -- (lap 1) and stops at `after`.
                  SELECT (SELECT MIN(j.host) FROM jobs j INDEXED BY jobs_claimable
-                          WHERE j.status = 'queued' AND j.host IS NOT NULL AND j.host > n.host)
-                   FROM next_host n WHERE n.host IS NOT NULL
+                          WHERE j.status = 'queued' AND j.host IS NOT NULL
+                            AND j.host > COALESCE(n.host, '')),
+                        n.lap + (n.host IS NULL)
+                   FROM next_host n WHERE n.lap = 0 OR n.host < ?1
              )
              SELECT CAST(n.host AS BLOB) AS host FROM next_host n
-              WHERE n.host IS NOT NULL
+              WHERE n.host IS NOT NULL AND (n.lap = 0 OR n.host <= ?1)
                 AND (SELECT MIN(j.run_after) FROM jobs j INDEXED BY jobs_due
                       WHERE j.status = 'queued' AND j.host = n.host) <= ",
             now!(),
@@ -648,7 +738,7 @@ impl Store {
         ))
         .bind(after)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.writer().await.doing("listing hosts with due jobs")?)
         .await
         .doing("listing hosts with due jobs")?;
         // Leniently: `host` is ours, but a user could still write bytes that are not UTF-8.
@@ -660,85 +750,36 @@ impl Store {
 
     /// Claims up to `pick.jobs` due jobs of each picked host (highest priority, then oldest
     /// first): they become `running` under the lease token `lease_token`, which must be
-    /// unique to this claim (see [`lease_token`]). All or nothing.
+    /// unique to this claim (see [`lease_token`]). All or nothing. With `conditional_get`,
+    /// each job comes with the validators its URL was last fetched with.
     pub async fn claim(
         &self,
         lease_token: &str,
         lease: Duration,
         picks: &[HostPick],
+        conditional_get: bool,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        if picks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin().await.doing("claiming jobs")?;
-        let mut claimed = Vec::new();
+        const DOING: &str = "claiming jobs";
+        let mut writer = self.writer().await.doing(DOING)?;
         // SQLite allows at most 500 terms in one compound SELECT.
-        for chunk in picks.chunks(CLAIM_HOSTS_PER_STATEMENT) {
-            claimed.extend(claim_from(&mut tx, lease_token, lease, chunk).await?);
+        let mut chunks = picks.chunks(CLAIM_HOSTS_PER_STATEMENT);
+        match chunks.len() {
+            0 => Ok(Vec::new()),
+            // One statement is all or nothing by itself: no BEGIN and COMMIT, which would
+            // be two more round trips to SQLite's thread per claim.
+            1 => claim_from(&mut writer, lease_token, lease, picks, conditional_get).await,
+            _ => {
+                let mut tx = writer.begin().await.doing(DOING)?;
+                let mut claimed = Vec::new();
+                for chunk in &mut chunks {
+                    claimed.extend(
+                        claim_from(&mut tx, lease_token, lease, chunk, conditional_get).await?,
+                    );
+                }
+                tx.commit().await.doing(DOING)?;
+                Ok(claimed)
+            }
         }
-        tx.commit().await.doing("claiming jobs")?;
-        Ok(claimed)
-    }
-
-    /// Fills in the validators each claimed URL was last fetched with (one query for the
-    /// whole claim), for conditional GETs.
-    pub async fn attach_known_versions(
-        &self,
-        claimed: &mut [ClaimedJob],
-    ) -> Result<(), StoreError> {
-        let urls: Vec<&str> = claimed
-            .iter()
-            .filter_map(|job| job.canonical_url.as_deref())
-            .collect();
-        if urls.is_empty() {
-            return Ok(());
-        }
-        // (canonical URL, ETag, Last-Modified, result id, that result's job's selectors)
-        type VersionRow = (String, Option<String>, Option<String>, i64, Option<String>);
-        let rows: Vec<VersionRow> = sqlx::query_as(
-            "SELECT v.url, v.etag, v.last_modified, v.result_id,
-                        CAST(j.selectors AS TEXT)
-                   FROM validators v
-                   JOIN results r ON r.id = v.result_id
-                   JOIN jobs j ON j.id = r.job_id
-                  WHERE v.url IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(serde_json::to_string(&urls).expect("strings serialize"))
-        .fetch_all(&self.pool)
-        .await
-        .doing("reading stored validators")?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let known: HashMap<String, (KnownVersion, Option<String>)> = rows
-            .into_iter()
-            .map(|(url, etag, last_modified, result_id, selectors)| {
-                let validators = Validators {
-                    etag,
-                    last_modified,
-                };
-                (
-                    url,
-                    (
-                        KnownVersion {
-                            validators,
-                            result_id,
-                        },
-                        selectors,
-                    ),
-                )
-            })
-            .collect();
-        for job in claimed {
-            // A 304 copies the stored result's `data`: only right for the same selectors.
-            job.known_version = job
-                .canonical_url
-                .as_ref()
-                .and_then(|url| known.get(url))
-                .filter(|(_, selectors)| *selectors == job.selectors)
-                .map(|(version, _)| version.clone());
-        }
-        Ok(())
     }
 
     /// Pushes back the expiry of the leases we hold. Only the attempts the scheduler is
@@ -761,7 +802,7 @@ impl Store {
         ))
         .bind(lease.as_secs_f64())
         .bind(leases)
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await.doing("renewing leases")?)
         .await
         .doing("renewing leases")?;
         Ok(done.rows_affected())
@@ -789,7 +830,7 @@ impl Store {
             ")"
         ))
         .bind(default_max_attempts)
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await.doing("re-queueing jobs with expired leases")?)
         .await
         .doing("re-queueing jobs with expired leases")?;
         Ok(done.rows_affected())
@@ -806,7 +847,7 @@ impl Store {
             " WHERE status = 'running' AND substr(lease_owner, 1, length(?1)) = ?1"
         ))
         .bind(format!("{owner}/"))
-        .execute(&self.pool)
+        .execute(&mut *self.writer().await.doing("releasing jobs on shutdown")?)
         .await
         .doing("releasing jobs on shutdown")?;
         Ok(done.rows_affected())
@@ -821,7 +862,8 @@ impl Store {
         if attempts.is_empty() {
             return Ok(report);
         }
-        let mut tx = self.pool.begin().await.doing("storing results")?;
+        let mut writer = self.writer().await.doing("storing results")?;
+        let mut tx = writer.begin().await.doing("storing results")?;
         // The common case, a page fetched and parsed on the first try, is stored for the
         // whole batch in a few statements: each statement is a round trip to SQLite's
         // worker thread, and those trips, not SQLite, were most of a page's cost.
@@ -906,7 +948,7 @@ impl Store {
               WHERE paused_until > ",
             now!()
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.writer().await.doing("reading paused hosts")?)
         .await
         .doing("reading paused hosts")?;
         Ok(rows
@@ -952,7 +994,12 @@ impl Store {
         .bind(i64::from(me.pid))
         .bind(&me.version)
         .bind(me.heartbeat_every.as_secs_f64())
-        .execute(&self.pool)
+        .execute(
+            &mut *self
+                .writer()
+                .await
+                .doing("registering this daemon in workers")?,
+        )
         .await
         .doing("registering this daemon in workers")?;
         Ok(())
@@ -985,7 +1032,12 @@ impl Store {
         .bind(clamp(counters.bytes))
         .bind(clamp(counters.in_flight))
         .bind(stopped)
-        .execute(&self.pool)
+        .execute(
+            &mut *self
+                .writer()
+                .await
+                .doing("writing this daemon's heartbeat")?,
+        )
         .await
         .doing("writing this daemon's heartbeat")?;
         Ok(())
@@ -1001,7 +1053,7 @@ impl Store {
               WHERE hostname = ?1 ORDER BY started_at DESC, id DESC LIMIT 1",
         )
         .bind(hostname)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.writer().await.doing("reading workers")?)
         .await
         .doing("reading workers")?;
         Ok(row.map(|(id, pid, state, age)| WorkerHealth {
@@ -1102,7 +1154,7 @@ impl Store {
     pub async fn gzipped_body(&self, result_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         sqlx::query_scalar("SELECT body FROM bodies WHERE result_id = ?1")
             .bind(result_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.writer().await.doing("reading a stored body")?)
             .await
             .doing("reading a stored body")
     }
@@ -1118,14 +1170,14 @@ impl Store {
             now!(),
             ")))"
         ))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.writer().await.doing("checking for unfinished jobs")?)
         .await
         .doing("checking for unfinished jobs")
     }
 
     pub async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(COUNT_BY_STATUS)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.writer().await.doing("counting jobs")?)
             .await
             .doing("counting jobs")?;
         Ok(StatusCounts::from_rows(rows))
@@ -1137,7 +1189,8 @@ impl Store {
     /// the last day (at most `limits.workers`).
     pub async fn status_report(&self, limits: StatusLimits) -> Result<StatusReport, StoreError> {
         const DOING: &str = "reading the status report";
-        let mut tx = self.pool.begin().await.doing(DOING)?;
+        let mut writer = self.writer().await.doing(DOING)?;
+        let mut tx = writer.begin().await.doing(DOING)?;
         let jobs = StatusCounts::from_rows(
             sqlx::query_as(COUNT_BY_STATUS)
                 .fetch_all(&mut *tx)
@@ -1314,10 +1367,11 @@ const FINISH_SKIPPED: &str = concat!(fetch_finished!("skipped"), ", error = ?4",
 
 /// One claim statement: the per-host picks are one `UNION ALL` of index range scans.
 async fn claim_from(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    connection: &mut SqliteConnection,
     lease_token: &str,
     lease: Duration,
     picks: &[HostPick],
+    conditional_get: bool,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     let per_host = (0..picks.len())
         .map(|i| {
@@ -1325,9 +1379,9 @@ async fn claim_from(
                 "SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_claimable
                       WHERE status = 'queued' AND host = ?{} AND run_after <= {}
                       ORDER BY priority DESC, id LIMIT ?{})",
-                3 + 2 * i,
+                4 + 2 * i,
                 now!(),
-                4 + 2 * i
+                5 + 2 * i
             )
         })
         .collect::<Vec<_>>()
@@ -1348,18 +1402,27 @@ async fn claim_from(
                     CAST(max_attempts AS INTEGER) AS max_attempts,
                     CAST(selectors AS TEXT) AS selectors,
                     MAX(1, MIN(CAST(fetch_no AS INTEGER), 2147483647)) AS fetch_no,
-                    CAST(canonical_url AS BLOB) AS canonical_url",
+                    CAST(canonical_url AS BLOB) AS canonical_url,
+                    -- The version of this URL we hold: [ETag, Last-Modified, result id,
+                    -- the selectors that result was parsed with].
+                    (SELECT json_array(v.etag, v.last_modified, v.result_id,
+                                       CAST(vj.selectors AS TEXT))
+                       FROM validators v
+                       JOIN results r ON r.id = v.result_id
+                       JOIN jobs vj ON vj.id = r.job_id
+                      WHERE ?3 AND v.url = jobs.canonical_url) AS known_version",
         now_plus!("?2"),
         now!(),
     );
     // Only placeholders are spliced in; every value is bound.
     let mut query = sqlx::query(AssertSqlSafe(sql))
         .bind(lease_token)
-        .bind(lease.as_secs_f64());
+        .bind(lease.as_secs_f64())
+        .bind(conditional_get);
     for pick in picks {
         query = query.bind(pick.host.as_str()).bind(pick.jobs as i64);
     }
-    let rows = query.fetch_all(&mut **tx).await.doing("claiming jobs")?;
+    let rows = query.fetch_all(connection).await.doing("claiming jobs")?;
     let mut claimed = Vec::with_capacity(rows.len());
     for row in &rows {
         match claimed_job(row) {
@@ -1397,7 +1460,30 @@ fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
         fetch_no: row.try_get("fetch_no")?,
         canonical_url: lossy_text(row, "canonical_url")?,
         known_version: None,
-    })
+    }
+    .with_known_version(row.try_get("known_version")?))
+}
+
+impl ClaimedJob {
+    /// The stored version from a claim's `known_version` column, kept only if its result
+    /// was parsed with this job's selectors: a 304 copies that result's `data`. A version
+    /// that does not decode means a plain GET, which is always right.
+    fn with_known_version(mut self, known: Option<String>) -> ClaimedJob {
+        type Version = (Option<String>, Option<String>, i64, Option<String>);
+        let known = known.and_then(|json| serde_json::from_str::<Version>(&json).ok());
+        if let Some((etag, last_modified, result_id, selectors)) = known {
+            if selectors == self.selectors {
+                self.known_version = Some(KnownVersion {
+                    validators: Validators {
+                        etag,
+                        last_modified,
+                    },
+                    result_id,
+                });
+            }
+        }
+        self
+    }
 }
 
 /// A user-written text column read without trusting it to be UTF-8 (SQLite does not check).
@@ -1749,33 +1835,54 @@ async fn queue_children_batch(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     links: &[(i64, i64, &str, &str)],
 ) -> Result<(), StoreError> {
-    let roots: Vec<i64> = sqlx::query_scalar(
+    // Sent as runs of links that share a parent, a crawl and a host, each run's URLs a
+    // plain JSON array: SQLite then reads each URL as it walks the array, where taking four
+    // fields out of one small JSON array per link cost more than the duplicate lookup.
+    let mut runs: Vec<(i64, i64, &str, Vec<&str>)> = Vec::new();
+    for &(parent, root, url, host) in links {
+        match runs.last_mut() {
+            Some((p, r, h, urls)) if (*p, *r, *h) == (parent, root, host) => urls.push(url),
+            _ => runs.push((parent, root, host, vec![url])),
+        }
+    }
+    let roots: Vec<i64> = sqlx::query_scalar(concat!(
         "INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
                            max_depth, scope, allow, deny, max_pages, parent_id, root_id,
-                           depth, crawl_host, recrawl_every)
+                           depth, crawl_host, recrawl_every, run_after)
+         WITH run AS MATERIALIZED (
+                  SELECT key AS position, value ->> 0 AS parent_id, value ->> 1 AS root_id,
+                         value ->> 2 AS host, value -> 3 AS urls
+                    FROM json_each(?1)),
+              link AS MATERIALIZED (
+                  SELECT r.position, u.key AS n_in_run, r.parent_id, r.root_id, r.host,
+                         u.value AS url
+                    FROM run r JOIN json_each(r.urls) AS u
+                   WHERE NOT EXISTS (SELECT 1 FROM jobs d
+                                      WHERE d.root_id = r.root_id AND d.canonical_url = u.value))
          SELECT url, host, url, priority, selectors, max_attempts, max_depth, scope, allow,
-                deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every
-           FROM (SELECT l.value ->> 2 AS url, l.value ->> 3 AS host, p.priority, p.selectors,
-                        p.max_attempts, p.max_depth, p.scope, p.allow, p.deny, p.max_pages,
-                        p.id AS parent_id, l.value ->> 1 AS root_id,
+                deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every,
+                -- Given, not left NULL: the trigger that fills in a NULL would update
+                -- every new row once more.
+                ",
+        now!(),
+        "
+           FROM (SELECT l.url, l.host, p.priority, p.selectors, p.max_attempts, p.max_depth,
+                        p.scope, p.allow, p.deny, p.max_pages, p.id AS parent_id, l.root_id,
                         CAST(p.depth AS INTEGER) + 1 AS depth,
                         COALESCE(p.crawl_host, p.host) AS crawl_host, p.recrawl_every,
-                        l.key AS position,
-                        ROW_NUMBER() OVER (PARTITION BY l.value ->> 1 ORDER BY l.key) AS n,
+                        l.position, l.n_in_run,
+                        ROW_NUMBER() OVER (PARTITION BY l.root_id
+                                               ORDER BY l.position, l.n_in_run) AS n,
                         -- No root row (deleted by the user) or no budget: no limit.
                         (SELECT MAX(0, CAST(r.max_pages AS INTEGER) - r.crawl_size)
-                           FROM jobs r WHERE r.id = l.value ->> 1) AS room
-                   FROM json_each(?1) AS l
-                   JOIN jobs p ON p.id = l.value ->> 0
-                  WHERE NOT EXISTS (SELECT 1 FROM jobs d
-                                     WHERE d.root_id = l.value ->> 1
-                                       AND d.canonical_url = l.value ->> 2))
+                           FROM jobs r WHERE r.id = l.root_id) AS room
+                   FROM link l JOIN jobs p ON p.id = l.parent_id)
           WHERE room IS NULL OR n <= room
-          ORDER BY position
+          ORDER BY position, n_in_run
          ON CONFLICT DO NOTHING
-         RETURNING root_id",
-    )
-    .bind(serde_json::to_string(links).expect("values serialize"))
+         RETURNING root_id"
+    ))
+    .bind(serde_json::to_string(&runs).expect("values serialize"))
     .fetch_all(&mut **tx)
     .await
     .doing("queueing links")?;

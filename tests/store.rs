@@ -35,7 +35,7 @@ fn one_claim_can_span_more_hosts_than_a_compound_select_allows() {
             .map(|host| HostPick { host, jobs: 1 })
             .collect();
         let claimed = store
-            .claim("me", Duration::from_secs(60), &picks)
+            .claim("me", Duration::from_secs(60), &picks, true)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 600);
@@ -71,10 +71,43 @@ fn hosts_whose_jobs_all_wait_for_later_are_not_offered_for_claiming() {
             store.hosts_with_due_jobs("", 4).await.unwrap(),
             vec!["z.test"]
         );
+        // Going round from the last host comes back to it.
         assert_eq!(
             store.hosts_with_due_jobs("z.test", 4).await.unwrap(),
-            Vec::<String>::new()
+            vec!["z.test"]
         );
+    });
+}
+
+#[test]
+fn hosts_are_offered_round_robin_from_the_cursor_each_once() {
+    block_on(async {
+        let (db, store) = open().await;
+        let sql = user_connection(&db.path).await;
+        execute(
+            &sql,
+            "INSERT INTO jobs (url, host) VALUES
+               ('http://a.test/', 'a.test'), ('http://b.test/', 'b.test'),
+               ('http://b.test/2', 'b.test'), ('http://c.test/', 'c.test'),
+               ('http://d.test/', 'd.test')",
+        )
+        .await;
+        let from = |after: &'static str, limit| {
+            let store = store.clone();
+            async move { store.hosts_with_due_jobs(after, limit).await.unwrap() }
+        };
+        assert_eq!(from("", 10).await, ["a.test", "b.test", "c.test", "d.test"]);
+        assert_eq!(
+            from("b.test", 10).await,
+            ["c.test", "d.test", "a.test", "b.test"]
+        );
+        assert_eq!(from("b.test", 3).await, ["c.test", "d.test", "a.test"]);
+        // A cursor host that has no work left any more: the walk still goes round once.
+        assert_eq!(
+            from("bb.test", 10).await,
+            ["c.test", "d.test", "a.test", "b.test"]
+        );
+        assert_eq!(from("z.test", 2).await, ["a.test", "b.test"]);
     });
 }
 
@@ -96,7 +129,7 @@ fn claiming_reads_odd_attempt_values_and_takes_the_best_jobs_first() {
             jobs: 2,
         }];
         let mut claimed = store
-            .claim("me", Duration::from_secs(60), &picks)
+            .claim("me", Duration::from_secs(60), &picks, true)
             .await
             .unwrap();
         claimed.sort_by_key(|j| j.id);
@@ -245,7 +278,7 @@ fn a_link_two_pages_of_one_batch_share_takes_one_place_in_the_crawl_budget() {
             jobs: 2,
         };
         let claimed = store
-            .claim("me", Duration::from_secs(60), &[pick])
+            .claim("me", Duration::from_secs(60), &[pick], true)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 2);
