@@ -389,7 +389,11 @@ impl<'d> Scheduler<'d> {
     /// Sleeps until an attempt finishes, the poll interval passes, or shutdown fires.
     async fn wait_for_work(&mut self, shutdown: &Shutdown) {
         let pause = if self.store_healthy {
-            self.settings().daemon.poll_interval
+            // Until the next look for new rows is due (see `admit_and_claim`).
+            self.settings()
+                .daemon
+                .poll_interval
+                .saturating_sub(self.last_admission.elapsed())
         } else {
             STORE_RETRY_PAUSE
         };
@@ -560,6 +564,16 @@ impl<'d> Scheduler<'d> {
     }
 
     async fn admit_and_claim(&mut self) -> Result<(), StoreError> {
+        // New rows are looked for once per poll interval, not on every turn of a busy
+        // loop: each look is a round trip to SQLite's thread, and the interval is what an
+        // idle daemon promises anyway. A full batch means more rows are waiting: the next
+        // turn looks again.
+        if self.last_admission.elapsed() >= self.settings().daemon.poll_interval {
+            let admitted = self.admit().await?;
+            if admitted < ADMISSION_BATCH {
+                self.last_admission = Instant::now();
+            }
+        }
         let free = self
             .settings()
             .limits
@@ -568,13 +582,6 @@ impl<'d> Scheduler<'d> {
             .saturating_sub(self.in_flight.total());
         if free == 0 {
             return Ok(());
-        }
-        // New rows are looked for once per poll interval, not on every turn of a busy
-        // loop: each look is a round trip to SQLite's thread, and the interval is what an
-        // idle daemon promises anyway.
-        if self.last_admission.elapsed() >= self.settings().daemon.poll_interval {
-            self.admit().await?;
-            self.last_admission = Instant::now();
         }
         let picks = self.pick_hosts(free).await?;
         let settings = self.daemon.settings.clone();
@@ -596,10 +603,11 @@ impl<'d> Scheduler<'d> {
     }
 
     /// Validates new rows: bad URLs and selectors fail here, before any fetch.
-    async fn admit(&mut self) -> Result<(), StoreError> {
+    /// Returns how many new rows it looked at.
+    async fn admit(&mut self) -> Result<usize, StoreError> {
         let new_jobs = self.store().unadmitted(ADMISSION_BATCH).await?;
         if new_jobs.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let decisions: Vec<_> = new_jobs
             .iter()
@@ -623,7 +631,7 @@ impl<'d> Scheduler<'d> {
         let admissions = self.store().record_admissions(&decisions).await?;
         self.report.failed += admissions.refused;
         self.report.skipped += admissions.skipped;
-        Ok(())
+        Ok(new_jobs.len())
     }
 
     /// Host-fair picking: walk the hosts with queued work round-robin from the cursor and

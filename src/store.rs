@@ -335,8 +335,8 @@ pub struct WorkerSummary {
 
 #[derive(Clone, Debug)]
 pub struct Store {
-    /// For the crawl's own lookups (robots.txt, a redirect target's job), from many tasks
-    /// at once.
+    /// For the crawl's own reads and writes (robots.txt, a redirect target's job), from
+    /// many tasks at once, and for the migrations.
     pool: SqlitePool,
     /// One connection for everything the scheduler and the command line do. A connection
     /// must drop its page cache whenever another connection has written, so when the
@@ -1404,9 +1404,11 @@ async fn claim_from(
                     MAX(1, MIN(CAST(fetch_no AS INTEGER), 2147483647)) AS fetch_no,
                     CAST(canonical_url AS BLOB) AS canonical_url,
                     -- The version of this URL we hold: [ETag, Last-Modified, result id,
-                    -- the selectors that result was parsed with].
-                    (SELECT json_array(v.etag, v.last_modified, v.result_id,
-                                       CAST(vj.selectors AS TEXT))
+                    -- the selectors that result was parsed with]. As bytes, read leniently:
+                    -- a version that does not decode means a plain GET, never a failed claim.
+                    (SELECT CAST(json_array(CAST(v.etag AS TEXT), CAST(v.last_modified AS TEXT),
+                                            CAST(v.result_id AS INTEGER),
+                                            CAST(vj.selectors AS TEXT)) AS BLOB)
                        FROM validators v
                        JOIN results r ON r.id = v.result_id
                        JOIN jobs vj ON vj.id = r.job_id
@@ -1461,16 +1463,16 @@ fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
         canonical_url: lossy_text(row, "canonical_url")?,
         known_version: None,
     }
-    .with_known_version(row.try_get("known_version")?))
+    .with_known_version(row.try_get("known_version").ok().flatten()))
 }
 
 impl ClaimedJob {
     /// The stored version from a claim's `known_version` column, kept only if its result
     /// was parsed with this job's selectors: a 304 copies that result's `data`. A version
     /// that does not decode means a plain GET, which is always right.
-    fn with_known_version(mut self, known: Option<String>) -> ClaimedJob {
+    fn with_known_version(mut self, known: Option<Vec<u8>>) -> ClaimedJob {
         type Version = (Option<String>, Option<String>, i64, Option<String>);
-        let known = known.and_then(|json| serde_json::from_str::<Version>(&json).ok());
+        let known = known.and_then(|json| serde_json::from_slice::<Version>(&json).ok());
         if let Some((etag, last_modified, result_id, selectors)) = known {
             if selectors == self.selectors {
                 self.known_version = Some(KnownVersion {
@@ -1845,10 +1847,10 @@ async fn queue_children_batch(
             _ => runs.push((parent, root, host, vec![url])),
         }
     }
-    let roots: Vec<i64> = sqlx::query_scalar(concat!(
+    let roots: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
                            max_depth, scope, allow, deny, max_pages, parent_id, root_id,
-                           depth, crawl_host, recrawl_every, run_after)
+                           depth, crawl_host, recrawl_every)
          WITH run AS MATERIALIZED (
                   SELECT key AS position, value ->> 0 AS parent_id, value ->> 1 AS root_id,
                          value ->> 2 AS host, value -> 3 AS urls
@@ -1860,12 +1862,7 @@ async fn queue_children_batch(
                    WHERE NOT EXISTS (SELECT 1 FROM jobs d
                                       WHERE d.root_id = r.root_id AND d.canonical_url = u.value))
          SELECT url, host, url, priority, selectors, max_attempts, max_depth, scope, allow,
-                deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every,
-                -- Given, not left NULL: the trigger that fills in a NULL would update
-                -- every new row once more.
-                ",
-        now!(),
-        "
+                deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every
            FROM (SELECT l.url, l.host, p.priority, p.selectors, p.max_attempts, p.max_depth,
                         p.scope, p.allow, p.deny, p.max_pages, p.id AS parent_id, l.root_id,
                         CAST(p.depth AS INTEGER) + 1 AS depth,
@@ -1880,8 +1877,8 @@ async fn queue_children_batch(
           WHERE room IS NULL OR n <= room
           ORDER BY position, n_in_run
          ON CONFLICT DO NOTHING
-         RETURNING root_id"
-    ))
+         RETURNING root_id",
+    )
     .bind(serde_json::to_string(&runs).expect("values serialize"))
     .fetch_all(&mut **tx)
     .await

@@ -305,3 +305,52 @@ fn a_link_two_pages_of_one_batch_share_takes_one_place_in_the_crawl_budget() {
         assert_eq!(size, 5);
     });
 }
+
+#[test]
+fn a_claim_brings_the_stored_version_and_one_that_does_not_decode_means_a_plain_get() {
+    block_on(async {
+        let (db, store) = open().await;
+        let sql = user_connection(&db.path).await;
+        // Job 1's selectors are not UTF-8 and its URL's ETag is a blob; job 2 is ordinary.
+        // Each was fetched before (result 7, 8) and left validators for its URL.
+        execute(
+            &sql,
+            "INSERT INTO jobs (id, url, host, canonical_url, selectors) VALUES
+               (1, 'http://v.test/a', 'v.test', 'http://v.test/a', X'7BE9'),
+               (2, 'http://v.test/b', 'v.test', 'http://v.test/b', NULL)",
+        )
+        .await;
+        execute(
+            &sql,
+            "INSERT INTO results (id, job_id, url, final_url, http_status, bytes, elapsed_ms) VALUES
+               (7, 1, 'http://v.test/a', 'http://v.test/a', 200, 1, 1),
+               (8, 2, 'http://v.test/b', 'http://v.test/b', 200, 1, 1)",
+        )
+        .await;
+        execute(
+            &sql,
+            "INSERT INTO validators (url, etag, last_modified, result_id) VALUES
+               ('http://v.test/a', X'00FF', NULL, 7),
+               ('http://v.test/b', '\"b1\"', 'Sat, 21 Nov 2026 10:00:00 GMT', 8)",
+        )
+        .await;
+        let pick = HostPick {
+            host: "v.test".to_owned(),
+            jobs: 2,
+        };
+        let mut claimed = store
+            .claim("me", Duration::from_secs(60), &[pick], true)
+            .await
+            .unwrap();
+        claimed.sort_by_key(|job| job.id.0);
+        assert_eq!(claimed.len(), 2, "{claimed:?}");
+        assert!(claimed[0].known_version.is_none(), "{claimed:?}");
+        let known = claimed[1].known_version.as_ref().expect("job 2's version");
+        assert_eq!(known.result_id, 8);
+        assert_eq!(known.validators.etag.as_deref(), Some("\"b1\""));
+        assert_eq!(
+            known.validators.last_modified.as_deref(),
+            Some("Sat, 21 Nov 2026 10:00:00 GMT")
+        );
+    });
+}
