@@ -273,10 +273,13 @@ impl Crawler {
             // robots.txt itself is not under the Crawl-delay it may hold.
             let _no_turn = self.limits.until_ready(&host, None).await;
             let options = GetOptions {
+                pace: Some(&self.limits),
                 cut_body_at: Some(robots::MAX_ROBOTS_BYTES),
                 if_changed: None,
             };
-            let response = match self.fetcher.get(&url, options).await {
+            let response = self.fetcher.get(&url, options).await;
+            self.limits.space_from_now(&host);
+            let response = match response {
                 Ok(response) => response,
                 Err(e) => return RobotsAnswer::Failed(format!("GET {url}: {e}")),
             };
@@ -317,6 +320,7 @@ impl Crawler {
             // Held until this hop's response is in (dropped with this loop turn).
             let _turn = self.limits.until_ready(&host, crawl_delay).await;
             let options = GetOptions {
+                pace: Some(&self.limits),
                 if_changed: if_changed.filter(|_| chain.len() == 1),
                 cut_body_at: None,
             };

@@ -16,6 +16,7 @@ use futures_lite::AsyncReadExt;
 use isahc::config::{Configurable, Dialer, RedirectPolicy};
 use url::Url;
 
+use crate::limits::RateLimits;
 use crate::runtime;
 use crate::settings::FetchSettings;
 
@@ -92,8 +93,11 @@ impl Validators {
 }
 
 /// How one GET differs from a plain one.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct GetOptions<'a> {
+    /// The rate limits to pass once more as the request is handed to the HTTP client
+    /// (see [`RateLimits::until_sendable`]).
+    pub pace: Option<&'a RateLimits>,
     /// Keep only the first this many bytes of the body instead of failing on a larger one
     /// (robots.txt); never more than `fetch.max_body_bytes`.
     pub cut_body_at: Option<u64>,
@@ -228,6 +232,9 @@ impl Fetcher {
         let mut request = request.build();
         if let Some(address) = pinned {
             request.set_ext(PinnedAddress(address));
+        }
+        if let Some(limits) = options.pace {
+            limits.until_sendable(&host.to_ascii_lowercase()).await;
         }
         let mut response = self
             .client
