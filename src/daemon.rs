@@ -386,7 +386,8 @@ impl<'d> Scheduler<'d> {
         }
     }
 
-    /// Sleeps until an attempt finishes, the poll interval passes, or shutdown fires.
+    /// Sleeps until an attempt finishes, the next look for new rows is due, or shutdown
+    /// fires.
     async fn wait_for_work(&mut self, shutdown: &Shutdown) {
         let pause = if self.store_healthy {
             // Until the next look for new rows is due (see `admit_and_claim`).

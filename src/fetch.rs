@@ -95,8 +95,8 @@ impl Validators {
 /// How one GET differs from a plain one.
 #[derive(Clone, Copy, Default)]
 pub struct GetOptions<'a> {
-    /// The rate limits to pass once more as the request is handed to the HTTP client
-    /// (see [`RateLimits::until_sendable`]).
+    /// The rate limits to pass once more just before the request is handed to the HTTP
+    /// client (see [`RateLimits::until_sendable`]).
     pub pace: Option<&'a RateLimits>,
     /// Keep only the first this many bytes of the body instead of failing on a larger one
     /// (robots.txt); never more than `fetch.max_body_bytes`.
@@ -138,6 +138,11 @@ impl Fetcher {
     #[tracing::instrument(level = "debug", name = "fetch", skip_all, fields(url = %url))]
     pub async fn get(&self, url: &Url, options: GetOptions<'_>) -> Result<Response, FetchError> {
         let host = url.host_str().unwrap_or_default().to_owned();
+        // Before the time limit and the clock start: a wait for the quota or a pause is
+        // not the server's slowness.
+        if let (Some(limits), Some(key)) = (options.pace, crate::job::host_key(url)) {
+            limits.until_sendable(&key).await;
+        }
         let started = Instant::now();
         let limit = self.settings.timeout;
         let mut response = runtime::timeout(limit, self.exchange(url, &host, options))
@@ -232,9 +237,6 @@ impl Fetcher {
         let mut request = request.build();
         if let Some(address) = pinned {
             request.set_ext(PinnedAddress(address));
-        }
-        if let Some(limits) = options.pace {
-            limits.until_sendable(&host.to_ascii_lowercase()).await;
         }
         let mut response = self
             .client
