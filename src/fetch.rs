@@ -138,19 +138,24 @@ impl Fetcher {
     #[tracing::instrument(level = "debug", name = "fetch", skip_all, fields(url = %url))]
     pub async fn get(&self, url: &Url, options: GetOptions<'_>) -> Result<Response, FetchError> {
         let host = url.host_str().unwrap_or_default().to_owned();
-        // Before the time limit and the clock start: a wait for the quota or a pause is
-        // not the server's slowness.
+        let limit = self.settings.timeout;
+        let timed_out = |_| FetchError::Timeout {
+            host: host.clone(),
+            after: limit,
+        };
+        let request = runtime::timeout(limit, self.request(url, &host, options))
+            .await
+            .map_err(timed_out)??;
+        // As late as we can, just before the request is handed over; outside the time
+        // limit and the clock: a wait for the quota or a pause is not the server's
+        // slowness.
         if let (Some(limits), Some(key)) = (options.pace, crate::job::host_key(url)) {
             limits.until_sendable(&key).await;
         }
         let started = Instant::now();
-        let limit = self.settings.timeout;
-        let mut response = runtime::timeout(limit, self.exchange(url, &host, options))
+        let mut response = runtime::timeout(limit, self.exchange(request, &host, options))
             .await
-            .map_err(|_| FetchError::Timeout {
-                host: host.clone(),
-                after: limit,
-            })??;
+            .map_err(timed_out)??;
         response.elapsed = started.elapsed();
         tracing::debug!(
             status = response.status,
@@ -211,12 +216,14 @@ impl Fetcher {
             })
     }
 
-    async fn exchange(
+    /// The GET to send: its headers, and the address it must go to when the address guard
+    /// is on (resolved and checked here).
+    async fn request(
         &self,
         url: &Url,
         host: &str,
         options: GetOptions<'_>,
-    ) -> Result<Response, FetchError> {
+    ) -> Result<surf::Request, FetchError> {
         let pinned = self.checked_address(url, host).await?;
         let mut request = self
             .client
@@ -238,6 +245,15 @@ impl Fetcher {
         if let Some(address) = pinned {
             request.set_ext(PinnedAddress(address));
         }
+        Ok(request)
+    }
+
+    async fn exchange(
+        &self,
+        request: surf::Request,
+        host: &str,
+        options: GetOptions<'_>,
+    ) -> Result<Response, FetchError> {
         let mut response = self
             .client
             .send(request)
