@@ -133,8 +133,9 @@ impl Fetcher {
         })
     }
 
-    /// One GET of `url`, no redirects followed. The whole exchange, body included, must
-    /// finish within `fetch.timeout_secs`.
+    /// One GET of `url`, no redirects followed. The exchange, body included, must finish
+    /// within `fetch.timeout_secs` (and so must resolving the host for the address
+    /// guard); the wait for the host's quota just before the send does not count.
     #[tracing::instrument(level = "debug", name = "fetch", skip_all, fields(url = %url))]
     pub async fn get(&self, url: &Url, options: GetOptions<'_>) -> Result<Response, FetchError> {
         let host = url.host_str().unwrap_or_default().to_owned();
