@@ -45,3 +45,10 @@ nginx_conf_head() {
   printf 'worker_processes 1;\npid %s/nginx.pid;\nerror_log %s/nginx-error.log;\nevents { worker_connections %s; }\n' \
     "$work" "$work" "$1"
 }
+
+# Starts nginx on $work/nginx.conf. Its worker runs as another user (www-data), so the
+# files it serves from $work (and $work itself) must be readable by everyone.
+start_nginx() {
+  chmod -R a+rX "$work"
+  nginx -c "$work/nginx.conf"
+}

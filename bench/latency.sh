@@ -51,8 +51,7 @@ http {
 }
 NGINX
 } >"$work/nginx.conf"
-chmod -R a+rX "$work"
-nginx -c "$work/nginx.conf"
+start_nginx
 
 db="$work/latency.db"
 "$CRAWLQ_BIN" migrate --database "$db" >/dev/null

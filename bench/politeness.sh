@@ -130,8 +130,7 @@ $listens
 }
 NGINX
 } >"$work/nginx.conf"
-chmod -R a+rX "$work"
-nginx -c "$work/nginx.conf"
+start_nginx
 
 db="$work/politeness.db"
 "$CRAWLQ_BIN" migrate --database "$db" >/dev/null

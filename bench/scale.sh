@@ -34,8 +34,7 @@ echo "<title>queued page</title>" > "$work/site/page.html"
 http { access_log off; server { listen 127.0.0.1:$PORT; root $work/site; } }
 NGINX
 } >"$work/nginx.conf"
-chmod -R a+rX "$work"
-nginx -c "$work/nginx.conf"
+start_nginx
 
 # Peak and final RSS (MB) of a daemon over WATCH_SECS with `jobs` jobs queued at its start.
 watch_rss() {

@@ -97,8 +97,7 @@ http {
 }
 NGINX
 } >"$work/nginx.conf"
-chmod -R a+rX "$work"
-nginx -c "$work/nginx.conf"
+start_nginx
 
 wrk_out=$(PATHS_LUA="$work/paths.lua" wrk -t2 -c64 -d"${WRK_SECS}s" -s "$work/wrk.lua" "http://127.0.0.1:$PORT")
 wrk_rps=$(awk '/Requests\/sec/ {print $2}' <<<"$wrk_out")
