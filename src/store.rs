@@ -762,7 +762,7 @@ impl Store {
         const DOING: &str = "claiming jobs";
         let mut writer = self.writer().await.doing(DOING)?;
         // SQLite allows at most 500 terms in one compound SELECT.
-        let mut chunks = picks.chunks(CLAIM_HOSTS_PER_STATEMENT);
+        let chunks = picks.chunks(CLAIM_HOSTS_PER_STATEMENT);
         match chunks.len() {
             0 => Ok(Vec::new()),
             // One statement is all or nothing by itself: no BEGIN and COMMIT, which would
@@ -771,7 +771,7 @@ impl Store {
             _ => {
                 let mut tx = writer.begin().await.doing(DOING)?;
                 let mut claimed = Vec::new();
-                for chunk in &mut chunks {
+                for chunk in chunks {
                     claimed.extend(
                         claim_from(&mut tx, lease_token, lease, chunk, conditional_get).await?,
                     );
