@@ -151,29 +151,7 @@ PY
 
 # Wire times: every HTTP request line sent to $PORT on lo, with the kernel's timestamp.
 if [ "$(id -u)" = 0 ]; then
-  python3 - "$PORT" "$work/wire.txt" <<'PY' &
-import socket, struct, sys
-port, out = int(sys.argv[1]), open(sys.argv[2], "w", buffering=1)
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
-s.bind(("lo", 0))
-SO_TIMESTAMPNS = 35
-s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
-while True:
-    data, anc, _, addr = s.recvmsg(65535, 1024)
-    if addr[2] == socket.PACKET_OUTGOING:   # lo shows every packet twice
-        continue
-    ip = data[14:]
-    if len(ip) < 20 or ip[9] != 6:
-        continue
-    tcp = ip[(ip[0] & 15) * 4:]
-    if struct.unpack("!H", tcp[2:4])[0] != port:
-        continue
-    payload = tcp[(tcp[12] >> 4) * 4:]
-    if payload.startswith(b"GET "):
-        ts = next(struct.unpack("qq", d[:16]) for _, t, d in anc if t == SO_TIMESTAMPNS)
-        out.write(f"{ts[0] + ts[1] / 1e9:.6f} {socket.inet_ntoa(ip[16:20])} {payload.split(b' ', 2)[1].decode()}\n")
-PY
+  python3 bench/wire.py "$PORT" "$work/wire.txt" &
   sniffer=$!
   sleep 0.5
 fi
