@@ -13,7 +13,7 @@ use crate::body;
 use crate::fetch::{self, FetchError, Fetcher, GetOptions, Response, Validators};
 use crate::follow::{self, Child, Follow, QueryFilter};
 use crate::job::{self, Attempt, ClaimedJob, Ending, PageRecord, RedirectTarget};
-use crate::limits::RateLimits;
+use crate::limits::{RateLimits, Ticket};
 use crate::parse::{self, SelectorSet};
 use crate::robots::{self, Permission, Robots, RobotsAnswer};
 use crate::runtime;
@@ -79,13 +79,20 @@ impl Crawler {
         self.robots.prune();
     }
 
+    /// robots.txt answers fetched and not yet stored (see [`Robots::take_unsaved`]).
+    pub fn take_unsaved_robots(&self) -> Vec<robots::FetchedRobots> {
+        self.robots.take_unsaved()
+    }
+
     /// The canonical-URL rules, shared with admission.
     pub fn query_filter(&self) -> &QueryFilter {
         &self.query_filter
     }
 
-    /// Runs one attempt of a claimed job and applies the retry policy to its ending.
-    pub async fn attempt(&self, job: ClaimedJob) -> Attempt {
+    /// Runs one attempt of a claimed job and applies the retry policy to its ending. The
+    /// `ticket` is the request to the job's host that the scheduler was granted when it
+    /// claimed the job (see [`RateLimits::grant`]).
+    pub async fn attempt(&self, job: ClaimedJob, ticket: Ticket) -> Attempt {
         let span = tracing::debug_span!(
             "job",
             job.id = %job.id,
@@ -95,7 +102,7 @@ impl Crawler {
         );
         async move {
             tracing::debug!("claimed");
-            let outcome = self.run(&job).await;
+            let outcome = self.run(&job, &ticket).await;
             let max_attempts = job
                 .max_attempts
                 .unwrap_or(self.settings.retry.max_attempts.get());
@@ -119,7 +126,7 @@ impl Crawler {
         .await
     }
 
-    async fn run(&self, job: &ClaimedJob) -> Outcome {
+    async fn run(&self, job: &ClaimedJob, ticket: &Ticket) -> Outcome {
         // Admission checked these already; the row may have been edited since.
         let selectors = match SelectorSet::from_optional_json(job.selectors.as_deref()) {
             Ok(selectors) => selectors,
@@ -152,7 +159,7 @@ impl Crawler {
             )));
         }
         let (final_url, response) = match self
-            .fetch_following_redirects(job, start.clone(), if_changed, &mut claimed_targets)
+            .fetch_following_redirects(job, start.clone(), if_changed, &mut claimed_targets, ticket)
             .await
         {
             Ok(found) => found,
@@ -233,6 +240,7 @@ impl Crawler {
         url: &Url,
         host: &str,
         first: bool,
+        ticket: &Ticket,
     ) -> Result<Option<Duration>, Ending> {
         let via = if first {
             String::new()
@@ -247,7 +255,7 @@ impl Crawler {
         }
         match self
             .robots
-            .permission(url, |robots_url| self.fetch_robots(robots_url))
+            .permission(url, |robots_url| self.fetch_robots(robots_url, ticket))
             .await
         {
             Permission::Allowed { crawl_delay } => Ok(crawl_delay),
@@ -266,12 +274,12 @@ impl Crawler {
 
     /// GETs a robots.txt through the rate limiter, following up to five redirects (to any
     /// host: each hop waits for its own host's quota).
-    async fn fetch_robots(&self, robots_url: Url) -> RobotsAnswer {
+    async fn fetch_robots(&self, robots_url: Url, ticket: &Ticket) -> RobotsAnswer {
         let mut url = robots_url;
         for _ in 0..=ROBOTS_MAX_REDIRECTS {
             let host = job::host_key(&url).expect("robots.txt URLs have a host");
             // robots.txt itself is not under the Crawl-delay it may hold.
-            let _no_turn = self.limits.until_ready(&host, None).await;
+            let _no_turn = self.limits.until_ready(&host, None, ticket).await;
             let options = GetOptions {
                 pace: Some(&self.limits),
                 cut_body_at: Some(robots::MAX_ROBOTS_BYTES),
@@ -310,15 +318,18 @@ impl Crawler {
         start: Url,
         if_changed: Option<&Validators>,
         targets: &mut ClaimedTargets<'_>,
+        ticket: &Ticket,
     ) -> Result<(Url, Response), Ending> {
         let max_redirects = self.settings.fetch.max_redirects;
         let mut chain = vec![start];
         loop {
             let url = chain.last().expect("chain starts non-empty").clone();
             let host = job::host_key(&url).expect("checked URLs have a host");
-            let crawl_delay = self.ask_robots(&url, &host, chain.len() == 1).await?;
+            let crawl_delay = self
+                .ask_robots(&url, &host, chain.len() == 1, ticket)
+                .await?;
             // Held until this hop's response is in (dropped with this loop turn).
-            let _turn = self.limits.until_ready(&host, crawl_delay).await;
+            let _turn = self.limits.until_ready(&host, crawl_delay, ticket).await;
             let options = GetOptions {
                 pace: Some(&self.limits),
                 if_changed: if_changed.filter(|_| chain.len() == 1),

@@ -18,7 +18,9 @@ use tracing::Instrument;
 
 use crate::crawl::Crawler;
 use crate::job::{self, Attempt, ClaimedJob, JobId, Verdict};
+use crate::limits::{Grant, Ticket};
 use crate::runtime;
+use crate::schedule::HostSchedule;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::store::{self, HostPick, Store, StoreError, WorkerCounters, WorkerIdentity};
@@ -33,6 +35,17 @@ const PRUNE_LIMITER_EVERY: Duration = Duration::from_secs(60);
 const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// After a database error, the loop turns this often until a turn succeeds.
 const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How often the queue is walked for hosts with due jobs that the daemon did not hear of
+/// (a user re-queueing finished jobs, a retry's backoff ending); new rows need no walk:
+/// admission hands their hosts to the schedule.
+const WALK_QUEUE_EVERY: Duration = Duration::from_secs(1);
+/// Hosts the schedule holds at most (see [`HostSchedule`]); one walk of the queue reads
+/// at most this many.
+const SCHEDULED_HOSTS: usize = 20_000;
+/// Attempts that wait (for a quota after a robots.txt, a redirect to another host, a
+/// Crawl-delay) do not count against `limits.max_in_flight`, which counts requests; this
+/// many times `max_in_flight` bounds all attempts together, waiting or not.
+const ATTEMPTS_PER_SLOT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -291,8 +304,11 @@ struct Scheduler<'d> {
     finished_rx: async_channel::Receiver<Attempt>,
     /// Finished attempts not yet committed (kept across a failing store, never dropped).
     unstored: Vec<Attempt>,
-    /// Round-robin position: the next claim starts with the host after this one.
-    cursor: String,
+    /// The hosts with queued work and when each may next be claimed for.
+    hosts: HostSchedule,
+    /// Where the next walk of the queue for hosts starts (it goes round).
+    walk_cursor: String,
+    last_walk: Instant,
     /// Claims made so far; numbers each claim's lease token.
     claims: u64,
     report: RunReport,
@@ -321,7 +337,9 @@ impl<'d> Scheduler<'d> {
             finished_tx,
             finished_rx,
             unstored: Vec::new(),
-            cursor: String::new(),
+            hosts: HostSchedule::new(SCHEDULED_HOSTS),
+            walk_cursor: String::new(),
+            last_walk: long_ago,
             claims: 0,
             report: RunReport::default(),
             store_healthy: true,
@@ -350,6 +368,7 @@ impl<'d> Scheduler<'d> {
             self.turn_failed = false;
             self.collect_finished();
             self.store_finished().await;
+            self.store_robots().await;
             if shutdown.is_fired() {
                 return Ok(());
             }
@@ -386,15 +405,20 @@ impl<'d> Scheduler<'d> {
         }
     }
 
-    /// Sleeps until an attempt finishes, the next look for new rows is due, or shutdown
-    /// fires.
+    /// Sleeps until an attempt finishes, the next look for new rows is due, a waiting host
+    /// becomes due while a slot is free, or shutdown fires.
     async fn wait_for_work(&mut self, shutdown: &Shutdown) {
         let pause = if self.store_healthy {
             // Until the next look for new rows is due (see `admit_and_claim`).
-            self.settings()
+            let admission = self
+                .settings()
                 .daemon
                 .poll_interval
-                .saturating_sub(self.last_admission.elapsed())
+                .saturating_sub(self.last_admission.elapsed());
+            match self.hosts.next_wake().filter(|_| self.free_slots() > 0) {
+                Some(due) => admission.min(due.saturating_duration_since(Instant::now())),
+                None => admission,
+            }
         } else {
             STORE_RETRY_PAUSE
         };
@@ -418,6 +442,15 @@ impl<'d> Scheduler<'d> {
         }
     }
 
+    /// Stores the robots.txt answers fetched since the last turn, in one statement. Best
+    /// effort: they are obeyed from memory either way, and fetched again after a restart.
+    async fn store_robots(&mut self) {
+        let answers = self.daemon.crawler.take_unsaved_robots();
+        if let Err(e) = self.store().save_robots(&answers).await {
+            tracing::warn!(origins = answers.len(), error = %e, "could not store robots.txt answers");
+        }
+    }
+
     /// Commits every finished attempt in one transaction; only then frees their slots.
     async fn store_finished(&mut self) {
         if self.unstored.is_empty() {
@@ -431,11 +464,25 @@ impl<'d> Scheduler<'d> {
                 for attempt in std::mem::take(&mut self.unstored) {
                     if !report.lost.contains(&(attempt.job.id, attempt.job.attempt)) {
                         self.count(&attempt);
+                        self.schedule_after(&attempt);
                     }
                     self.in_flight.remove(&attempt.job);
+                    self.hosts.attempt_ended(&attempt.job.host);
                 }
             }
             Err(e) => self.store_failed(&e),
+        }
+    }
+
+    /// The work a stored attempt left behind: a retry of its job when its backoff ends,
+    /// and the links it queued.
+    fn schedule_after(&mut self, attempt: &Attempt) {
+        if let Verdict::Retry { after, .. } = &attempt.verdict {
+            self.hosts
+                .add_at(&attempt.job.host, Instant::now() + *after);
+        }
+        for child in &attempt.children {
+            self.hosts.add(&child.host);
         }
     }
 
@@ -575,20 +622,21 @@ impl<'d> Scheduler<'d> {
                 self.last_admission = Instant::now();
             }
         }
-        let free = self
-            .settings()
-            .limits
-            .max_in_flight
-            .get()
-            .saturating_sub(self.in_flight.total());
+        if self.last_walk.elapsed() >= WALK_QUEUE_EVERY {
+            self.walk_queue().await?;
+        }
+        let free = self.free_slots();
         if free == 0 {
             return Ok(());
         }
-        let picks = self.pick_hosts(free).await?;
+        let (picks, next_due) = self.pick_hosts(free);
+        if picks.is_empty() {
+            return Ok(());
+        }
         let settings = self.daemon.settings.clone();
         self.claims += 1;
         let token = store::lease_token(&self.daemon.owner, self.claims);
-        let claimed = self
+        let claimed = match self
             .store()
             .claim(
                 &token,
@@ -596,9 +644,72 @@ impl<'d> Scheduler<'d> {
                 &picks,
                 settings.fetch.conditional_get,
             )
-            .await?;
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // Their quota was passed for nothing; they still have work.
+                for pick in &picks {
+                    self.hosts.add(&pick.host);
+                }
+                return Err(e);
+            }
+        };
+        let mut per_host: HashMap<&str, usize> = HashMap::new();
+        for job in &claimed {
+            *per_host.entry(job.host.as_str()).or_default() += 1;
+        }
+        let per_host: HashMap<String, usize> = per_host
+            .into_iter()
+            .map(|(host, n)| (host.to_owned(), n))
+            .collect();
         for job in claimed {
-            self.start(job);
+            let ticket = Ticket::granted(&job.host);
+            self.start(job, ticket);
+        }
+        for (pick, next_due) in picks.into_iter().zip(next_due) {
+            // Fewer jobs than asked for: nothing more is due there (a later walk of the
+            // queue, or the rows that give it work, bring it back).
+            if per_host.get(&pick.host).copied().unwrap_or(0) < pick.jobs {
+                continue;
+            }
+            let cap = self.settings().limits.for_host(&pick.host).in_flight.get();
+            if self.in_flight.on_host(&pick.host) >= cap {
+                self.hosts.fill(&pick.host);
+            } else if let Some(due) = next_due {
+                self.hosts.wait(&pick.host, due);
+            } else {
+                self.hosts.add(&pick.host);
+            }
+        }
+        Ok(())
+    }
+
+    /// Slots for new requests: `limits.max_in_flight` less the attempts that are sending
+    /// (attempts waiting for a quota do not count), within the bound on all attempts.
+    fn free_slots(&self) -> usize {
+        let max = self.settings().limits.max_in_flight.get();
+        let all = self.in_flight.total();
+        let sending = all.saturating_sub(self.daemon.crawler.limits().waiting());
+        max.saturating_sub(sending)
+            .min((max * ATTEMPTS_PER_SLOT).saturating_sub(all))
+    }
+
+    /// Reads hosts with due jobs from the queue into the schedule, going round the queue
+    /// from where the last walk stopped.
+    async fn walk_queue(&mut self) -> Result<(), StoreError> {
+        let found = self
+            .store()
+            .hosts_with_due_jobs(&self.walk_cursor, SCHEDULED_HOSTS)
+            .await?;
+        self.last_walk = Instant::now();
+        self.walk_cursor = if found.len() < SCHEDULED_HOSTS {
+            String::new()
+        } else {
+            found.last().cloned().unwrap_or_default()
+        };
+        for host in &found {
+            self.hosts.add(host);
         }
         Ok(())
     }
@@ -630,39 +741,65 @@ impl<'d> Scheduler<'d> {
         // Jobs refused or skipped at admission were ended by this daemon without a claim;
         // they count in its `workers` row like the ones it fetched.
         let admissions = self.store().record_admissions(&decisions).await?;
+        for (_, decision) in &decisions {
+            if let Ok(admitted) = decision {
+                self.hosts.add(&admitted.host);
+            }
+        }
         self.report.failed += admissions.refused;
         self.report.skipped += admissions.skipped;
         Ok(new_jobs.len())
     }
 
-    /// Host-fair picking: walk the hosts with queued work round-robin from the cursor and
-    /// give each at most its free in-flight slots, until the global free slots run out.
-    /// A host at its cap is skipped, so a slow host cannot hold slots other hosts need.
-    async fn pick_hosts(&mut self, free: usize) -> Result<Vec<HostPick>, StoreError> {
-        // Hosts at their cap will be skipped, so ask for enough to fill `free` anyway.
-        let wanted = free + self.in_flight.by_host.len();
-        let hosts = self
-            .store()
-            .hosts_with_due_jobs(&self.cursor, wanted)
-            .await?;
+    /// Host-fair picking: the hosts whose next request may go now take turns, each getting
+    /// as many jobs as its quota lets go at once (its burst) within its free in-flight
+    /// slots, until the free slots run out. The quota is passed here, for the claimed
+    /// jobs' [`Ticket`]s; a host whose quota (or pause, or Crawl-delay) does not allow a
+    /// request yet waits in the schedule until it does, claiming nothing and costing
+    /// nothing per turn. Each pick comes with when its host's quota next allows a request,
+    /// when that is known.
+    fn pick_hosts(&mut self, free: usize) -> (Vec<HostPick>, Vec<Option<Instant>>) {
+        let now = Instant::now();
+        let limits = self.daemon.crawler.limits();
         let mut picks = Vec::new();
+        let mut next_due = Vec::new();
         let mut left = free;
-        for host in hosts {
-            if left == 0 {
+        while left > 0 {
+            let Some(host) = self.hosts.next_due(now) else {
                 break;
-            }
-            let cap = self.settings().limits.for_host(&host).in_flight.get();
+            };
+            let cap = self.daemon.settings.limits.for_host(&host).in_flight.get();
             let room = cap.saturating_sub(self.in_flight.on_host(&host)).min(left);
-            if room > 0 {
-                left -= room;
-                self.cursor = host.clone();
-                picks.push(HostPick { host, jobs: room });
+            if room == 0 {
+                self.hosts.fill(&host);
+                continue;
             }
+            let mut granted = 0;
+            let mut next = None;
+            while granted < room {
+                match limits.grant(&host) {
+                    Grant::Now => granted += 1,
+                    Grant::NotBefore(due) => {
+                        next = Some(due);
+                        break;
+                    }
+                }
+            }
+            if granted == 0 {
+                self.hosts.wait(&host, next.expect("no grant means a time"));
+                continue;
+            }
+            left -= granted;
+            picks.push(HostPick {
+                host,
+                jobs: granted,
+            });
+            next_due.push(next);
         }
-        Ok(picks)
+        (picks, next_due)
     }
 
-    fn start(&mut self, job: ClaimedJob) {
+    fn start(&mut self, job: ClaimedJob, ticket: Ticket) {
         self.report.claimed += 1;
         self.in_flight.add(&job);
         let crawler = self.daemon.crawler.clone();
@@ -671,7 +808,10 @@ impl<'d> Scheduler<'d> {
             // Every claimed job must report back, or its slot leaks and its lease is renewed
             // forever: a panic (say, in the HTTP client on a hostile response) fails the job.
             let fallback = job.clone();
-            let attempt = match AssertUnwindSafe(crawler.attempt(job)).catch_unwind().await {
+            let attempt = match AssertUnwindSafe(crawler.attempt(job, ticket))
+                .catch_unwind()
+                .await
+            {
                 Ok(attempt) => attempt,
                 Err(panic) => {
                     let reason =
@@ -724,6 +864,7 @@ impl<'d> Scheduler<'d> {
             }
         }
         self.store_finished().await;
+        self.store_robots().await;
         let released = self.store().release(&self.daemon.owner).await?;
         self.report.released = released;
         if let Err(e) = self

@@ -17,6 +17,7 @@
 //! - [`crawl`]     — one job's attempt: wait, fetch (following redirects), parse.
 //! - [`follow`]    — link following: canonical URLs, scope, allow/deny.
 //! - [`robots`]    — the only module that names `texting_robots`: robots.txt rules, cached.
+//! - [`schedule`]  — which hosts may be claimed for, and when: a due-time index.
 //! - [`daemon`]    — the scheduler loop: admit, claim fairly, run, store, shut down.
 //! - [`shutdown`]  — the stop signal handed to every long-running loop.
 
@@ -31,6 +32,7 @@ pub mod limits;
 pub mod parse;
 pub mod robots;
 pub mod runtime;
+pub mod schedule;
 pub mod settings;
 pub mod shutdown;
 pub mod store;

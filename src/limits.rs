@@ -9,15 +9,24 @@
 //! holding a [`CrawlDelayTurn`] until it ends. They also wait for the quota, so a
 //! Crawl-delay can only slow a host down, never speed it past its quota.
 //!
+//! The scheduler asks [`RateLimits::grant`] before it claims a job for a host: the host's
+//! quota is passed then (or the scheduler learns when it may be), and the attempt's first
+//! request to the host goes on that [`Ticket`] instead of waiting again. Attempts that do
+//! wait (the page after a robots.txt, a redirect to another host, a Crawl-delay) are
+//! counted by [`RateLimits::waiting`], so that the scheduler's in-flight cap counts
+//! requests, not waits.
+//!
 //! A request passes its host's quota twice: when it may start ([`RateLimits::until_ready`])
 //! and again just before it is handed to the HTTP client
 //! ([`RateLimits::until_sendable`]), so that one let through on time but handed over late
 //! cannot bring the next one closer than the quota.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::runtime::{AsyncMutex, AsyncMutexGuardArc};
@@ -54,6 +63,20 @@ impl HostQuotas {
         }
     }
 
+    /// Passes the quota now if it allows a request; otherwise says when it will.
+    fn check(&self, host: &str) -> Result<(), Instant> {
+        let wait = match self.overrides.get(host) {
+            Some(limiter) => limiter
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(limiter.clock().now())),
+            None => self
+                .per_host
+                .check_key(&host.to_owned())
+                .map_err(|not_until| not_until.wait_time_from(self.per_host.clock().now())),
+        };
+        wait.map_err(|wait| Instant::now() + wait)
+    }
+
     fn prune(&self) {
         self.per_host.retain_recent();
         self.per_host.shrink_to_fit();
@@ -76,6 +99,65 @@ pub struct RateLimits {
     paused: Mutex<HashMap<String, Instant>>,
     /// Hosts with a robots.txt Crawl-delay.
     delayed: Mutex<HashMap<String, CrawlDelay>>,
+    /// Attempts now waiting in [`RateLimits::until_ready`] (see [`RateLimits::waiting`]).
+    waiting: AtomicUsize,
+}
+
+/// What [`RateLimits::grant`] says about a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// One request may go now; its quota has been passed (see [`Ticket`]).
+    Now,
+    /// No request may go before this instant (quota, pause or Crawl-delay).
+    NotBefore(Instant),
+}
+
+/// One request to a host that [`RateLimits::grant`] let through when the scheduler
+/// claimed the job: the attempt's first request to that host uses it instead of passing
+/// the host's quota again.
+#[derive(Debug)]
+pub struct Ticket {
+    host: Option<String>,
+    unused: AtomicBool,
+}
+
+impl Ticket {
+    /// A granted request to `host`.
+    pub fn granted(host: &str) -> Ticket {
+        Ticket {
+            host: Some(host.to_owned()),
+            unused: AtomicBool::new(true),
+        }
+    }
+
+    /// No request granted in advance: every request waits for its quota.
+    pub fn none() -> Ticket {
+        Ticket {
+            host: None,
+            unused: AtomicBool::new(false),
+        }
+    }
+
+    /// Uses the ticket for a request to `host`, if it is for that host and still unused.
+    fn take(&self, host: &str) -> bool {
+        self.host.as_deref() == Some(host) && self.unused.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Counts an attempt as waiting for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct CrawlDelay {
@@ -148,7 +230,45 @@ impl RateLimits {
                 .map(|rate| RateLimiter::direct(quota(rate, Slack::None))),
             paused: Mutex::new(HashMap::new()),
             delayed: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
         }
+    }
+
+    /// For the scheduler, before it claims a job for `host`: whether a request may go now
+    /// (the host's quota is then passed, for the attempt's [`Ticket`]), or from when. A
+    /// Retry-After pause and a Crawl-delay (its previous request still running, or ended
+    /// less than the delay ago) hold the host too. The global quota is not passed here:
+    /// the attempt waits for it.
+    pub fn grant(&self, host: &str) -> Grant {
+        let now = Instant::now();
+        if let Some(left) = self.pause_left(host) {
+            return Grant::NotBefore(now + left);
+        }
+        if let Some(next) = self.crawl_delay_next(host, now) {
+            return Grant::NotBefore(next);
+        }
+        match self.granted.check(host) {
+            Ok(()) => Grant::Now,
+            Err(at) => Grant::NotBefore(at),
+        }
+    }
+
+    /// Attempts now waiting for a quota, a pause or a Crawl-delay: they hold a job but
+    /// send nothing.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// When a request to a host with a Crawl-delay may next go, if that is later than
+    /// `now`; a request under way holds it a whole delay (its end is not known yet).
+    fn crawl_delay_next(&self, host: &str, now: Instant) -> Option<Instant> {
+        let delayed = self.delayed.lock().expect("crawl delay map lock");
+        let delay = delayed.get(host)?;
+        let next = match delay.last_ended.try_lock() {
+            Some(last_ended) => *last_ended + delay.interval,
+            None => now + delay.interval,
+        };
+        (next > now).then_some(next)
     }
 
     /// Waits until one request to `host` is allowed: the host's quota first, then the
@@ -157,12 +277,16 @@ impl RateLimits {
     /// With a `crawl_delay` (from robots.txt) slower than the quota, it first waits for
     /// the host's previous request to end and for the delay after it, and returns the turn
     /// that the caller holds until its request ends.
-    #[tracing::instrument(level = "debug", name = "rate_limit_wait", skip(self))]
+    /// A `ticket` granted for `host` (see [`RateLimits::grant`]) stands for the host's
+    /// quota once.
+    #[tracing::instrument(level = "debug", name = "rate_limit_wait", skip(self, ticket))]
     pub async fn until_ready(
         &self,
         host: &str,
         crawl_delay: Option<Duration>,
+        ticket: &Ticket,
     ) -> Option<CrawlDelayTurn> {
+        let _waiting = Waiting::new(&self.waiting);
         let turn = match crawl_delay.and_then(|d| self.crawl_delay_of(host, d)) {
             Some((last_ended, interval)) => {
                 let last_ended = last_ended.lock_arc().await;
@@ -178,7 +302,9 @@ impl RateLimits {
             while let Some(left) = self.pause_left(host) {
                 crate::runtime::sleep(left).await;
             }
-            self.granted.until_ready(host).await;
+            if !ticket.take(host) {
+                self.granted.until_ready(host).await;
+            }
             if let Some(global) = &self.global {
                 global.until_ready().await;
             }
@@ -299,7 +425,7 @@ mod tests {
         crate::runtime::block_on(async {
             let started = Instant::now();
             for _ in 0..3 {
-                let _no_turn = limits.until_ready("a.example", None).await;
+                let _no_turn = limits.until_ready("a.example", None, &Ticket::none()).await;
             }
             // Burst 1 at 20/s: the 2nd and 3rd requests wait 50 ms each.
             assert!(
@@ -308,7 +434,7 @@ mod tests {
                 started.elapsed()
             );
             let other = Instant::now();
-            let _no_turn = limits.until_ready("b.example", None).await;
+            let _no_turn = limits.until_ready("b.example", None, &Ticket::none()).await;
             assert!(
                 other.elapsed() < Duration::from_millis(40),
                 "{:?}",
@@ -323,13 +449,13 @@ mod tests {
         let settings = Settings::load_from_str("[limits]\nper_host_rps = 10.0\n").unwrap();
         let limits = RateLimits::new(&settings.limits);
         crate::runtime::block_on(async {
-            let _no_turn = limits.until_ready("a.example", None).await;
+            let _no_turn = limits.until_ready("a.example", None, &Ticket::none()).await;
             // Let through at once, but handed to the client 60 ms later.
             crate::runtime::sleep(Duration::from_millis(60)).await;
             limits.until_sendable("a.example").await;
             let first_sent = Instant::now();
             // Let through on time, 100 ms after the first was let through.
-            let _no_turn = limits.until_ready("a.example", None).await;
+            let _no_turn = limits.until_ready("a.example", None, &Ticket::none()).await;
             limits.until_sendable("a.example").await;
             let gap = first_sent.elapsed();
             assert!(gap >= Duration::from_millis(100), "{gap:?}");
@@ -342,13 +468,13 @@ mod tests {
         let settings = Settings::load_from_str("[limits]\nper_host_rps = 10.0\n").unwrap();
         let limits = RateLimits::new(&settings.limits);
         crate::runtime::block_on(async {
-            let _no_turn = limits.until_ready("a.example", None).await;
+            let _no_turn = limits.until_ready("a.example", None, &Ticket::none()).await;
             limits.until_sendable("a.example").await;
             // The robots.txt answer comes in 60 ms after it was sent.
             crate::runtime::sleep(Duration::from_millis(60)).await;
             limits.space_from_now("a.example");
             let answered = Instant::now();
-            let _no_turn = limits.until_ready("a.example", None).await;
+            let _no_turn = limits.until_ready("a.example", None, &Ticket::none()).await;
             limits.until_sendable("a.example").await;
             let gap = answered.elapsed();
             assert!(gap >= Duration::from_millis(100), "{gap:?}");
@@ -361,7 +487,9 @@ mod tests {
         let limits = RateLimits::new(&settings.limits);
         crate::runtime::block_on(async {
             for i in 0..50 {
-                let _no_turn = limits.until_ready(&format!("h{i}.example"), None).await;
+                let _no_turn = limits
+                    .until_ready(&format!("h{i}.example"), None, &Ticket::none())
+                    .await;
             }
         });
         assert_eq!(limits.tracked_hosts(), 50);

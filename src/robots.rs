@@ -62,6 +62,15 @@ impl RobotsAnswer {
     }
 }
 
+/// A robots.txt answer to be stored (see [`Robots::take_unsaved`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchedRobots {
+    pub origin: String,
+    pub answer: RobotsAnswer,
+    /// How long the answer holds from when it is stored.
+    pub fresh_for: Duration,
+}
+
 /// A site's rules, ready to be asked about URLs.
 enum Policy {
     AllowAll,
@@ -84,6 +93,8 @@ pub struct Robots {
     agent: String,
     settings: CrawlSettings,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Answers fetched but not yet stored: the scheduler stores them in batches.
+    unsaved: Mutex<Vec<FetchedRobots>>,
 }
 
 impl Robots {
@@ -93,6 +104,7 @@ impl Robots {
             agent: product_token(user_agent),
             settings: settings.clone(),
             slots: Mutex::new(HashMap::new()),
+            unsaved: Mutex::new(Vec::new()),
         }
     }
 
@@ -193,11 +205,22 @@ impl Robots {
             _ => self.settings.robots_unreachable_wait,
         };
         tracing::info!(%origin, answer = %answer.describe(), "robots.txt fetched");
-        if let Err(e) = self.store.save_robots(origin, &answer, fresh_for).await {
-            // Still obeyed from memory; another daemon or a restart fetches it again.
-            tracing::warn!(%origin, error = %e, "could not store robots.txt");
-        }
+        self.unsaved
+            .lock()
+            .expect("unsaved robots lock")
+            .push(FetchedRobots {
+                origin: origin.to_owned(),
+                answer: answer.clone(),
+                fresh_for,
+            });
         (answer, fresh_for)
+    }
+
+    /// The answers fetched since the last call, for the scheduler to store in one go. Until
+    /// then (and if storing fails) they are obeyed from memory; a restart fetches them
+    /// again.
+    pub fn take_unsaved(&self) -> Vec<FetchedRobots> {
+        std::mem::take(&mut *self.unsaved.lock().expect("unsaved robots lock"))
     }
 
     /// Drops expired and surplus origins nobody is using, so memory does not grow with

@@ -30,7 +30,7 @@ use crate::follow::CrawlSpec;
 use crate::job::{
     Admitted, Attempt, ClaimedJob, JobId, KnownVersion, PageRecord, RedirectTarget, Status, Verdict,
 };
-use crate::robots::RobotsAnswer;
+use crate::robots::{FetchedRobots, RobotsAnswer};
 use crate::runtime::{AsyncMutex, AsyncMutexGuard};
 use crate::settings::DatabaseSettings;
 
@@ -1114,37 +1114,51 @@ impl Store {
         read().map(Some).doing("reading a cached robots.txt")
     }
 
-    /// Keeps a robots.txt answer for `fresh_for` (replacing an older one).
-    pub async fn save_robots(
-        &self,
-        origin: &str,
-        answer: &RobotsAnswer,
-        fresh_for: Duration,
-    ) -> Result<(), StoreError> {
-        let (status, body, error) = match answer {
-            RobotsAnswer::Fetched { status, body } => (Some(*status), Some(body.as_slice()), None),
-            RobotsAnswer::Failed(reason) => (None, None, Some(reason.as_str())),
-        };
+    /// Keeps robots.txt answers, each for its `fresh_for` (replacing older ones), in one
+    /// statement: when many origins are new at once, their answers do not queue for the
+    /// database one by one.
+    pub async fn save_robots(&self, answers: &[FetchedRobots]) -> Result<(), StoreError> {
+        const DOING: &str = "storing robots.txt answers";
+        if answers.is_empty() {
+            return Ok(());
+        }
+        // [origin, status, body as hex, error, seconds fresh]: bodies are bytes, and JSON
+        // carries them as hex.
+        let rows: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|fetched| {
+                let (status, body, error) = match &fetched.answer {
+                    RobotsAnswer::Fetched { status, body } => {
+                        (Some(*status), Some(hex(body)), None)
+                    }
+                    RobotsAnswer::Failed(reason) => (None, None, Some(reason.as_str())),
+                };
+                serde_json::json!([
+                    fetched.origin,
+                    status,
+                    body,
+                    error,
+                    fetched.fresh_for.as_secs_f64()
+                ])
+            })
+            .collect();
+        let rows = serde_json::Value::Array(rows).to_string();
         sqlx::query(concat!(
             "INSERT INTO robots (origin, http_status, body, error, fetched_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ",
+             SELECT value ->> 0, value ->> 1, unhex(value ->> 2), value ->> 3, ",
             now!(),
             ", ",
-            now_plus!("?5"),
-            ")
+            now_plus!("(value ->> 4)"),
+            "  FROM json_each(?1) WHERE true
              ON CONFLICT (origin) DO UPDATE SET
                  http_status = excluded.http_status, body = excluded.body,
                  error = excluded.error, fetched_at = excluded.fetched_at,
                  expires_at = excluded.expires_at"
         ))
-        .bind(origin)
-        .bind(status)
-        .bind(body)
-        .bind(error)
-        .bind(fresh_for.as_secs_f64())
-        .execute(&self.pool)
+        .bind(rows)
+        .execute(&mut *self.writer().await.doing(DOING)?)
         .await
-        .doing("storing robots.txt")?;
+        .doing(DOING)?;
         Ok(())
     }
 
@@ -1489,6 +1503,16 @@ impl ClaimedJob {
 }
 
 /// A user-written text column read without trusting it to be UTF-8 (SQLite does not check).
+/// Bytes as lower-case hex, for SQLite's `unhex()`.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
 fn lossy_text(row: &SqliteRow, column: &str) -> Result<Option<String>, sqlx::Error> {
     let bytes: Option<Vec<u8>> = row.try_get(column)?;
     Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))

@@ -1,0 +1,216 @@
+//! Which hosts the scheduler may claim for, and when: a due-time index of the hosts that
+//! have queued work.
+//!
+//! A host is in one of three places:
+//! - **ready**: its next request may go now; hosts take turns in round-robin order;
+//! - **waiting**: its next request may not go before an instant (its quota, a Crawl-delay,
+//!   a Retry-After pause, a retry's backoff): kept in a heap by that instant, so a waiting
+//!   host costs nothing per loop turn, however many there are;
+//! - **full**: its per-host in-flight cap is taken; it becomes ready when one of its
+//!   attempts ends.
+//!
+//! Hosts with no queued work are not kept. The index is a hint, not the truth: the
+//! database says which jobs are due (a claim for a host with nothing due returns nothing,
+//! and the host is dropped), and the rate limiter says whether a request may go. Hosts
+//! come in from admission, from the links and retries a batch queues, and from a walk of
+//! the queue now and then (for rows the daemon did not write: a user re-queueing a job).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Ready,
+    /// Not before this instant. Heap entries whose instant differs are stale.
+    Waiting(Instant),
+    Full,
+}
+
+/// The hosts with queued work and when each may next be claimed for.
+#[derive(Debug)]
+pub struct HostSchedule {
+    places: HashMap<String, Place>,
+    ready: VecDeque<String>,
+    waiting: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Hosts kept at most; past this, new hosts are left to a later walk of the queue, so
+    /// memory stays bounded however many hosts have queued work.
+    capacity: usize,
+}
+
+impl HostSchedule {
+    pub fn new(capacity: usize) -> HostSchedule {
+        HostSchedule {
+            places: HashMap::new(),
+            ready: VecDeque::new(),
+            waiting: BinaryHeap::new(),
+            capacity,
+        }
+    }
+
+    /// Hosts in the index.
+    pub fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.places.is_empty()
+    }
+
+    /// `host` has work that is due now. A host already in the index keeps its place (a
+    /// waiting host still waits for its quota).
+    pub fn add(&mut self, host: &str) {
+        if self.places.contains_key(host) || self.places.len() >= self.capacity {
+            return;
+        }
+        self.places.insert(host.to_owned(), Place::Ready);
+        self.ready.push_back(host.to_owned());
+    }
+
+    /// `host` has work that is due at `due` (a retry's backoff). A host already in the
+    /// index keeps its place unless this is sooner.
+    pub fn add_at(&mut self, host: &str, due: Instant) {
+        match self.places.get(host) {
+            Some(Place::Waiting(at)) if due < *at => self.wait(host, due),
+            Some(_) => {}
+            None if self.places.len() < self.capacity => self.wait(host, due),
+            None => {}
+        }
+    }
+
+    /// The next host whose turn it is, among those whose wait is over at `now`. It leaves
+    /// the index: the caller puts it back with [`HostSchedule::wait`],
+    /// [`HostSchedule::fill`] or [`HostSchedule::add`], or leaves it out when it has no
+    /// work left.
+    pub fn next_due(&mut self, now: Instant) -> Option<String> {
+        self.wake(now);
+        while let Some(host) = self.ready.pop_front() {
+            if self.places.get(&host) == Some(&Place::Ready) {
+                self.places.remove(&host);
+                return Some(host);
+            }
+        }
+        None
+    }
+
+    /// `host` may not be claimed for before `due`.
+    pub fn wait(&mut self, host: &str, due: Instant) {
+        self.places.insert(host.to_owned(), Place::Waiting(due));
+        self.waiting.push(Reverse((due, host.to_owned())));
+    }
+
+    /// `host` has its in-flight cap taken; [`HostSchedule::attempt_ended`] makes it ready.
+    pub fn fill(&mut self, host: &str) {
+        self.places.insert(host.to_owned(), Place::Full);
+    }
+
+    /// An attempt on `host` ended: a host that was full may be claimed for again.
+    pub fn attempt_ended(&mut self, host: &str) {
+        if self.places.get(host) == Some(&Place::Full) {
+            self.places.insert(host.to_owned(), Place::Ready);
+            self.ready.push_back(host.to_owned());
+        }
+    }
+
+    /// When the first waiting host is due, if any is waiting.
+    pub fn next_wake(&mut self) -> Option<Instant> {
+        while let Some(Reverse((due, host))) = self.waiting.peek() {
+            if self.places.get(host) == Some(&Place::Waiting(*due)) {
+                return Some(*due);
+            }
+            self.waiting.pop();
+        }
+        None
+    }
+
+    /// Whether some host may be claimed for at `now`.
+    pub fn has_due(&mut self, now: Instant) -> bool {
+        self.wake(now);
+        !self.ready.is_empty()
+    }
+
+    /// Moves the hosts whose wait is over to the back of the ready queue.
+    fn wake(&mut self, now: Instant) {
+        while let Some(Reverse((due, _))) = self.waiting.peek() {
+            if *due > now {
+                break;
+            }
+            let Reverse((due, host)) = self.waiting.pop().expect("peeked");
+            if self.places.get(&host) == Some(&Place::Waiting(due)) {
+                self.places.insert(host.clone(), Place::Ready);
+                self.ready.push_back(host);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ready_hosts_take_turns_and_waiting_ones_join_when_due() {
+        let t0 = Instant::now();
+        let mut s = HostSchedule::new(100);
+        s.add("a");
+        s.add("b");
+        s.add("a"); // already in: no second turn
+        assert_eq!(s.next_due(t0).as_deref(), Some("a"));
+        s.wait("a", t0 + Duration::from_millis(500));
+        assert_eq!(s.next_due(t0).as_deref(), Some("b"));
+        s.wait("b", t0 + Duration::from_millis(200));
+        assert_eq!(s.next_due(t0), None);
+        assert_eq!(s.next_wake(), Some(t0 + Duration::from_millis(200)));
+        assert_eq!(
+            s.next_due(t0 + Duration::from_millis(600)).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            s.next_due(t0 + Duration::from_millis(600)).as_deref(),
+            Some("a")
+        );
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_full_host_waits_for_an_attempt_to_end() {
+        let t0 = Instant::now();
+        let mut s = HostSchedule::new(100);
+        s.add("a");
+        let a = s.next_due(t0).unwrap();
+        s.fill(&a);
+        assert_eq!(s.next_due(t0), None);
+        assert_eq!(s.next_wake(), None);
+        s.attempt_ended("b"); // not in the index: nothing happens
+        assert_eq!(s.len(), 1);
+        s.attempt_ended("a");
+        assert_eq!(s.next_due(t0).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_retry_moves_a_waiting_host_sooner_never_later() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(10);
+        let sooner = t0 + Duration::from_secs(1);
+        let mut s = HostSchedule::new(100);
+        s.add_at("a", later);
+        s.add_at("a", sooner);
+        s.add_at("a", later);
+        assert_eq!(s.next_wake(), Some(sooner));
+        assert_eq!(s.next_due(sooner).as_deref(), Some("a"));
+        // The stale heap entry for `later` does not bring it back.
+        assert_eq!(s.next_due(later), None);
+        assert_eq!(s.next_wake(), None);
+    }
+
+    #[test]
+    fn the_index_holds_at_most_its_capacity() {
+        let mut s = HostSchedule::new(2);
+        s.add("a");
+        s.add("b");
+        s.add("c");
+        s.add_at("d", Instant::now());
+        assert_eq!(s.len(), 2);
+    }
+}
