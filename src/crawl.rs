@@ -58,7 +58,7 @@ impl Crawler {
     /// The store is read for robots.txt answers and for the URLs a crawl already has.
     pub fn new(settings: Arc<Settings>, store: Store) -> Result<Crawler, String> {
         Ok(Crawler {
-            fetcher: Fetcher::new(&settings.fetch)?,
+            fetcher: Fetcher::new(&settings.fetch, settings.limits.max_in_flight.get())?,
             limits: RateLimits::new(&settings.limits),
             robots: Robots::new(store.clone(), &settings.fetch.user_agent, &settings.crawl),
             store,
@@ -260,6 +260,9 @@ impl Crawler {
         {
             Permission::Allowed { crawl_delay } => Ok(crawl_delay),
             Permission::Disallowed(reason) => Err(Ending::Skipped(format!("{via}{reason}"))),
+            Permission::NotAsked(reason) => Err(Ending::Internal(format!(
+                "{via}robots.txt not fetched: {reason}"
+            ))),
             Permission::Unreachable { wait, reason } => {
                 self.limits.pause(host, wait);
                 tracing::info!(%host, wait_secs = wait.as_secs_f64(), %reason, "robots.txt unreachable; pausing the host");
@@ -289,6 +292,9 @@ impl Crawler {
             self.limits.space_from_now(&host);
             let response = match response {
                 Ok(response) => response,
+                Err(e) if e.is_internal() => {
+                    return RobotsAnswer::NotAsked(format!("GET {url}: {e}"))
+                }
                 Err(e) => return RobotsAnswer::Failed(format!("GET {url}: {e}")),
             };
             match redirect_target(&url, &response) {
@@ -517,7 +523,9 @@ fn redirect_target(url: &Url, response: &Response) -> Option<Result<Url, String>
 
 fn fetch_ending(url: &Url, error: FetchError) -> Ending {
     let reason = format!("GET {url}: {error}");
-    if error.is_transient() {
+    if error.is_internal() {
+        Ending::Internal(reason)
+    } else if error.is_transient() {
         Ending::Transient(reason)
     } else {
         Ending::Fatal(reason)

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::any::Any;
 use std::panic::AssertUnwindSafe;
 
 use futures_lite::FutureExt;
@@ -164,6 +163,8 @@ impl Daemon {
         // Before the database is touched (migrations included).
         let lock = lock_database(&settings.database.path)?;
         let store = Store::open(&settings.database).await?;
+        // Before the HTTP client is built: its connection cache is sized from the limit.
+        crate::descriptors::raise_limit();
         let crawler =
             Arc::new(Crawler::new(settings.clone(), store.clone()).map_err(DaemonError::Http)?);
         let pauses = store
@@ -477,7 +478,7 @@ impl<'d> Scheduler<'d> {
     /// The work a stored attempt left behind: a retry of its job when its backoff ends,
     /// and the links it queued.
     fn schedule_after(&mut self, attempt: &Attempt) {
-        if let Verdict::Retry { after, .. } = &attempt.verdict {
+        if let Verdict::Retry { after, .. } | Verdict::Requeue { after, .. } = &attempt.verdict {
             self.hosts
                 .add_at(&attempt.job.host, Instant::now() + *after);
         }
@@ -499,6 +500,10 @@ impl<'d> Scheduler<'d> {
             Verdict::Retry { reason, .. } => {
                 self.report.retried += 1;
                 tracing::info!(job.id = %job.id, url = %job.url, %reason, "will retry");
+            }
+            Verdict::Requeue { reason, .. } => {
+                self.report.retried += 1;
+                tracing::warn!(job.id = %job.id, url = %job.url, %reason, "put back to the queue");
             }
             Verdict::Failed { reason } => {
                 self.report.failed += 1;
@@ -814,8 +819,10 @@ impl<'d> Scheduler<'d> {
             {
                 Ok(attempt) => attempt,
                 Err(panic) => {
-                    let reason =
-                        format!("internal error while crawling: {}", panic_message(&*panic));
+                    let reason = format!(
+                        "internal error while crawling: {}",
+                        runtime::panic_message(&*panic)
+                    );
                     tracing::error!(job.id = %fallback.id, url = %fallback.url, %reason);
                     Attempt {
                         job: fallback,
@@ -895,12 +902,4 @@ pub fn this_host() -> String {
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
 }

@@ -10,9 +10,11 @@
 //! `surf::Error` is not a `std::error::Error`: it is turned into [`FetchError`] here.
 
 use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, FutureExt};
 use isahc::config::{Configurable, Dialer, RedirectPolicy};
 use url::Url;
 
@@ -43,9 +45,23 @@ pub enum FetchError {
         address: IpAddr,
         kind: &'static str,
     },
+    /// crawlq's own fault, not the site's: see [`FetchError::is_internal`].
+    #[error("could not connect to {host}: crawlq has run out of file descriptors")]
+    OutOfDescriptors { host: String },
+    #[error("the HTTP client stopped while talking to {host} ({reason}); it was restarted")]
+    ClientFailed { host: String, reason: String },
 }
 
 impl FetchError {
+    /// Whether the failure is crawlq's and not the site's: the job goes back to the queue
+    /// without using up an attempt.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            FetchError::OutOfDescriptors { .. } | FetchError::ClientFailed { .. }
+        )
+    }
+
     /// Whether trying the same request later might work.
     pub fn is_transient(&self) -> bool {
         !matches!(
@@ -112,25 +128,51 @@ impl Response {
 }
 
 pub struct Fetcher {
-    client: surf::Client,
+    /// The HTTP client and how many times it was restarted; replaced by a new one if it
+    /// stops (see [`Fetcher::restart_client`]).
+    client: RwLock<(u64, surf::Client)>,
     settings: FetchSettings,
+    /// Kept-alive connections the client may hold; see [`crate::descriptors`].
+    idle_connections: usize,
 }
 
 impl Fetcher {
-    pub fn new(settings: &FetchSettings) -> Result<Fetcher, String> {
-        let isahc = isahc::HttpClient::builder()
-            .connect_timeout(settings.connect_timeout)
-            // No curl-level total timeout: `get` enforces it, so an isahc timeout can only
-            // mean the connect timeout and the two are told apart in the error.
-            .redirect_policy(RedirectPolicy::None)
-            .tcp_nodelay()
-            .build()
-            .map_err(|e| format!("could not start the HTTP client: {e}"))?;
-        let client = surf::Client::with_http_client(CurlBackend { client: isahc });
+    /// `max_in_flight` requests at once at most (the scheduler's cap): the connection
+    /// cache is sized from the descriptors that leave.
+    pub fn new(settings: &FetchSettings, max_in_flight: usize) -> Result<Fetcher, String> {
+        let idle_connections = crate::descriptors::idle_connections(max_in_flight);
+        let client = build_client(settings, idle_connections)?;
+        tracing::debug!(idle_connections, "HTTP client connection cache");
         Ok(Fetcher {
-            client,
+            client: RwLock::new((0, client)),
             settings: settings.clone(),
+            idle_connections,
         })
+    }
+
+    /// The HTTP client in use, with its generation.
+    fn client(&self) -> (u64, surf::Client) {
+        self.client.read().expect("HTTP client lock").clone()
+    }
+
+    /// A new HTTP client in place of generation `failed`, which stopped (its thread died:
+    /// curl could no longer poll its sockets). Requests that were under way on it failed
+    /// with [`FetchError::ClientFailed`], and their jobs go back to the queue.
+    fn restart_client(&self, failed: u64) {
+        let mut client = self.client.write().expect("HTTP client lock");
+        // Several requests see the same client fail: it is restarted once.
+        if client.0 != failed {
+            return;
+        }
+        match build_client(&self.settings, self.idle_connections) {
+            Ok(new) => {
+                tracing::error!("the HTTP client stopped; started a new one");
+                *client = (failed + 1, new);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the HTTP client stopped and could not be restarted")
+            }
+        }
     }
 
     /// One GET of `url`, no redirects followed. The exchange, body included, must finish
@@ -154,9 +196,11 @@ impl Fetcher {
             limits.until_sendable(&key).await;
         }
         let started = Instant::now();
-        let mut response = runtime::timeout(limit, self.exchange(request, &host, options))
-            .await
-            .map_err(timed_out)??;
+        let exchanged = runtime::timeout(limit, self.exchange(request, &host, options)).await;
+        if let (Some(limits), Some(key)) = (options.pace, crate::job::host_key(url)) {
+            limits.answered(&key, started);
+        }
+        let mut response = exchanged.map_err(timed_out)??;
         response.elapsed = started.elapsed();
         tracing::debug!(
             status = response.status,
@@ -227,7 +271,8 @@ impl Fetcher {
     ) -> Result<surf::Request, FetchError> {
         let pinned = self.checked_address(url, host).await?;
         let mut request = self
-            .client
+            .client()
+            .1
             .get(url.as_str())
             .header("User-Agent", self.settings.user_agent.as_str())
             .header("Accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8");
@@ -255,11 +300,20 @@ impl Fetcher {
         host: &str,
         options: GetOptions<'_>,
     ) -> Result<Response, FetchError> {
-        let mut response = self
-            .client
-            .send(request)
-            .await
-            .map_err(|e| self.classify(e, host))?;
+        let (generation, client) = self.client();
+        // isahc panics when its thread has died (and on some hostile answers): caught at
+        // this edge, the job goes back to the queue and the client is restarted.
+        let sent = AssertUnwindSafe(client.send(request)).catch_unwind().await;
+        let mut response = match sent {
+            Ok(sent) => sent.map_err(|e| self.classify(e, host))?,
+            Err(panic) => {
+                self.restart_client(generation);
+                return Err(FetchError::ClientFailed {
+                    host: host.to_owned(),
+                    reason: crate::runtime::panic_message(&*panic),
+                });
+            }
+        };
         let status = response
             .ext::<RawStatus>()
             .map_or_else(|| u16::from(response.status()), |raw| raw.0);
@@ -322,6 +376,9 @@ impl Fetcher {
                 after: self.settings.connect_timeout,
             },
             Some(isahc::Error::CouldntResolveHost) => FetchError::Resolve { host },
+            Some(isahc::Error::ConnectFailed) if crate::descriptors::nearly_exhausted() => {
+                FetchError::OutOfDescriptors { host }
+            }
             Some(isahc::Error::ConnectFailed) => FetchError::Connect {
                 host,
                 reason: "connection refused or unreachable".to_owned(),
@@ -336,6 +393,26 @@ impl Fetcher {
             },
         }
     }
+}
+
+/// The client crawlq sends with: curl through isahc, with a bounded connection cache.
+fn build_client(settings: &FetchSettings, idle_connections: usize) -> Result<surf::Client, String> {
+    let isahc = isahc::HttpClient::builder()
+        .connect_timeout(settings.connect_timeout)
+        // No curl-level total timeout: `get` enforces it, so an isahc timeout can only
+        // mean the connect timeout and the two are told apart in the error.
+        .redirect_policy(RedirectPolicy::None)
+        .tcp_nodelay()
+        // Kept-alive connections beyond this are closed, the least recently used first:
+        // with thousands of hosts they would otherwise take every descriptor. (No cap on
+        // open connections: curl queues a request past one instead of closing an idle
+        // connection for it, and the scheduler already caps requests in flight.)
+        .connection_cache_size(idle_connections)
+        .build()
+        .map_err(|e| format!("could not start the HTTP client: {e}"))?;
+    Ok(surf::Client::with_http_client(CurlBackend {
+        client: isahc,
+    }))
 }
 
 /// isahc's Display is "Variant: description"; the description alone reads better.

@@ -219,6 +219,9 @@ pub enum Ending {
         reason: String,
         host: String,
     },
+    /// crawlq's own fault, not the site's (it ran out of file descriptors, its HTTP
+    /// client stopped): the job goes back to the queue without using up an attempt.
+    Internal(String),
 }
 
 /// What the store does with the job.
@@ -226,6 +229,11 @@ pub enum Ending {
 pub enum Verdict {
     Done,
     Retry {
+        after: Duration,
+        reason: String,
+    },
+    /// Back to the queue after `after`, this attempt not counted: the fault was crawlq's.
+    Requeue {
         after: Duration,
         reason: String,
     },
@@ -277,6 +285,12 @@ pub fn decide(
         }
         // The wait itself comes in as `not_before` (the host's pause).
         Ending::HostUnavailable { reason, .. } => (true, reason.clone()),
+        Ending::Internal(reason) => {
+            return Verdict::Requeue {
+                after: INTERNAL_FAULT_PAUSE,
+                reason: format!("{reason} (not counted as an attempt; trying again)"),
+            }
+        }
     };
     if !retryable {
         return Verdict::Failed { reason };
@@ -295,6 +309,10 @@ pub fn decide(
         after,
     }
 }
+
+/// How long a job waits after a fault of crawlq's own before it is tried again: long
+/// enough for descriptors to be given back, short enough not to be noticed.
+const INTERNAL_FAULT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Exponential backoff with ±20 % jitter: about `initial` after the first attempt, doubling,
 /// capped at `max`. Jitter keeps many jobs that failed together from retrying together.

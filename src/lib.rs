@@ -9,6 +9,7 @@
 //! - [`runtime`]   — the only module that names `async-std`: spawn, sleep, timeouts.
 //! - [`store`]     — the only module that names `sqlx`: every SQL statement lives here.
 //! - [`fetch`]     — the only module that names `surf`: one HTTP request, body capped.
+//! - [`descriptors`] — the only module that names `libc`: the open file limit, the connection cache's share.
 //! - [`destinations`] — which addresses may be connected to (the private-network guard).
 //! - [`limits`]    — the only module that names `governor`: per-host and global quotas.
 //! - [`parse`]     — the only module that names `scraper`: HTML in, owned data out.
@@ -24,6 +25,7 @@
 pub mod body;
 pub mod crawl;
 pub mod daemon;
+pub mod descriptors;
 pub mod destinations;
 pub mod fetch;
 pub mod follow;

@@ -94,6 +94,10 @@ pub struct RateLimits {
     per_host_interval: Duration,
     /// Hosts with their own quota in config, and its interval.
     override_intervals: HashMap<String, Duration>,
+    /// Whether the default quota, and each host's own, has a burst of 1: requests to such
+    /// a host are also spaced from each one's answer (see [`RateLimits::answered`]).
+    per_host_single: bool,
+    override_single: HashMap<String, bool>,
     global: Option<DefaultDirectRateLimiter>,
     /// Hosts that asked us (Retry-After) to stay away until an instant.
     paused: Mutex<HashMap<String, Instant>>,
@@ -224,6 +228,12 @@ impl RateLimits {
                 .iter()
                 .map(|(host, limits)| (host.clone(), limits.rate.period()))
                 .collect(),
+            per_host_single: settings.per_host.rate.burst.get() == 1,
+            override_single: settings
+                .hosts
+                .iter()
+                .map(|(host, limits)| (host.clone(), limits.rate.burst.get() == 1))
+                .collect(),
             global: settings
                 .global_rate
                 .as_ref()
@@ -241,8 +251,8 @@ impl RateLimits {
     /// the attempt waits for it.
     pub fn grant(&self, host: &str) -> Grant {
         let now = Instant::now();
-        if let Some(left) = self.pause_left(host) {
-            return Grant::NotBefore(now + left);
+        if let Some(until) = self.paused_until(host).filter(|until| *until > now) {
+            return Grant::NotBefore(until);
         }
         if let Some(next) = self.crawl_delay_next(host, now) {
             return Grant::NotBefore(next);
@@ -339,6 +349,31 @@ impl RateLimits {
         self.pause(host, self.quota_interval(host));
     }
 
+    /// A request to `host`, handed to the HTTP client at `handed_over`, has its answer (or
+    /// failed) now. It reached the wire somewhere in between: late, when the HTTP
+    /// client's thread waited for a core. On a host with a burst of 1, the next request
+    /// is spaced a quota interval from the answer, or from the hand-over plus 3 % of the
+    /// interval when the answer took longer: a hand-over up to that late cannot bring two
+    /// requests closer than the quota at the server, and a slow host still gets 97 % of
+    /// its quota.
+    pub fn answered(&self, host: &str, handed_over: Instant) {
+        let single = self
+            .override_single
+            .get(host)
+            .copied()
+            .unwrap_or(self.per_host_single);
+        if !single {
+            return;
+        }
+        let interval = self.quota_interval(host);
+        let now = Instant::now();
+        let on_the_wire_by = now.min(handed_over + interval * 3 / 100);
+        let next = on_the_wire_by + interval;
+        if next > now {
+            self.pause(host, next - now);
+        }
+    }
+
     /// Keeps every request to `host` back for `how_long` (a longer pause already set wins).
     pub fn pause(&self, host: &str, how_long: Duration) {
         let until = Instant::now() + how_long;
@@ -381,9 +416,12 @@ impl RateLimits {
     }
 
     fn pause_left(&self, host: &str) -> Option<Duration> {
-        let paused = self.paused.lock().expect("pause map lock");
-        let left = paused.get(host)?.checked_duration_since(Instant::now())?;
+        let left = self.paused_until(host)?.checked_duration_since(Instant::now())?;
         (!left.is_zero()).then_some(left)
+    }
+
+    fn paused_until(&self, host: &str) -> Option<Instant> {
+        self.paused.lock().expect("pause map lock").get(host).copied()
     }
 
     /// Forgets hosts whose state is back to "fully replenished", and pauses that are over,
@@ -441,6 +479,39 @@ mod tests {
                 other.elapsed()
             );
         });
+    }
+
+    #[test]
+    fn the_next_request_is_spaced_from_the_answer_or_from_the_hand_over_plus_3_percent() {
+        // 10 req/s: requests 100 ms apart; 3 % of that is 3 ms.
+        let settings = Settings::load_from_str("[limits]\nper_host_rps = 10.0\n").unwrap();
+        let limits = RateLimits::new(&settings.limits);
+        crate::runtime::block_on(async {
+            // Answered 20 ms after the hand-over: the next one waits 103 ms from it.
+            let handed_over = Instant::now();
+            crate::runtime::sleep(Duration::from_millis(20)).await;
+            limits.answered("a.example", handed_over);
+            match limits.grant("a.example") {
+                Grant::NotBefore(at) => {
+                    let from = at.duration_since(handed_over);
+                    assert!(from >= Duration::from_millis(103), "{from:?}");
+                    assert!(from < Duration::from_millis(110), "{from:?}");
+                }
+                Grant::Now => panic!("granted inside the interval"),
+            }
+            // Answered at once: spaced from the answer.
+            let handed_over = Instant::now();
+            limits.answered("b.example", handed_over);
+            let answered = Instant::now();
+            let _no_turn = limits.until_ready("b.example", None, &Ticket::none()).await;
+            assert!(answered.elapsed() >= Duration::from_millis(100));
+        });
+        // A burst above 1 is the host's to use: no spacing from answers.
+        let settings =
+            Settings::load_from_str("[limits]\nper_host_rps = 10.0\nper_host_burst = 3\n").unwrap();
+        let limits = RateLimits::new(&settings.limits);
+        limits.answered("a.example", Instant::now());
+        assert_eq!(limits.grant("a.example"), Grant::Now);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub enum Permission {
     Disallowed(String),
     /// robots.txt could not be read: touch nothing on this host for `wait`.
     Unreachable { wait: Duration, reason: String },
+    /// robots.txt was not asked for, through a fault of crawlq's own: nothing is known
+    /// (or kept) about the site.
+    NotAsked(String),
 }
 
 /// What fetching an origin's robots.txt came to (redirects already followed).
@@ -49,6 +52,9 @@ pub enum RobotsAnswer {
     Fetched { status: u16, body: Vec<u8> },
     /// No answer: network error, timeout, or a redirect that could not be followed.
     Failed(String),
+    /// Not asked, through a fault of crawlq's own (see [`Permission::NotAsked`]); never
+    /// cached or stored.
+    NotAsked(String),
 }
 
 impl RobotsAnswer {
@@ -57,7 +63,7 @@ impl RobotsAnswer {
             RobotsAnswer::Fetched { status, body } => {
                 format!("HTTP {status}, {} bytes", body.len())
             }
-            RobotsAnswer::Failed(reason) => reason.clone(),
+            RobotsAnswer::Failed(reason) | RobotsAnswer::NotAsked(reason) => reason.clone(),
         }
     }
 }
@@ -76,6 +82,8 @@ enum Policy {
     AllowAll,
     Rules(texting_robots::Robot),
     Unreachable(String),
+    /// Not asked (crawlq's fault): never cached.
+    NotAsked(String),
 }
 
 struct Cached {
@@ -138,6 +146,7 @@ impl Robots {
                 "disallowed by robots.txt ({origin}/robots.txt, rules for {:?})",
                 self.agent
             )),
+            Policy::NotAsked(reason) => Permission::NotAsked(reason.clone()),
             Policy::Unreachable(reason) => Permission::Unreachable {
                 wait: expires
                     .saturating_duration_since(Instant::now())
@@ -171,6 +180,9 @@ impl Robots {
                 self.fetch_and_keep(origin, fetch_robots).await
             }
         };
+        if let RobotsAnswer::NotAsked(reason) = answer {
+            return (Arc::new(Policy::NotAsked(reason)), Instant::now());
+        }
         let agent = self.agent.clone();
         let origin_owned = origin.to_owned();
         // Parsing a large robots.txt compiles many patterns: keep it off the I/O threads.
@@ -198,6 +210,9 @@ impl Robots {
         let robots_url = Url::parse(&format!("{origin}/robots.txt"))
             .expect("an http(s) origin plus a path is a URL");
         let answer = fetch_robots(robots_url).await;
+        if let RobotsAnswer::NotAsked(_) = answer {
+            return (answer, Duration::ZERO);
+        }
         let fresh_for = match &answer {
             RobotsAnswer::Fetched { status, .. } if !is_unreachable(*status) => {
                 self.settings.robots_cache
@@ -287,6 +302,7 @@ fn policy_of(answer: &RobotsAnswer, agent: &str, origin: &str) -> Policy {
         RobotsAnswer::Failed(reason) => {
             Policy::Unreachable(format!("robots.txt unreachable ({reason})"))
         }
+        RobotsAnswer::NotAsked(reason) => Policy::NotAsked(reason.clone()),
     }
 }
 
@@ -319,7 +335,7 @@ mod tests {
         match policy {
             Policy::AllowAll => true,
             Policy::Rules(robot) => robot.allowed(&format!("http://a.example{path}")),
-            Policy::Unreachable(_) => false,
+            Policy::Unreachable(_) | Policy::NotAsked(_) => false,
         }
     }
 

@@ -71,3 +71,12 @@ pub async fn timeout<F: Future>(limit: Duration, future: F) -> Result<F::Output,
         .await
         .map_err(|_| Elapsed)
 }
+
+/// What a caught panic said, for a log line or a job's error.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}

@@ -877,6 +877,7 @@ impl Store {
             let sql = match attempt.verdict {
                 Verdict::Done => FINISH_DONE,
                 Verdict::Retry { .. } => FINISH_RETRY,
+                Verdict::Requeue { .. } => FINISH_REQUEUE,
                 Verdict::Failed { .. } => FINISH_FAILED,
                 Verdict::Skipped { .. } => FINISH_SKIPPED,
             };
@@ -886,7 +887,7 @@ impl Store {
                 .bind(job.attempt);
             match &attempt.verdict {
                 Verdict::Done => {}
-                Verdict::Retry { after, reason } => {
+                Verdict::Retry { after, reason } | Verdict::Requeue { after, reason } => {
                     query = query.bind(reason).bind(after.as_secs_f64());
                 }
                 Verdict::Failed { reason } | Verdict::Skipped { reason } => {
@@ -1131,7 +1132,10 @@ impl Store {
                     RobotsAnswer::Fetched { status, body } => {
                         (Some(*status), Some(hex(body)), None)
                     }
-                    RobotsAnswer::Failed(reason) => (None, None, Some(reason.as_str())),
+                    // NotAsked never reaches here (it is not kept); stored, it reads as Failed.
+                    RobotsAnswer::Failed(reason) | RobotsAnswer::NotAsked(reason) => {
+                        (None, None, Some(reason.as_str()))
+                    }
                 };
                 serde_json::json!([
                     fetched.origin,
@@ -1364,6 +1368,16 @@ macro_rules! fetch_finished {
 
 const FINISH_DONE: &str = concat!(fetch_finished!("done"), ", error = NULL", while_leased!());
 
+/// Back to the queue with the attempt not counted (crawlq's own fault).
+const FINISH_REQUEUE: &str = concat!(
+    "UPDATE jobs SET status = 'queued', error = ?4, attempts = MAX(0, attempts - 1), run_after = ",
+    now_plus!("?5"),
+    ", updated_at = ",
+    now!(),
+    ", lease_owner = NULL, lease_expires_at = NULL",
+    while_leased!()
+);
+
 const FINISH_RETRY: &str = concat!(
     "UPDATE jobs SET status = 'queued', error = ?4, run_after = ",
     now_plus!("?5"),
@@ -1556,6 +1570,7 @@ async fn pause_host(
 ) -> Result<(), StoreError> {
     let reason = match verdict {
         Verdict::Retry { reason, .. }
+        | Verdict::Requeue { reason, .. }
         | Verdict::Failed { reason }
         | Verdict::Skipped { reason } => reason.as_str(),
         Verdict::Done => "Retry-After",
