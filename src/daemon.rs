@@ -164,7 +164,7 @@ impl Daemon {
         let lock = lock_database(&settings.database.path)?;
         let store = Store::open(&settings.database).await?;
         // Before the HTTP client is built: its connection cache is sized from the limit.
-        crate::descriptors::raise_limit();
+        crate::descriptors::keep_below_select_limit();
         let crawler =
             Arc::new(Crawler::new(settings.clone(), store.clone()).map_err(DaemonError::Http)?);
         let pauses = store

@@ -3,13 +3,18 @@
 //!
 //! Every kept-alive connection to a host is a descriptor. With thousands of hosts, a
 //! connection cache that grows with the hosts ran a daemon into its limit (1 024 in many
-//! containers): connects failed as if the sites refused them, and past 1 024 descriptors
-//! the HTTP client's thread died. So the daemon raises its soft limit to the hard one at
-//! start-up, and sizes the connection cache from what it then has.
+//! containers): connects failed as if the sites refused them. Worse, libcurl as the
+//! `curl-sys` crate builds it waits on its sockets with select(), which cannot watch a
+//! descriptor numbered 1 024 or more: the HTTP client's thread dies on the first one
+//! ("Unrecoverable error in select/poll"). So the daemon keeps its soft limit at 1 024 at
+//! most, and sizes the connection cache to fit.
 
+/// The descriptors crawlq may use: select() cannot watch descriptor 1 024 or above.
+const SELECT_LIMIT: u64 = 1024;
 /// Descriptors kept for everything but HTTP connections: the database and its journal
-/// (per connection), the lock file, the log, the runtime's poller, DNS.
-const RESERVED: u64 = 128;
+/// (per connection), the lock file, the log, the runtime's poller, DNS look-ups,
+/// connections curl is still closing.
+const RESERVED: u64 = 192;
 /// Idle connections kept at most, however high the limit: enough to keep one open to
 /// each of the hosts a busy daemon cycles through, without holding thousands.
 const MOST_IDLE: u64 = 1024;
@@ -27,32 +32,36 @@ fn limits() -> Option<(u64, u64)> {
     ok.then_some((limit.rlim_cur, limit.rlim_max))
 }
 
-/// Raises the soft limit on open descriptors to the hard limit (as Go's runtime does):
-/// the soft limit of 1 024 is a default meant for programs that use select(), which
-/// crawlq does not. Returns the soft limit in force afterwards.
-pub fn raise_limit() -> Option<u64> {
-    let (soft, hard) = limits()?;
-    if hard <= soft {
-        return Some(soft);
+/// Lowers the soft limit on open descriptors to 1 024 if it is higher: running out is then
+/// a failed connect that crawlq recognises (see [`nearly_exhausted`]) and recovers from,
+/// not a descriptor select() cannot watch, which stops the HTTP client.
+pub fn keep_below_select_limit() {
+    let Some((soft, hard)) = limits() else {
+        return;
+    };
+    if soft <= SELECT_LIMIT {
+        return;
     }
-    let raised = libc::rlimit {
-        rlim_cur: hard,
+    let lowered = libc::rlimit {
+        rlim_cur: SELECT_LIMIT,
         rlim_max: hard,
     };
     // SAFETY: setrlimit reads the struct we own.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-        tracing::debug!(from = soft, to = hard, "raised the open file limit");
-        Some(hard)
-    } else {
-        Some(soft)
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) } == 0 {
+        tracing::debug!(
+            from = soft,
+            to = SELECT_LIMIT,
+            "lowered the open file limit"
+        );
     }
 }
 
-/// Idle connections the HTTP client may keep: half of what the descriptor limit leaves
-/// after the reserve and `max_in_flight` requests, within 16 and 1 024.
+/// Idle connections the HTTP client may keep: what the descriptor limit (at most 1 024,
+/// see the module comment) leaves after the reserve and twice `max_in_flight` (requests
+/// and robots.txt look-ups), within 16 and 1 024.
 pub fn idle_connections(max_in_flight: usize) -> usize {
-    let soft = limits().map_or(1024, |(soft, _)| soft);
-    let spare = soft.saturating_sub(RESERVED + max_in_flight as u64) / 2;
+    let usable = limits().map_or(SELECT_LIMIT, |(soft, _)| soft.min(SELECT_LIMIT));
+    let spare = usable.saturating_sub(RESERVED + 2 * max_in_flight as u64);
     spare.clamp(FEWEST_IDLE, MOST_IDLE) as usize
 }
 
@@ -65,7 +74,7 @@ pub fn nearly_exhausted() -> bool {
     let Ok(open) = std::fs::read_dir("/proc/self/fd") else {
         return false;
     };
-    open.count() as u64 + RESERVED / 10 >= soft
+    open.count() as u64 + RESERVED / 10 >= soft.min(SELECT_LIMIT)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, FutureExt};
-use isahc::config::{Configurable, Dialer, RedirectPolicy};
+use isahc::config::{Configurable, Dialer, DnsCache, RedirectPolicy};
 use url::Url;
 
 use crate::limits::RateLimits;
@@ -134,6 +134,8 @@ pub struct Fetcher {
     settings: FetchSettings,
     /// Kept-alive connections the client may hold; see [`crate::descriptors`].
     idle_connections: usize,
+    /// Host names resolved lately (curl's own DNS cache is off).
+    dns: crate::dns::DnsCache,
 }
 
 impl Fetcher {
@@ -147,6 +149,7 @@ impl Fetcher {
             client: RwLock::new((0, client)),
             settings: settings.clone(),
             idle_connections,
+            dns: crate::dns::DnsCache::default(),
         })
     }
 
@@ -214,28 +217,30 @@ impl Fetcher {
     /// The private-address guard's verdict on `url` alone, for a caller that must know
     /// before fetching something else first (robots.txt). Ok when the guard is off.
     pub async fn check_destination(&self, url: &Url) -> Result<(), FetchError> {
+        if !self.settings.addresses.block_private {
+            return Ok(());
+        }
         let host = url.host_str().unwrap_or_default();
         self.checked_address(url, host).await.map(|_| ())
     }
 
-    /// With `fetch.block_private_addresses` on: resolves the URL's host, refuses it if any
-    /// of its addresses is not public (a name with one private address among public ones
-    /// is refused too), and returns the address to connect to. None when the guard is off.
+    /// The address the request must connect to. A host name is resolved here, through
+    /// crawlq's own cache (see [`crate::dns`]); an IP literal is left to the client. With
+    /// `fetch.block_private_addresses` on, every address of the host is checked: one that is
+    /// not public (even among public ones) refuses the host, and the literal is pinned too.
     async fn checked_address(
         &self,
         url: &Url,
         host: &str,
     ) -> Result<Option<SocketAddr>, FetchError> {
         let policy = &self.settings.addresses;
-        if !policy.block_private {
-            return Ok(None);
-        }
         let port = url.port_or_known_default().unwrap_or(80);
         let addresses = match url.host() {
-            Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(ip.into(), port)],
-            Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(ip.into(), port)],
+            Some(url::Host::Ipv4(ip)) => vec![IpAddr::from(ip)],
+            Some(url::Host::Ipv6(ip)) => vec![IpAddr::from(ip)],
             Some(url::Host::Domain(name)) => {
-                runtime::resolve(name, port)
+                self.dns
+                    .resolve(name)
                     .await
                     .map_err(|_| FetchError::Resolve {
                         host: host.to_owned(),
@@ -243,19 +248,29 @@ impl Fetcher {
             }
             None => Vec::new(),
         };
+        if !policy.block_private {
+            return Ok(match url.host() {
+                Some(url::Host::Domain(_)) => {
+                    let address =
+                        crate::dns::preferred(&addresses).ok_or_else(|| FetchError::Resolve {
+                            host: host.to_owned(),
+                        })?;
+                    Some(SocketAddr::new(address, port))
+                }
+                _ => None,
+            });
+        }
         for address in &addresses {
-            if let Some(kind) = policy.refusal(address.ip()) {
+            if let Some(kind) = policy.refusal(*address) {
                 return Err(FetchError::Refused {
                     host: host.to_owned(),
-                    address: address.ip(),
+                    address: *address,
                     kind,
                 });
             }
         }
-        addresses
-            .first()
-            .copied()
-            .map(Some)
+        crate::dns::preferred(&addresses)
+            .map(|address| Some(SocketAddr::new(address, port)))
             .ok_or_else(|| FetchError::Resolve {
                 host: host.to_owned(),
             })
@@ -294,6 +309,9 @@ impl Fetcher {
         Ok(request)
     }
 
+    /// [`Fetcher::exchange_on`] with the client in use. isahc panics when its thread has
+    /// died, as the request is handed over or while its body is read: caught at this edge,
+    /// the client is restarted and the job goes back to the queue.
     async fn exchange(
         &self,
         request: surf::Request,
@@ -301,19 +319,29 @@ impl Fetcher {
         options: GetOptions<'_>,
     ) -> Result<Response, FetchError> {
         let (generation, client) = self.client();
-        // isahc panics when its thread has died (and on some hostile answers): caught at
-        // this edge, the job goes back to the queue and the client is restarted.
-        let sent = AssertUnwindSafe(client.send(request)).catch_unwind().await;
-        let mut response = match sent {
-            Ok(sent) => sent.map_err(|e| self.classify(e, host))?,
-            Err(panic) => {
-                self.restart_client(generation);
-                return Err(FetchError::ClientFailed {
-                    host: host.to_owned(),
-                    reason: crate::runtime::panic_message(&*panic),
-                });
-            }
-        };
+        let exchanged = AssertUnwindSafe(self.exchange_on(&client, request, host, options))
+            .catch_unwind()
+            .await;
+        exchanged.unwrap_or_else(|panic| {
+            self.restart_client(generation);
+            Err(FetchError::ClientFailed {
+                host: host.to_owned(),
+                reason: crate::runtime::panic_message(&*panic),
+            })
+        })
+    }
+
+    async fn exchange_on(
+        &self,
+        client: &surf::Client,
+        request: surf::Request,
+        host: &str,
+        options: GetOptions<'_>,
+    ) -> Result<Response, FetchError> {
+        let mut response = client
+            .send(request)
+            .await
+            .map_err(|e| self.classify(e, host))?;
         let status = response
             .ext::<RawStatus>()
             .map_or_else(|| u16::from(response.status()), |raw| raw.0);
@@ -408,6 +436,9 @@ fn build_client(settings: &FetchSettings, idle_connections: usize) -> Result<sur
         // open connections: curl queues a request past one instead of closing an idle
         // connection for it, and the scheduler already caps requests in flight.)
         .connection_cache_size(idle_connections)
+        // crawlq resolves names itself and pins the address (see `crate::dns`): curl's
+        // cache would be walked whole at the end of every transfer.
+        .dns_cache(DnsCache::Disable)
         .build()
         .map_err(|e| format!("could not start the HTTP client: {e}"))?;
     Ok(surf::Client::with_http_client(CurlBackend {

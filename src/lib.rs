@@ -10,6 +10,7 @@
 //! - [`store`]     — the only module that names `sqlx`: every SQL statement lives here.
 //! - [`fetch`]     — the only module that names `surf`: one HTTP request, body capped.
 //! - [`descriptors`] — the only module that names `libc`: the open file limit, the connection cache's share.
+//! - [`dns`]       — host names to addresses, cached (curl's own DNS cache is off).
 //! - [`destinations`] — which addresses may be connected to (the private-network guard).
 //! - [`limits`]    — the only module that names `governor`: per-host and global quotas.
 //! - [`parse`]     — the only module that names `scraper`: HTML in, owned data out.
@@ -27,6 +28,7 @@ pub mod crawl;
 pub mod daemon;
 pub mod descriptors;
 pub mod destinations;
+pub mod dns;
 pub mod fetch;
 pub mod follow;
 pub mod job;

@@ -416,12 +416,18 @@ impl RateLimits {
     }
 
     fn pause_left(&self, host: &str) -> Option<Duration> {
-        let left = self.paused_until(host)?.checked_duration_since(Instant::now())?;
+        let left = self
+            .paused_until(host)?
+            .checked_duration_since(Instant::now())?;
         (!left.is_zero()).then_some(left)
     }
 
     fn paused_until(&self, host: &str) -> Option<Instant> {
-        self.paused.lock().expect("pause map lock").get(host).copied()
+        self.paused
+            .lock()
+            .expect("pause map lock")
+            .get(host)
+            .copied()
     }
 
     /// Forgets hosts whose state is back to "fully replenished", and pauses that are over,
