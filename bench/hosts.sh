@@ -4,8 +4,10 @@
 #
 #   bench/hosts.sh                         1 000 hosts x 20 pages, then 10 000 hosts x 5 pages
 #   SIZES="1000x20" bench/hosts.sh         one size only
-#   NOFILE=1024 CRAWLQ_BIN=path            the daemon's descriptor limit (soft and hard;
-#                                          default 1024, a common container default)
+#   NOFILE=1024 NOFILE_HARD=               the daemon's descriptor limits: soft 1024 (the
+#                                          soft limit Docker gives a container), hard as the
+#                                          shell has it unless NOFILE_HARD is set
+#   CRAWLQ_BIN=path                        the binary to measure
 #
 # For each size HxP (H hosts, P pages each, H x P jobs):
 # 1. The one-host crawl of the same H x P pages, in the same sitting: every job on
@@ -14,7 +16,7 @@
 # 2. The many-host crawl: one nginx listening on H loopback addresses 127.20.x.y, every job
 #    inserted before the daemon starts (hosts interleaved), DEFAULT settings (2 req/s and 2
 #    in flight per host, 64 in flight in all, robots.txt obeyed), `run --exit-when-idle`
-#    under /usr/bin/time -v and `ulimit -n $NOFILE`.
+#    under /usr/bin/time -v and `ulimit -Sn $NOFILE` (and `-Hn $NOFILE_HARD` if set).
 # Both crawls' pages are the same small static page (a title, a description, 10 links that
 # are not followed) and robots.txt is `User-agent: * / Allow: /`.
 #
@@ -38,6 +40,7 @@ set -euo pipefail
 SIZES=${SIZES:-"1000x20 10000x5"}
 PORT=${PORT:-18120}
 NOFILE=${NOFILE:-1024}
+NOFILE_HARD=${NOFILE_HARD:-}
 cd "$(dirname "$0")/.."
 . bench/common.sh
 need nginx sqlite3 python3 /usr/bin/time
@@ -120,7 +123,8 @@ with con:
 PY
   date +%s.%N >"$work/$name.start"
   (
-    ulimit -n "$NOFILE"
+    if [ -n "$NOFILE_HARD" ]; then ulimit -Hn "$NOFILE_HARD"; fi
+    ulimit -Sn "$NOFILE"
     exec env CRAWLQ__DAEMON__STATS_INTERVAL_SECS=0 CRAWLQ__LOG__LEVEL="${LOG_LEVEL:-warn}" \
       /usr/bin/time -v -o "$work/$name.time" "$CRAWLQ_BIN" run --database "$db" --exit-when-idle "$@"
   ) 2>"$work/$name.log" &
@@ -146,7 +150,7 @@ status=0
 for size in $SIZES; do
   hosts=${size%x*}
   pages=${size#*x}
-  echo "== $hosts hosts x $pages pages ($((hosts * pages)) jobs), daemon under ulimit -n $NOFILE"
+  echo "== $hosts hosts x $pages pages ($((hosts * pages)) jobs), daemon under ulimit -Sn $NOFILE${NOFILE_HARD:+ -Hn $NOFILE_HARD}"
   crawl "one-host-$size" "$hosts" "$pages" --config "$work/one-host.toml"
   wire_from=$(wc -l <"$work/wire.txt" 2>/dev/null || echo 0)
   log_from=$(wc -l <"$work/access.log" 2>/dev/null || echo 0)
