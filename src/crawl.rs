@@ -180,7 +180,7 @@ impl Crawler {
         let pause = self.honour_retry_after(&final_url, &response);
         if let Some(known) = known.filter(|_| status == 304 && final_url == start) {
             tracing::debug!(result = known.result_id, "not modified");
-            let mut page = self.record(&start, final_url, response, selectors).await;
+            let mut page = Box::pin(self.record(&start, final_url, response, selectors)).await;
             page.unchanged_since = Some(known.result_id);
             page.validators = known.validators.clone();
             return Outcome {
@@ -188,7 +188,7 @@ impl Crawler {
                 ..Outcome::ended(Ending::NotModified)
             };
         }
-        let mut page = self.record(&start, final_url, response, selectors).await;
+        let mut page = Box::pin(self.record(&start, final_url, response, selectors)).await;
         if job.in_crawl() && page.final_url != page.url {
             let target = Url::parse(&page.final_url).expect("final_url was a Url");
             page.redirect_target = Some(RedirectTarget {
@@ -253,11 +253,13 @@ impl Crawler {
         {
             return Err(Ending::Fatal(format!("{via}{refused}")));
         }
-        match self
-            .robots
-            .permission(url, |robots_url| self.fetch_robots(robots_url, ticket))
-            .await
-        {
+        // Boxed, like the GETs below: an attempt waiting for its quota holds only its
+        // small outer state, not room for the largest future it may await (10 KB).
+        let permission = Box::pin(
+            self.robots
+                .permission(url, |robots_url| self.fetch_robots(robots_url, ticket)),
+        );
+        match permission.await {
             Permission::Allowed { crawl_delay } => Ok(crawl_delay),
             Permission::Disallowed(reason) => Err(Ending::Skipped(format!("{via}{reason}"))),
             Permission::NotAsked(reason) => Err(Ending::Internal(format!(
@@ -288,7 +290,7 @@ impl Crawler {
                 cut_body_at: Some(robots::MAX_ROBOTS_BYTES),
                 if_changed: None,
             };
-            let response = self.fetcher.get(&url, options).await;
+            let response = Box::pin(self.fetcher.get(&url, options)).await;
             self.limits.space_from_now(&host);
             let response = match response {
                 Ok(response) => response,
@@ -341,9 +343,7 @@ impl Crawler {
                 if_changed: if_changed.filter(|_| chain.len() == 1),
                 cut_body_at: None,
             };
-            let response = self
-                .fetcher
-                .get(&url, options)
+            let response = Box::pin(self.fetcher.get(&url, options))
                 .await
                 .map_err(|e| fetch_ending(&url, e))?;
             let next = match redirect_target(&url, &response) {

@@ -28,16 +28,20 @@ use crate::store::{self, HostPick, Store, StoreError, WorkerCounters, WorkerIden
 const ADMISSION_BATCH: usize = 1000;
 /// How often expired leases (of dead daemons) are looked for.
 const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(1);
-/// How often idle hosts are dropped from the rate limiter's memory.
-const PRUNE_LIMITER_EVERY: Duration = Duration::from_secs(60);
+/// How often idle hosts are dropped from the rate limiter's memory (and robots.txt rules
+/// beyond the ones kept): often enough that a crawl of thousands of small hosts does not
+/// hold them all.
+const PRUNE_LIMITER_EVERY: Duration = Duration::from_secs(10);
 /// How often the daemon checks that its database file was not deleted or replaced.
 const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// After a database error, the loop turns this often until a turn succeeds.
 const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How often the queue is walked for hosts with due jobs that the daemon did not hear of
 /// (a user re-queueing finished jobs, a retry's backoff ending); new rows need no walk:
-/// admission hands their hosts to the schedule.
+/// admission hands their hosts to the schedule. A walk costs two index seeks per host, so
+/// a queue of many hosts is walked less often: one more second per 1 000 hosts found.
 const WALK_QUEUE_EVERY: Duration = Duration::from_secs(1);
+const WALK_HOSTS_PER_SECOND: usize = 1000;
 /// Hosts the schedule holds at most (see [`HostSchedule`]); one walk of the queue reads
 /// at most this many.
 const SCHEDULED_HOSTS: usize = 20_000;
@@ -310,6 +314,8 @@ struct Scheduler<'d> {
     /// Where the next walk of the queue for hosts starts (it goes round).
     walk_cursor: String,
     last_walk: Instant,
+    /// When the next walk is due (see [`WALK_QUEUE_EVERY`]).
+    walk_every: Duration,
     /// Claims made so far; numbers each claim's lease token.
     claims: u64,
     report: RunReport,
@@ -341,6 +347,7 @@ impl<'d> Scheduler<'d> {
             hosts: HostSchedule::new(SCHEDULED_HOSTS),
             walk_cursor: String::new(),
             last_walk: long_ago,
+            walk_every: WALK_QUEUE_EVERY,
             claims: 0,
             report: RunReport::default(),
             store_healthy: true,
@@ -627,7 +634,7 @@ impl<'d> Scheduler<'d> {
                 self.last_admission = Instant::now();
             }
         }
-        if self.last_walk.elapsed() >= WALK_QUEUE_EVERY {
+        if self.last_walk.elapsed() >= self.walk_every {
             self.walk_queue().await?;
         }
         let free = self.free_slots();
@@ -708,6 +715,8 @@ impl<'d> Scheduler<'d> {
             .hosts_with_due_jobs(&self.walk_cursor, SCHEDULED_HOSTS)
             .await?;
         self.last_walk = Instant::now();
+        // At most SCHEDULED_HOSTS found: the factor fits a u32.
+        self.walk_every = WALK_QUEUE_EVERY * (1 + found.len() / WALK_HOSTS_PER_SECOND) as u32;
         self.walk_cursor = if found.len() < SCHEDULED_HOSTS {
             String::new()
         } else {

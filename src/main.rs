@@ -100,6 +100,7 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    crawlq::descriptors::limit_malloc_arenas();
     let cli = Cli::parse();
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
