@@ -10,6 +10,8 @@ RUN apt-get update \
 WORKDIR /src
 # Dependencies first, in their own layer: a source change does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
+# Build settings for the C libraries (libcurl waits on its sockets with poll()).
+COPY .cargo .cargo
 RUN mkdir src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \

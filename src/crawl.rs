@@ -3,6 +3,7 @@
 //! how it ended.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -52,6 +53,9 @@ pub struct Crawler {
     robots: Robots,
     query_filter: QueryFilter,
     settings: Arc<Settings>,
+    /// Attempts between their start and their last response (see
+    /// [`Crawler::on_the_network`]).
+    on_the_network: AtomicUsize,
 }
 
 impl Crawler {
@@ -65,6 +69,7 @@ impl Crawler {
             redirect_targets: Mutex::new(HashSet::new()),
             query_filter: QueryFilter::new(&settings.crawl.strip_query_params),
             settings,
+            on_the_network: AtomicUsize::new(0),
         })
     }
 
@@ -77,6 +82,13 @@ impl Crawler {
     pub fn prune(&self) {
         self.limits.prune();
         self.robots.prune();
+    }
+
+    /// Attempts that have not had their last response yet (those waiting for a quota
+    /// included): once it is in, an attempt parses and waits to be stored, and sends
+    /// nothing more.
+    pub fn on_the_network(&self) -> usize {
+        self.on_the_network.load(Ordering::Relaxed)
     }
 
     /// robots.txt answers fetched and not yet stored (see [`Robots::take_unsaved`]).
@@ -158,10 +170,18 @@ impl Crawler {
                 "another job of this crawl is fetching {start} (it redirected there)"
             )));
         }
-        let (final_url, response) = match self
-            .fetch_following_redirects(job, start.clone(), if_changed, &mut claimed_targets, ticket)
+        let fetched = {
+            let _on_the_network = runtime::Counted::new(&self.on_the_network);
+            self.fetch_following_redirects(
+                job,
+                start.clone(),
+                if_changed,
+                &mut claimed_targets,
+                ticket,
+            )
             .await
-        {
+        };
+        let (final_url, response) = match fetched {
             Ok(found) => found,
             Err(ending) => {
                 // A host pause is persisted with the job, so claims skip the host and a

@@ -168,7 +168,7 @@ impl Daemon {
         let lock = lock_database(&settings.database.path)?;
         let store = Store::open(&settings.database).await?;
         // Before the HTTP client is built: its connection cache is sized from the limit.
-        crate::descriptors::keep_below_select_limit();
+        crate::descriptors::fit_limit();
         let crawler =
             Arc::new(Crawler::new(settings.clone(), store.clone()).map_err(DaemonError::Http)?);
         let pauses = store
@@ -697,12 +697,21 @@ impl<'d> Scheduler<'d> {
         Ok(())
     }
 
-    /// Slots for new requests: `limits.max_in_flight` less the attempts that are sending
-    /// (attempts waiting for a quota do not count), within the bound on all attempts.
+    /// Slots for new requests: `limits.max_in_flight` less the requests in progress,
+    /// within the bound on all attempts. An attempt waiting for a quota sends nothing, and
+    /// one whose response is in (parsing, or waiting for its batch to be stored) sends
+    /// nothing more: neither holds a slot. While results cannot be stored, though, every
+    /// attempt holds its slot until its result is stored, so that claiming stops.
     fn free_slots(&self) -> usize {
         let max = self.settings().limits.max_in_flight.get();
         let all = self.in_flight.total();
-        let sending = all.saturating_sub(self.daemon.crawler.limits().waiting());
+        let crawler = &self.daemon.crawler;
+        let holding = if self.store_healthy {
+            crawler.on_the_network()
+        } else {
+            all
+        };
+        let sending = holding.saturating_sub(crawler.limits().waiting());
         max.saturating_sub(sending)
             .min((max * ATTEMPTS_PER_SLOT).saturating_sub(all))
     }

@@ -3,21 +3,31 @@
 //!
 //! Every kept-alive connection to a host is a descriptor. With thousands of hosts, a
 //! connection cache that grows with the hosts ran a daemon into its limit (1 024 in many
-//! containers): connects failed as if the sites refused them. Worse, libcurl as the
-//! `curl-sys` crate builds it waits on its sockets with select(), which cannot watch a
-//! descriptor numbered 1 024 or more: the HTTP client's thread dies on the first one
-//! ("Unrecoverable error in select/poll"). So the daemon keeps its soft limit at 1 024 at
-//! most, and sizes the connection cache to fit.
+//! containers): connects failed as if the sites refused them. And libcurl as the
+//! `curl-sys` crate builds it by default waits on its sockets with select(), which cannot
+//! watch a descriptor numbered 1 024 or more: the HTTP client's thread died on the first
+//! one ("Unrecoverable error in select/poll"). `.cargo/config.toml` builds it with poll();
+//! a build without that (CFLAGS set otherwise) is detected here, and the daemon then keeps
+//! its soft limit at 1 024.
 
-/// The descriptors crawlq may use: select() cannot watch descriptor 1 024 or above.
+/// The descriptors crawlq may use when libcurl waits with select().
 const SELECT_LIMIT: u64 = 1024;
+/// The soft limit the daemon raises itself to, at most, when libcurl waits with poll().
+const MOST_DESCRIPTORS: u64 = 65_536;
+
+/// Whether libcurl was built to wait on its sockets with poll() (see the module comment):
+/// the CFLAGS the C libraries were built with are the ones this crate sees.
+pub fn curl_uses_poll() -> bool {
+    option_env!("CFLAGS").is_some_and(|flags| flags.split_whitespace().any(|f| f == "-DHAVE_POLL"))
+}
 /// Descriptors kept for everything but HTTP connections: the database and its journal
 /// (per connection), the lock file, the log, the runtime's poller, DNS look-ups,
 /// connections curl is still closing.
 const RESERVED: u64 = 192;
-/// Idle connections kept at most, however high the limit: enough to keep one open to
-/// each of the hosts a busy daemon cycles through, without holding thousands.
-const MOST_IDLE: u64 = 1024;
+/// Idle connections kept at most, however high the limit: one to each of the hosts a busy
+/// daemon cycles through (1 000 hosts at 2 requests a second are about what it sends on
+/// two cores), without holding ten thousand that will not be used again in time.
+const MOST_IDLE: u64 = 1280;
 /// Idle connections kept at least, however low the limit.
 const FEWEST_IDLE: u64 = 16;
 
@@ -45,54 +55,69 @@ pub fn limit_malloc_arenas() {
     }
 }
 
-/// Lowers the soft limit on open descriptors to 1 024 if it is higher: running out is then
-/// a failed connect that crawlq recognises (see [`nearly_exhausted`]) and recovers from,
-/// not a descriptor select() cannot watch, which stops the HTTP client.
-pub fn keep_below_select_limit() {
+/// Sets the soft limit on open descriptors to what crawlq can use: raised towards the hard
+/// limit (at most 65 536) when libcurl waits with poll(), as Go's runtime does; lowered to
+/// 1 024 when it waits with select(), so that running out is a failed connect crawlq
+/// recognises (see [`nearly_exhausted`]), not a descriptor select() cannot watch.
+pub fn fit_limit() {
     let Some((soft, hard)) = limits() else {
         return;
     };
-    if soft <= SELECT_LIMIT {
+    let wanted = if curl_uses_poll() {
+        hard.min(MOST_DESCRIPTORS).max(soft)
+    } else {
+        soft.min(SELECT_LIMIT)
+    };
+    if wanted == soft {
         return;
     }
-    let lowered = libc::rlimit {
-        rlim_cur: SELECT_LIMIT,
+    let limit = libc::rlimit {
+        rlim_cur: wanted,
         rlim_max: hard,
     };
     // SAFETY: setrlimit reads the struct we own.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) } == 0 {
-        tracing::debug!(
-            from = soft,
-            to = SELECT_LIMIT,
-            "lowered the open file limit"
-        );
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        tracing::debug!(from = soft, to = wanted, "set the open file limit");
     }
 }
 
-/// Idle connections the HTTP client may keep: what the descriptor limit (at most 1 024,
-/// see the module comment) leaves after the reserve and twice `max_in_flight` (requests
-/// and robots.txt look-ups), within 16 and 1 024.
+/// The descriptors crawlq may use: its soft limit, and no more than select() can watch
+/// when libcurl waits with it.
+fn usable() -> u64 {
+    let soft = limits().map_or(SELECT_LIMIT, |(soft, _)| soft);
+    if curl_uses_poll() {
+        soft
+    } else {
+        soft.min(SELECT_LIMIT)
+    }
+}
+
+/// Idle connections the HTTP client may keep: what the descriptor limit leaves after the
+/// reserve and twice `max_in_flight` (requests and robots.txt look-ups), within 16 and
+/// 1 280.
 pub fn idle_connections(max_in_flight: usize) -> usize {
-    let usable = limits().map_or(SELECT_LIMIT, |(soft, _)| soft.min(SELECT_LIMIT));
-    let spare = usable.saturating_sub(RESERVED + 2 * max_in_flight as u64);
+    let spare = usable().saturating_sub(RESERVED + 2 * max_in_flight as u64);
     spare.clamp(FEWEST_IDLE, MOST_IDLE) as usize
 }
 
 /// Whether this process has (nearly) run out of descriptors: fewer than a tenth of the
 /// reserve left. A connect that fails then is our fault, not the site's.
 pub fn nearly_exhausted() -> bool {
-    let Some((soft, _)) = limits() else {
-        return false;
-    };
     let Ok(open) = std::fs::read_dir("/proc/self/fd") else {
         return false;
     };
-    open.count() as u64 + RESERVED / 10 >= soft.min(SELECT_LIMIT)
+    open.count() as u64 + RESERVED / 10 >= usable()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_build_of_libcurl_waits_with_poll() {
+        // .cargo/config.toml: without it, descriptors stay below 1 024.
+        assert!(curl_uses_poll());
+    }
 
     #[test]
     fn idle_connections_fit_the_limit() {

@@ -148,22 +148,6 @@ impl Ticket {
     }
 }
 
-/// Counts an attempt as waiting for as long as it lives.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
-        count.fetch_add(1, Ordering::Relaxed);
-        Waiting(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 struct CrawlDelay {
     /// When the host's last request ended; locked while a request is under way.
     last_ended: Arc<AsyncMutex<Instant>>,
@@ -296,7 +280,7 @@ impl RateLimits {
         crawl_delay: Option<Duration>,
         ticket: &Ticket,
     ) -> Option<CrawlDelayTurn> {
-        let _waiting = Waiting::new(&self.waiting);
+        let _waiting = crate::runtime::Counted::new(&self.waiting);
         let turn = match crawl_delay.and_then(|d| self.crawl_delay_of(host, d)) {
             Some((last_ended, interval)) => {
                 let last_ended = last_ended.lock_arc().await;

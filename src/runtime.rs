@@ -80,3 +80,20 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
+
+/// Counts one more in a shared counter for as long as it lives (a task in some phase of
+/// its work, for another task to read without asking it).
+pub struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Counted<'a> {
+    pub fn new(count: &'a std::sync::atomic::AtomicUsize) -> Counted<'a> {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -1349,14 +1349,20 @@ fn results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_
             ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
         }
         wait_until("the first three fetches", || async {
-            server.hits().len() == 3
+            server.hits().len() >= 3
         })
         .await;
+        // A response that is in frees its request's slot, so one more round of three may be
+        // claimed before the first failed store is known; after it, results hold their
+        // slots until they are stored.
+        crawlq::runtime::sleep(Duration::from_millis(1500)).await;
+        let settled = server.hits().len();
+        assert!(settled <= 6, "{settled} fetched before claiming stopped");
         // Several store retries (one a second) later, nothing more has been claimed.
         crawlq::runtime::sleep(Duration::from_millis(2500)).await;
         assert_eq!(
             server.hits().len(),
-            3,
+            settled,
             "it claimed while it could not store"
         );
         let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'failed'")

@@ -53,6 +53,26 @@ async fn serve(stream: TcpStream, requests: Arc<AtomicUsize>) {
     }
 }
 
+/// How many descriptors a process has open, and what they are (by kind: socket, pipe,
+/// a path), for a message.
+fn open_descriptors(fd_dir: &str) -> Option<(usize, String)> {
+    let entries: Vec<_> = std::fs::read_dir(fd_dir).ok()?.flatten().collect();
+    let mut kinds = std::collections::BTreeMap::new();
+    let mut highest = 0u64;
+    for entry in &entries {
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        let target = target.display().to_string();
+        let kind = target.split(':').next().unwrap_or_default().to_owned();
+        *kinds.entry(kind).or_insert(0) += 1;
+        let number = entry.file_name().to_str().and_then(|n| n.parse().ok());
+        highest = highest.max(number.unwrap_or(0));
+    }
+    Some((
+        entries.len(),
+        format!("highest {highest}, by kind {kinds:?}"),
+    ))
+}
+
 /// `http://127.31.X.Y:port` for host `i`.
 fn address(i: usize) -> String {
     format!("127.31.{}.{}", i / 250, i % 250 + 1)
@@ -126,12 +146,16 @@ fn two_thousand_hosts_fit_a_1024_descriptor_limit_and_no_job_fails_for_it() {
         let fds = format!("/proc/{}/fd", daemon.0.id());
         let started = Instant::now();
         let mut most_open = 0;
+        let mut most_open_were = String::new();
         let status = loop {
             if let Some(status) = daemon.0.try_wait().unwrap() {
                 break status;
             }
-            if let Ok(open) = std::fs::read_dir(&fds) {
-                most_open = most_open.max(open.count());
+            if let Some((open, what)) = open_descriptors(&fds) {
+                if open > most_open {
+                    most_open = open;
+                    most_open_were = what;
+                }
             }
             if started.elapsed() > Duration::from_secs(240) {
                 let _ = daemon.0.kill();
@@ -168,7 +192,7 @@ fn two_thousand_hosts_fit_a_1024_descriptor_limit_and_no_job_fails_for_it() {
         assert_eq!(requests.load(Ordering::Relaxed), HOSTS * (PAGES + 1));
         assert!(
             most_open < NOFILE - 64,
-            "the daemon held {most_open} descriptors under a limit of {NOFILE}"
+            "the daemon held {most_open} descriptors under a limit of {NOFILE}: {most_open_were}"
         );
         assert!(
             !log.contains("out of file descriptors") && !log.contains("HTTP client stopped"),
