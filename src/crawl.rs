@@ -91,6 +91,12 @@ impl Crawler {
         self.on_the_network.load(Ordering::Relaxed)
     }
 
+    /// See [`Fetcher::keep_connections`]: the scheduler knows how many hosts have work.
+    pub fn keep_connections(&self, hosts_with_work: usize) {
+        self.fetcher
+            .keep_connections(hosts_with_work <= self.fetcher.idle_connections());
+    }
+
     /// robots.txt answers fetched and not yet stored (see [`Robots::take_unsaved`]).
     pub fn take_unsaved_robots(&self) -> Vec<robots::FetchedRobots> {
         self.robots.take_unsaved()

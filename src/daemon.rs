@@ -640,6 +640,7 @@ impl<'d> Scheduler<'d> {
         if self.last_walk.elapsed() >= self.walk_every {
             self.walk_queue().await?;
         }
+        self.daemon.crawler.keep_connections(self.hosts.len());
         let free = self.free_slots();
         if free == 0 {
             return Ok(());

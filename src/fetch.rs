@@ -11,6 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -136,6 +137,9 @@ pub struct Fetcher {
     idle_connections: usize,
     /// Host names resolved lately (curl's own DNS cache is off).
     dns: crate::dns::DnsCache,
+    /// Whether connections are kept open for the next request (see
+    /// [`Fetcher::keep_connections`]).
+    keep_alive: AtomicBool,
 }
 
 impl Fetcher {
@@ -150,7 +154,21 @@ impl Fetcher {
             settings: settings.clone(),
             idle_connections,
             dns: crate::dns::DnsCache::default(),
+            keep_alive: AtomicBool::new(true),
         })
+    }
+
+    /// Kept-alive connections the client may hold.
+    pub fn idle_connections(&self) -> usize {
+        self.idle_connections
+    }
+
+    /// Whether requests ask to keep their connection open. When more hosts are being
+    /// crawled than the connection cache holds, a connection is never used again before
+    /// it is evicted, and each eviction walks the whole cache (11 % of the CPU at 10 000
+    /// hosts, perf): the daemon then asks servers to close connections instead.
+    pub fn keep_connections(&self, keep: bool) {
+        self.keep_alive.store(keep, Ordering::Relaxed);
     }
 
     /// The HTTP client in use, with its generation.
@@ -293,6 +311,9 @@ impl Fetcher {
             .header("Accept", "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8");
         if let Some(credentials) = basic_auth(url) {
             request = request.header("Authorization", credentials.as_str());
+        }
+        if !self.keep_alive.load(Ordering::Relaxed) {
+            request = request.header("Connection", "close");
         }
         if let Some(known) = options.if_changed {
             if let Some(etag) = &known.etag {
