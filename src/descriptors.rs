@@ -103,10 +103,11 @@ pub fn idle_connections(max_in_flight: usize) -> usize {
 /// Whether this process has (nearly) run out of descriptors: fewer than a tenth of the
 /// reserve left. A connect that fails then is our fault, not the site's.
 pub fn nearly_exhausted() -> bool {
-    let Ok(open) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
-    };
-    open.count() as u64 + RESERVED / 10 >= usable()
+    match std::fs::read_dir("/proc/self/fd") {
+        Ok(open) => open.count() as u64 + RESERVED / 10 >= usable(),
+        // Listing them takes a descriptor too: none left is the answer.
+        Err(e) => e.raw_os_error() == Some(libc::EMFILE),
+    }
 }
 
 #[cfg(test)]

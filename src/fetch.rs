@@ -332,7 +332,10 @@ impl Fetcher {
 
     /// [`Fetcher::exchange_on`] with the client in use. isahc panics when its thread has
     /// died, as the request is handed over or while its body is read: caught at this edge,
-    /// the client is restarted and the job goes back to the queue.
+    /// the client is restarted and the job goes back to the queue. Any other panic there
+    /// was caused by this response: the attempt counts, as for a network error, so that a
+    /// response that always makes the client panic ends its job instead of coming back
+    /// for ever.
     async fn exchange(
         &self,
         request: surf::Request,
@@ -344,10 +347,19 @@ impl Fetcher {
             .catch_unwind()
             .await;
         exchanged.unwrap_or_else(|panic| {
-            self.restart_client(generation);
-            Err(FetchError::ClientFailed {
+            let reason = crate::runtime::panic_message(&*panic);
+            // isahc's words when its thread is gone: "agent thread terminated prematurely",
+            // "... terminated with error: ...", "agent thread panicked".
+            if reason.starts_with("agent thread") {
+                self.restart_client(generation);
+                return Err(FetchError::ClientFailed {
+                    host: host.to_owned(),
+                    reason,
+                });
+            }
+            Err(FetchError::Network {
                 host: host.to_owned(),
-                reason: crate::runtime::panic_message(&*panic),
+                reason: format!("the HTTP client failed on this response ({reason})"),
             })
         })
     }

@@ -1516,7 +1516,6 @@ impl ClaimedJob {
     }
 }
 
-/// A user-written text column read without trusting it to be UTF-8 (SQLite does not check).
 /// Bytes as lower-case hex, for SQLite's `unhex()`.
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -1527,6 +1526,7 @@ fn hex(bytes: &[u8]) -> String {
     text
 }
 
+/// A user-written text column read without trusting it to be UTF-8 (SQLite does not check).
 fn lossy_text(row: &SqliteRow, column: &str) -> Result<Option<String>, sqlx::Error> {
     let bytes: Option<Vec<u8>> = row.try_get(column)?;
     Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
