@@ -53,9 +53,9 @@ pub struct Crawler {
     robots: Robots,
     query_filter: QueryFilter,
     settings: Arc<Settings>,
-    /// Attempts between their start and their last response (see
+    /// Attempts between their spawn and their last response (see
     /// [`Crawler::on_the_network`]).
-    on_the_network: AtomicUsize,
+    on_the_network: Arc<AtomicUsize>,
 }
 
 impl Crawler {
@@ -69,7 +69,7 @@ impl Crawler {
             redirect_targets: Mutex::new(HashSet::new()),
             query_filter: QueryFilter::new(&settings.crawl.strip_query_params),
             settings,
-            on_the_network: AtomicUsize::new(0),
+            on_the_network: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -91,6 +91,13 @@ impl Crawler {
         self.on_the_network.load(Ordering::Relaxed)
     }
 
+    /// Counts an attempt as on the network from now (the scheduler calls it before it
+    /// spawns the attempt, so that the next loop turn sees it) until its last response.
+    pub fn network_phase(&self) -> NetworkPhase {
+        self.on_the_network.fetch_add(1, Ordering::Relaxed);
+        NetworkPhase(self.on_the_network.clone())
+    }
+
     /// See [`Fetcher::keep_connections`]: the scheduler knows how many hosts have work.
     pub fn keep_connections(&self, hosts_with_work: usize) {
         self.fetcher
@@ -110,7 +117,7 @@ impl Crawler {
     /// Runs one attempt of a claimed job and applies the retry policy to its ending. The
     /// `ticket` is the request to the job's host that the scheduler was granted when it
     /// claimed the job (see [`RateLimits::grant`]).
-    pub async fn attempt(&self, job: ClaimedJob, ticket: Ticket) -> Attempt {
+    pub async fn attempt(&self, job: ClaimedJob, ticket: Ticket, network: NetworkPhase) -> Attempt {
         let span = tracing::debug_span!(
             "job",
             job.id = %job.id,
@@ -120,7 +127,7 @@ impl Crawler {
         );
         async move {
             tracing::debug!("claimed");
-            let outcome = self.run(&job, &ticket).await;
+            let outcome = self.run(&job, &ticket, network).await;
             let max_attempts = job
                 .max_attempts
                 .unwrap_or(self.settings.retry.max_attempts.get());
@@ -144,7 +151,7 @@ impl Crawler {
         .await
     }
 
-    async fn run(&self, job: &ClaimedJob, ticket: &Ticket) -> Outcome {
+    async fn run(&self, job: &ClaimedJob, ticket: &Ticket, network: NetworkPhase) -> Outcome {
         // Admission checked these already; the row may have been edited since.
         let selectors = match SelectorSet::from_optional_json(job.selectors.as_deref()) {
             Ok(selectors) => selectors,
@@ -177,7 +184,7 @@ impl Crawler {
             )));
         }
         let fetched = {
-            let _on_the_network = runtime::Counted::new(&self.on_the_network);
+            let _on_the_network = network;
             self.fetch_following_redirects(
                 job,
                 start.clone(),
@@ -481,6 +488,15 @@ impl Crawler {
             page.data = parsed.data;
         }
         page
+    }
+}
+
+/// An attempt counted by [`Crawler::on_the_network`], until this is dropped.
+pub struct NetworkPhase(Arc<AtomicUsize>);
+
+impl Drop for NetworkPhase {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -831,11 +831,12 @@ impl<'d> Scheduler<'d> {
         self.in_flight.add(&job);
         let crawler = self.daemon.crawler.clone();
         let finished = self.finished_tx.clone();
+        let network = crawler.network_phase();
         runtime::spawn(async move {
             // Every claimed job must report back, or its slot leaks and its lease is renewed
             // forever: a panic (say, in the HTTP client on a hostile response) fails the job.
             let fallback = job.clone();
-            let attempt = match AssertUnwindSafe(crawler.attempt(job, ticket))
+            let attempt = match AssertUnwindSafe(crawler.attempt(job, ticket, network))
                 .catch_unwind()
                 .await
             {
