@@ -33,6 +33,10 @@ pub struct HostSchedule {
     places: HashMap<String, Place>,
     ready: VecDeque<String>,
     waiting: BinaryHeap<Reverse<(Instant, String)>>,
+    /// Work that falls due later on a host that has a place already (a retry on a host
+    /// whose in-flight cap is taken): the host is added back then, in case it left the
+    /// index meanwhile (a claim found nothing due on it).
+    reminders: BinaryHeap<Reverse<(Instant, String)>>,
     /// Hosts kept at most; past this, new hosts are left to a later walk of the queue, so
     /// memory stays bounded however many hosts have queued work.
     capacity: usize,
@@ -44,6 +48,7 @@ impl HostSchedule {
             places: HashMap::new(),
             ready: VecDeque::new(),
             waiting: BinaryHeap::new(),
+            reminders: BinaryHeap::new(),
             capacity,
         }
     }
@@ -67,11 +72,15 @@ impl HostSchedule {
         self.ready.push_back(host.to_owned());
     }
 
-    /// `host` has work that is due at `due` (a retry's backoff). A host already in the
-    /// index keeps its place unless this is sooner.
+    /// `host` has work that is due at `due` (a retry's backoff). A waiting host waits no
+    /// longer than that; a host that is ready, full, or waiting for less keeps its place,
+    /// and comes back at `due` if it has left the index by then.
     pub fn add_at(&mut self, host: &str, due: Instant) {
         match self.places.get(host) {
-            Some(Place::Waiting(at)) if due < *at => self.wait(host, due),
+            Some(Place::Waiting(at)) if due <= *at => self.wait(host, due),
+            Some(_) if self.reminders.len() < self.capacity => {
+                self.reminders.push(Reverse((due, host.to_owned())));
+            }
             Some(_) => {}
             None if self.places.len() < self.capacity => self.wait(host, due),
             None => {}
@@ -114,19 +123,19 @@ impl HostSchedule {
 
     /// When the first waiting host is due, if any is waiting.
     pub fn next_wake(&mut self) -> Option<Instant> {
+        let mut wake = None;
         while let Some(Reverse((due, host))) = self.waiting.peek() {
             if self.places.get(host) == Some(&Place::Waiting(*due)) {
-                return Some(*due);
+                wake = Some(*due);
+                break;
             }
             self.waiting.pop();
         }
-        None
-    }
-
-    /// Whether some host may be claimed for at `now`.
-    pub fn has_due(&mut self, now: Instant) -> bool {
-        self.wake(now);
-        !self.ready.is_empty()
+        let reminder = self.reminders.peek().map(|Reverse((due, _))| *due);
+        match (wake, reminder) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Moves the hosts whose wait is over to the back of the ready queue.
@@ -140,6 +149,13 @@ impl HostSchedule {
                 self.places.insert(host.clone(), Place::Ready);
                 self.ready.push_back(host);
             }
+        }
+        while let Some(Reverse((due, _))) = self.reminders.peek() {
+            if *due > now {
+                break;
+            }
+            let Reverse((_, host)) = self.reminders.pop().expect("peeked");
+            self.add(&host);
         }
     }
 }
@@ -189,19 +205,42 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_moves_a_waiting_host_sooner_never_later() {
+    fn a_retry_moves_a_waiting_host_sooner_and_a_later_one_is_remembered() {
         let t0 = Instant::now();
         let later = t0 + Duration::from_secs(10);
         let sooner = t0 + Duration::from_secs(1);
         let mut s = HostSchedule::new(100);
         s.add_at("a", later);
         s.add_at("a", sooner);
-        s.add_at("a", later);
         assert_eq!(s.next_wake(), Some(sooner));
         assert_eq!(s.next_due(sooner).as_deref(), Some("a"));
-        // The stale heap entry for `later` does not bring it back.
+        // The stale heap entry for `later` does not bring it back by itself...
         assert_eq!(s.next_due(later), None);
         assert_eq!(s.next_wake(), None);
+        // ...but work due later than a host's place is remembered.
+        s.add_at("b", sooner);
+        s.add_at("b", later);
+        assert_eq!(s.next_due(sooner).as_deref(), Some("b"));
+        assert_eq!(s.next_wake(), Some(later));
+        assert_eq!(s.next_due(later).as_deref(), Some("b"));
+        assert_eq!(s.next_wake(), None);
+    }
+
+    #[test]
+    fn a_retry_on_a_full_host_brings_it_back_when_due_even_after_it_left() {
+        let t0 = Instant::now();
+        let retry = t0 + Duration::from_secs(2);
+        let mut s = HostSchedule::new(100);
+        s.add("a");
+        let a = s.next_due(t0).unwrap();
+        s.fill(&a);
+        s.add_at("a", retry);
+        assert_eq!(s.next_wake(), Some(retry));
+        s.attempt_ended("a");
+        // Claimed for at once, nothing due there yet: it leaves the index.
+        assert_eq!(s.next_due(t0).as_deref(), Some("a"));
+        assert!(s.is_empty());
+        assert_eq!(s.next_due(retry).as_deref(), Some("a"));
     }
 
     #[test]
