@@ -17,7 +17,7 @@ use crate::job::{self, Attempt, ClaimedJob, Ending, PageRecord, RedirectTarget};
 use crate::limits::{RateLimits, Ticket};
 use crate::parse::{self, SelectorSet};
 use crate::robots::{self, Permission, Robots, RobotsAnswer};
-use crate::runtime;
+use crate::runtime::{self, Counted};
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -93,9 +93,8 @@ impl Crawler {
 
     /// Counts an attempt as on the network from now (the scheduler calls it before it
     /// spawns the attempt, so that the next loop turn sees it) until its last response.
-    pub fn network_phase(&self) -> NetworkPhase {
-        self.on_the_network.fetch_add(1, Ordering::Relaxed);
-        NetworkPhase(self.on_the_network.clone())
+    pub fn network_phase(&self) -> Counted {
+        Counted::new(&self.on_the_network)
     }
 
     /// See [`Fetcher::keep_connections`]: the scheduler knows how many hosts have work.
@@ -116,8 +115,9 @@ impl Crawler {
 
     /// Runs one attempt of a claimed job and applies the retry policy to its ending. The
     /// `ticket` is the request to the job's host that the scheduler was granted when it
-    /// claimed the job (see [`RateLimits::grant`]).
-    pub async fn attempt(&self, job: ClaimedJob, ticket: Ticket, network: NetworkPhase) -> Attempt {
+    /// claimed the job (see [`RateLimits::grant`]); `network` counts the attempt in
+    /// [`Crawler::on_the_network`] until its last response is in.
+    pub async fn attempt(&self, job: ClaimedJob, ticket: Ticket, network: Counted) -> Attempt {
         let span = tracing::debug_span!(
             "job",
             job.id = %job.id,
@@ -151,7 +151,7 @@ impl Crawler {
         .await
     }
 
-    async fn run(&self, job: &ClaimedJob, ticket: &Ticket, network: NetworkPhase) -> Outcome {
+    async fn run(&self, job: &ClaimedJob, ticket: &Ticket, network: Counted) -> Outcome {
         // Admission checked these already; the row may have been edited since.
         let selectors = match SelectorSet::from_optional_json(job.selectors.as_deref()) {
             Ok(selectors) => selectors,
@@ -488,15 +488,6 @@ impl Crawler {
             page.data = parsed.data;
         }
         page
-    }
-}
-
-/// An attempt counted by [`Crawler::on_the_network`], until this is dropped.
-pub struct NetworkPhase(Arc<AtomicUsize>);
-
-impl Drop for NetworkPhase {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -104,7 +104,7 @@ pub struct RateLimits {
     /// Hosts with a robots.txt Crawl-delay.
     delayed: Mutex<HashMap<String, CrawlDelay>>,
     /// Attempts now waiting in [`RateLimits::until_ready`] (see [`RateLimits::waiting`]).
-    waiting: AtomicUsize,
+    waiting: Arc<AtomicUsize>,
 }
 
 /// What [`RateLimits::grant`] says about a host.
@@ -224,7 +224,7 @@ impl RateLimits {
                 .map(|rate| RateLimiter::direct(quota(rate, Slack::None))),
             paused: Mutex::new(HashMap::new()),
             delayed: Mutex::new(HashMap::new()),
-            waiting: AtomicUsize::new(0),
+            waiting: Arc::new(AtomicUsize::new(0)),
         }
     }
 

@@ -82,17 +82,18 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Counts one more in a shared counter for as long as it lives (a task in some phase of
-/// its work, for another task to read without asking it).
-pub struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+/// its work, for another task to read without asking it). It owns its handle on the
+/// counter, so it can be made before a task is spawned and moved into it.
+pub struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
-impl<'a> Counted<'a> {
-    pub fn new(count: &'a std::sync::atomic::AtomicUsize) -> Counted<'a> {
+impl Counted {
+    pub fn new(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Counted {
         count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Counted(count)
+        Counted(count.clone())
     }
 }
 
-impl Drop for Counted<'_> {
+impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
