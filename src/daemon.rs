@@ -671,14 +671,10 @@ impl<'d> Scheduler<'d> {
                 return Err(e);
             }
         };
-        let mut per_host: HashMap<&str, usize> = HashMap::new();
+        let mut per_host: HashMap<String, usize> = HashMap::new();
         for job in &claimed {
-            *per_host.entry(job.host.as_str()).or_default() += 1;
+            *per_host.entry(job.host.clone()).or_default() += 1;
         }
-        let per_host: HashMap<String, usize> = per_host
-            .into_iter()
-            .map(|(host, n)| (host.to_owned(), n))
-            .collect();
         for job in claimed {
             let ticket = Ticket::granted(&job.host);
             self.start(job, ticket);
