@@ -91,13 +91,9 @@ pub struct RateLimits {
     /// time, would then follow it by less than the quota's interval. Passing the quota a
     /// second time at the last moment we control spaces the two by what actually happened.
     sent: HostQuotas,
-    per_host_interval: Duration,
-    /// Hosts with their own quota in config, and its interval.
-    override_intervals: HashMap<String, Duration>,
-    /// Whether the default quota, and each host's own, has a burst of 1: requests to such
-    /// a host are also spaced from each one's answer (see [`RateLimits::answered`]).
-    per_host_single: bool,
-    override_single: HashMap<String, bool>,
+    /// Each host's configured rate: its interval, and whether its burst is 1 (requests to
+    /// such a host are also spaced from each one's answer, see [`RateLimits::answered`]).
+    settings: LimitSettings,
     global: Option<DefaultDirectRateLimiter>,
     /// Hosts that asked us (Retry-After) to stay away until an instant.
     paused: Mutex<HashMap<String, Instant>>,
@@ -206,18 +202,7 @@ impl RateLimits {
         RateLimits {
             granted: HostQuotas::new(settings, Slack::None),
             sent: HostQuotas::new(settings, Slack::ForTheWire),
-            per_host_interval: settings.per_host.rate.period(),
-            override_intervals: settings
-                .hosts
-                .iter()
-                .map(|(host, limits)| (host.clone(), limits.rate.period()))
-                .collect(),
-            per_host_single: settings.per_host.rate.burst.get() == 1,
-            override_single: settings
-                .hosts
-                .iter()
-                .map(|(host, limits)| (host.clone(), limits.rate.burst.get() == 1))
-                .collect(),
+            settings: settings.clone(),
             global: settings
                 .global_rate
                 .as_ref()
@@ -341,15 +326,11 @@ impl RateLimits {
     /// requests closer than the quota at the server, and a slow host still gets 97 % of
     /// its quota.
     pub fn answered(&self, host: &str, handed_over: Instant) {
-        let single = self
-            .override_single
-            .get(host)
-            .copied()
-            .unwrap_or(self.per_host_single);
-        if !single {
+        let rate = &self.settings.for_host(host).rate;
+        if rate.burst.get() != 1 {
             return;
         }
-        let interval = self.quota_interval(host);
+        let interval = rate.period();
         let now = Instant::now();
         let on_the_wire_by = now.min(handed_over + interval * 3 / 100);
         let next = on_the_wire_by + interval;
@@ -393,10 +374,7 @@ impl RateLimits {
 
     /// The time between requests the host's configured quota allows.
     fn quota_interval(&self, host: &str) -> Duration {
-        self.override_intervals
-            .get(host)
-            .copied()
-            .unwrap_or(self.per_host_interval)
+        self.settings.for_host(host).rate.period()
     }
 
     fn pause_left(&self, host: &str) -> Option<Duration> {
