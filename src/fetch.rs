@@ -266,26 +266,18 @@ impl Fetcher {
             }
             None => Vec::new(),
         };
-        if !policy.block_private {
-            return Ok(match url.host() {
-                Some(url::Host::Domain(_)) => {
-                    let address =
-                        crate::dns::preferred(&addresses).ok_or_else(|| FetchError::Resolve {
-                            host: host.to_owned(),
-                        })?;
-                    Some(SocketAddr::new(address, port))
+        if policy.block_private {
+            for address in &addresses {
+                if let Some(kind) = policy.refusal(*address) {
+                    return Err(FetchError::Refused {
+                        host: host.to_owned(),
+                        address: *address,
+                        kind,
+                    });
                 }
-                _ => None,
-            });
-        }
-        for address in &addresses {
-            if let Some(kind) = policy.refusal(*address) {
-                return Err(FetchError::Refused {
-                    host: host.to_owned(),
-                    address: *address,
-                    kind,
-                });
             }
+        } else if !matches!(url.host(), Some(url::Host::Domain(_))) {
+            return Ok(None);
         }
         crate::dns::preferred(&addresses)
             .map(|address| Some(SocketAddr::new(address, port)))
