@@ -62,7 +62,8 @@ macro_rules! still_unadmitted {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Hosts per claim statement (SQLite allows 500 terms in a compound SELECT).
+/// Hosts picked for more than one job, per claim statement (each is a term of a compound
+/// SELECT, and SQLite allows 500).
 const CLAIM_HOSTS_PER_STATEMENT: usize = 200;
 
 /// The `lease_owner` a claim writes: the daemon's id and the claim's number. Unique per
@@ -760,26 +761,46 @@ impl Store {
         conditional_get: bool,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         const DOING: &str = "claiming jobs";
-        let mut writer = self.writer().await.doing(DOING)?;
+        if picks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A host picked for one job (the usual case with many hosts at polite rates) is
+        // one element of a JSON array, so those picks share one statement text that stays
+        // prepared. A host picked for more jobs needs a term of its own (its LIMIT), and
         // SQLite allows at most 500 terms in one compound SELECT.
-        let chunks = picks.chunks(CLAIM_HOSTS_PER_STATEMENT);
-        match chunks.len() {
-            0 => Ok(Vec::new()),
+        let (single, several): (Vec<&HostPick>, Vec<&HostPick>) =
+            picks.iter().partition(|pick| pick.jobs == 1);
+        let single = serde_json::to_string(
+            &single
+                .iter()
+                .map(|pick| pick.host.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .expect("host names serialize");
+        let mut writer = self.writer().await.doing(DOING)?;
+        if several.len() <= CLAIM_HOSTS_PER_STATEMENT {
             // One statement is all or nothing by itself: no BEGIN and COMMIT, which would
             // be two more round trips to SQLite's thread per claim.
-            1 => claim_from(&mut writer, lease_token, lease, picks, conditional_get).await,
-            _ => {
-                let mut tx = writer.begin().await.doing(DOING)?;
-                let mut claimed = Vec::new();
-                for chunk in chunks {
-                    claimed.extend(
-                        claim_from(&mut tx, lease_token, lease, chunk, conditional_get).await?,
-                    );
-                }
-                tx.commit().await.doing(DOING)?;
-                Ok(claimed)
-            }
+            return claim_from(
+                &mut writer,
+                lease_token,
+                lease,
+                &single,
+                &several,
+                conditional_get,
+            )
+            .await;
         }
+        let mut tx = writer.begin().await.doing(DOING)?;
+        let mut claimed = Vec::new();
+        for (i, chunk) in several.chunks(CLAIM_HOSTS_PER_STATEMENT).enumerate() {
+            let single = if i == 0 { single.as_str() } else { "[]" };
+            claimed.extend(
+                claim_from(&mut tx, lease_token, lease, single, chunk, conditional_get).await?,
+            );
+        }
+        tx.commit().await.doing(DOING)?;
+        Ok(claimed)
     }
 
     /// Pushes back the expiry of the leases we hold. Only the attempts the scheduler is
@@ -1393,27 +1414,33 @@ const FINISH_FAILED: &str = concat!(fetch_finished!("failed"), ", error = ?4", w
 /// rule may be lifted by then).
 const FINISH_SKIPPED: &str = concat!(fetch_finished!("skipped"), ", error = ?4", while_leased!());
 
-/// One claim statement: the per-host picks are one `UNION ALL` of index range scans.
+/// One claim statement. `single` is a JSON array of the hosts that get one job each: one
+/// index probe per host, in a statement whose text does not change with their number.
+/// Each of `several` (hosts that get more) is a term of a `UNION ALL` of index range scans.
 async fn claim_from(
     connection: &mut SqliteConnection,
     lease_token: &str,
     lease: Duration,
-    picks: &[HostPick],
+    single: &str,
+    several: &[&HostPick],
     conditional_get: bool,
 ) -> Result<Vec<ClaimedJob>, StoreError> {
-    let per_host = (0..picks.len())
-        .map(|i| {
-            format!(
-                "SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_claimable
-                      WHERE status = 'queued' AND host = ?{} AND run_after <= {}
-                      ORDER BY priority DESC, id LIMIT ?{})",
-                4 + 2 * i,
-                now!(),
-                5 + 2 * i
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
+    let claimable = |host: &str, limit: &str| {
+        format!(
+            "SELECT id FROM jobs INDEXED BY jobs_claimable
+              WHERE status = 'queued' AND host = {host} AND run_after <= {}
+              ORDER BY priority DESC, id LIMIT {limit}",
+            now!()
+        )
+    };
+    let mut chosen = format!(
+        "SELECT ({}) FROM json_each(?4) AS pick",
+        claimable("pick.value", "1")
+    );
+    for i in 0..several.len() {
+        let (host, limit) = (format!("?{}", 5 + 2 * i), format!("?{}", 6 + 2 * i));
+        chosen += &format!(" UNION ALL SELECT id FROM ({})", claimable(&host, &limit));
+    }
     // CASTs: users may have written any type into these columns; the values we return
     // must decode, or the claimed rows would sit in `running` with nobody working on them.
     let sql = format!(
@@ -1421,7 +1448,7 @@ async fn claim_from(
                 SET status = 'running', lease_owner = ?1, lease_expires_at = {},
                     attempts = MAX(0, MIN(CAST(attempts AS INTEGER), 2147483647)) + 1,
                     updated_at = {}
-              WHERE id IN ({per_host})
+              WHERE id IN ({chosen})
           RETURNING id, lease_owner, CAST(url AS BLOB) AS url, CAST(host AS BLOB) AS host, attempts,
                     COALESCE(root_id, id) AS root_id, CAST(max_depth AS INTEGER) AS max_depth,
                     CAST(depth AS INTEGER) AS depth, CAST(scope AS TEXT) AS scope,
@@ -1448,8 +1475,9 @@ async fn claim_from(
     let mut query = sqlx::query(AssertSqlSafe(sql))
         .bind(lease_token)
         .bind(lease.as_secs_f64())
-        .bind(conditional_get);
-    for pick in picks {
+        .bind(conditional_get)
+        .bind(single);
+    for pick in several {
         query = query.bind(pick.host.as_str()).bind(pick.jobs as i64);
     }
     let rows = query.fetch_all(connection).await.doing("claiming jobs")?;

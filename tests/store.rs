@@ -22,30 +22,56 @@ fn one_claim_can_span_more_hosts_than_a_compound_select_allows() {
     block_on(async {
         let (db, store) = open().await;
         let sql = user_connection(&db.path).await;
+        // 600 hosts with three jobs each.
         execute(
             &sql,
-            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 599)
-             INSERT INTO jobs (url, host) SELECT 'http://h' || i || '.test/', 'h' || i || '.test' FROM n",
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 1799)
+             INSERT INTO jobs (url, host)
+             SELECT 'http://h' || (i % 600) || '.test/' || i, 'h' || (i % 600) || '.test' FROM n",
         )
         .await;
         let hosts = store.hosts_with_due_jobs("", 1000).await.unwrap();
         assert_eq!(hosts.len(), 600);
-        let picks: Vec<HostPick> = hosts
-            .into_iter()
-            .map(|host| HostPick { host, jobs: 1 })
+        // Hosts picked for one job share one statement; the 300 picked for two need a term
+        // each, more than one compound SELECT takes. Hosts with nothing due give nothing.
+        let mut picks: Vec<HostPick> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, host)| HostPick {
+                host: host.clone(),
+                jobs: 1 + i % 2,
+            })
             .collect();
+        for (host, jobs) in [("idle.test", 1), ("idle-too.test", 2)] {
+            picks.push(HostPick {
+                host: host.to_owned(),
+                jobs,
+            });
+        }
         let claimed = store
             .claim("me", Duration::from_secs(60), &picks, true)
             .await
             .unwrap();
-        assert_eq!(claimed.len(), 600);
+        assert_eq!(claimed.len(), 900);
+        let mut per_host = std::collections::HashMap::<&str, usize>::new();
+        for job in &claimed {
+            *per_host.entry(job.host.as_str()).or_default() += 1;
+        }
+        for pick in &picks[..600] {
+            assert_eq!(
+                per_host.get(pick.host.as_str()),
+                Some(&pick.jobs),
+                "{}",
+                pick.host
+            );
+        }
         let running: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE status = 'running' AND lease_owner = 'me'",
         )
         .fetch_one(&sql)
         .await
         .unwrap();
-        assert_eq!(running, 600);
+        assert_eq!(running, 900);
     });
 }
 
