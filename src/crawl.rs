@@ -97,10 +97,11 @@ impl Crawler {
         Counted::new(&self.on_the_network)
     }
 
-    /// See [`Fetcher::keep_connections`]: the scheduler knows how many hosts have work.
-    pub fn keep_connections(&self, hosts_with_work: usize) {
+    /// See [`Fetcher::keep_connections`]: the scheduler knows how many hosts it has been
+    /// crawling lately (see [`crate::schedule::SESSION`]).
+    pub fn keep_connections(&self, hosts_in_session: usize) {
         self.fetcher
-            .keep_connections(hosts_with_work <= self.fetcher.idle_connections());
+            .keep_connections(hosts_in_session <= self.fetcher.idle_connections());
     }
 
     /// robots.txt answers fetched and not yet stored (see [`Robots::take_unsaved`]).

@@ -640,7 +640,9 @@ impl<'d> Scheduler<'d> {
         if self.last_walk.elapsed() >= self.walk_every {
             self.walk_queue().await?;
         }
-        self.daemon.crawler.keep_connections(self.hosts.len());
+        self.daemon
+            .crawler
+            .keep_connections(self.hosts.in_session(Instant::now()));
         let free = self.free_slots();
         if free == 0 {
             return Ok(());

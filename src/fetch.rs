@@ -164,7 +164,7 @@ impl Fetcher {
     }
 
     /// Whether requests ask to keep their connection open. When more hosts are being
-    /// crawled than the connection cache holds, a connection is never used again before
+    /// crawled at once than the connection cache holds, a connection is never used again before
     /// it is evicted, and each eviction walks the whole cache (11 % of the CPU at 10 000
     /// hosts, perf): the daemon then asks servers to close connections instead.
     pub fn keep_connections(&self, keep: bool) {

@@ -2,7 +2,13 @@
 //! have queued work.
 //!
 //! A host is in one of three places:
-//! - **ready**: its next request may go now; hosts take turns in round-robin order;
+//! - **ready**: its next request may go now. Hosts in a *session* (claimed for in the
+//!   last [`SESSION`]) go first, the others take turns in round-robin order, and a host
+//!   whose session is over goes to the back of that line. Most of a session's requests
+//!   then find the connection its first one opened, still idle in the HTTP client's
+//!   cache: with more hosts than the cache holds, strict round-robin would come back to
+//!   each host only after its connection had been evicted, and pay a new connection for
+//!   every request (about a sixth of the CPU at 10 000 hosts, `perf`);
 //! - **waiting**: its next request may not go before an instant (its quota, a Crawl-delay,
 //!   a Retry-After pause, a retry's backoff): kept in a heap by that instant, so a waiting
 //!   host costs nothing per loop turn, however many there are;
@@ -17,7 +23,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a host, once claimed for, keeps its place ahead of hosts waiting for a turn:
+/// long enough for a small site's pages at the default rate (2 a second), short enough
+/// that a host with a long crawl gives way to the others every few seconds.
+pub const SESSION: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Place {
@@ -31,7 +42,13 @@ enum Place {
 #[derive(Debug)]
 pub struct HostSchedule {
     places: HashMap<String, Place>,
+    /// Ready hosts in a session: claimed for before the others.
+    returning: VecDeque<String>,
     ready: VecDeque<String>,
+    /// When each host's session began, and the same in order of beginning (entries whose
+    /// instant differs from the map's are stale), so that sessions end in O(1).
+    sessions: HashMap<String, Instant>,
+    session_starts: VecDeque<(Instant, String)>,
     waiting: BinaryHeap<Reverse<(Instant, String)>>,
     /// Work that falls due later on a host that has a place already (a retry on a host
     /// whose in-flight cap is taken): the host is added back then, in case it left the
@@ -46,7 +63,10 @@ impl HostSchedule {
     pub fn new(capacity: usize) -> HostSchedule {
         HostSchedule {
             places: HashMap::new(),
+            returning: VecDeque::new(),
             ready: VecDeque::new(),
+            sessions: HashMap::new(),
+            session_starts: VecDeque::new(),
             waiting: BinaryHeap::new(),
             reminders: BinaryHeap::new(),
             capacity,
@@ -62,14 +82,20 @@ impl HostSchedule {
         self.places.is_empty()
     }
 
+    /// Hosts in a session at `now`: the hosts being crawled lately, whose connections are
+    /// worth keeping.
+    pub fn in_session(&mut self, now: Instant) -> usize {
+        self.end_sessions(now);
+        self.sessions.len()
+    }
+
     /// `host` has work that is due now. A host already in the index keeps its place (a
     /// waiting host still waits for its quota).
     pub fn add(&mut self, host: &str) {
         if self.places.contains_key(host) || self.places.len() >= self.capacity {
             return;
         }
-        self.places.insert(host.to_owned(), Place::Ready);
-        self.ready.push_back(host.to_owned());
+        self.make_ready(host.to_owned());
     }
 
     /// `host` has work that is due at `due` (a retry's backoff). A waiting host waits no
@@ -92,10 +118,19 @@ impl HostSchedule {
     /// [`HostSchedule::fill`] or [`HostSchedule::add`], or leaves it out when it has no
     /// work left.
     pub fn next_due(&mut self, now: Instant) -> Option<String> {
+        self.end_sessions(now);
         self.wake(now);
+        while let Some(host) = self.returning.pop_front() {
+            if self.places.get(&host) == Some(&Place::Ready) {
+                self.places.remove(&host);
+                return Some(host);
+            }
+        }
         while let Some(host) = self.ready.pop_front() {
             if self.places.get(&host) == Some(&Place::Ready) {
                 self.places.remove(&host);
+                self.sessions.insert(host.clone(), now);
+                self.session_starts.push_back((now, host.clone()));
                 return Some(host);
             }
         }
@@ -116,8 +151,7 @@ impl HostSchedule {
     /// An attempt on `host` ended: a host that was full may be claimed for again.
     pub fn attempt_ended(&mut self, host: &str) {
         if self.places.get(host) == Some(&Place::Full) {
-            self.places.insert(host.to_owned(), Place::Ready);
-            self.ready.push_back(host.to_owned());
+            self.make_ready(host.to_owned());
         }
     }
 
@@ -138,7 +172,31 @@ impl HostSchedule {
         }
     }
 
-    /// Moves the hosts whose wait is over to the back of the ready queue.
+    /// Puts `host` in line: ahead if it is in a session (ended ones are gone from
+    /// `sessions`), at the back otherwise.
+    fn make_ready(&mut self, host: String) {
+        self.places.insert(host.clone(), Place::Ready);
+        if self.sessions.contains_key(&host) {
+            self.returning.push_back(host);
+        } else {
+            self.ready.push_back(host);
+        }
+    }
+
+    /// Ends the sessions that began [`SESSION`] or more before `now`.
+    fn end_sessions(&mut self, now: Instant) {
+        while let Some((began, _)) = self.session_starts.front() {
+            if now.saturating_duration_since(*began) < SESSION {
+                break;
+            }
+            let (began, host) = self.session_starts.pop_front().expect("peeked");
+            if self.sessions.get(&host) == Some(&began) {
+                self.sessions.remove(&host);
+            }
+        }
+    }
+
+    /// Puts the hosts whose wait is over in line.
     fn wake(&mut self, now: Instant) {
         while let Some(Reverse((due, _))) = self.waiting.peek() {
             if *due > now {
@@ -146,8 +204,7 @@ impl HostSchedule {
             }
             let Reverse((due, host)) = self.waiting.pop().expect("peeked");
             if self.places.get(&host) == Some(&Place::Waiting(due)) {
-                self.places.insert(host.clone(), Place::Ready);
-                self.ready.push_back(host);
+                self.make_ready(host);
             }
         }
         while let Some(Reverse((due, _))) = self.reminders.peek() {
@@ -187,6 +244,32 @@ mod tests {
             Some("a")
         );
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_host_in_session_goes_first_until_its_session_ends() {
+        let t0 = Instant::now();
+        let second = t0 + Duration::from_secs(1);
+        let mut s = HostSchedule::new(100);
+        s.add("a");
+        s.add("b");
+        assert_eq!(s.next_due(t0).as_deref(), Some("a"));
+        assert_eq!(s.in_session(t0), 1);
+        s.wait("a", second);
+        // b has been ready since t0, but a is in a session.
+        assert_eq!(s.next_due(second).as_deref(), Some("a"));
+        s.wait("a", t0 + SESSION);
+        s.attempt_ended("a"); // not full: keeps waiting
+        assert_eq!(s.next_due(second), Some("b".to_owned()));
+        s.fill("b");
+        assert_eq!(s.in_session(second), 2);
+        // a's session is over when it wakes: it goes behind b, which is in one still.
+        let later = t0 + SESSION;
+        s.attempt_ended("b");
+        assert_eq!(s.next_due(later).as_deref(), Some("b"));
+        assert_eq!(s.next_due(later).as_deref(), Some("a"));
+        assert_eq!(s.in_session(later), 2);
+        assert_eq!(s.in_session(second + SESSION), 1);
     }
 
     #[test]
