@@ -30,6 +30,7 @@
 # - peak RSS (target <= 60 MB at 10 000 hosts) and the most descriptors the daemon held
 #   (sampled from /proc every 100 ms);
 # - jobs not `done` (target: none failed), with their reasons;
+# - connections opened (nginx's first request on a connection) for the requests answered;
 # - windows over quota at the wire (as root: request lines read off the loopback interface
 #   with kernel timestamps, bench/wire.py; otherwise nginx's arrival times, 1 ms
 #   resolution): consecutive requests to one address less than 1/2 s - 1 ms apart
@@ -76,7 +77,7 @@ for ((i = 0; i < largest; i++)); do address "$i"; done >"$work/addresses.txt"
 { nginx_conf_head 65536; cat <<NGINX
 worker_rlimit_nofile 20000;
 http {
-  log_format polite '\$msec \$request_time \$server_addr \$status \$request_uri';
+  log_format polite '\$msec \$request_time \$server_addr \$status \$request_uri \$connection_requests';
   access_log $work/access.log polite buffer=256k;
   keepalive_requests 1000000;
   keepalive_timeout 300s;
@@ -200,7 +201,7 @@ else:
     with open(f"{work}/access.log") as f:
         for i, line in enumerate(f):
             if i >= log_from:
-                msec, rt, addr, status, uri = line.split()
+                msec, rt, addr, status, uri = line.split()[:5]
                 times[addr].append(float(msec) - float(rt))
 times.pop("127.0.0.1", None)
 over, worst, requests = 0, 0.0, 0
@@ -212,6 +213,14 @@ for addr, ts in times.items():
             over += 1
             worst = max(worst, 1 / Q - (b - a))
 
+# Connections nginx accepted for the many-host crawl (its first request on each).
+opened = answered = 0
+with open(f"{work}/access.log") as f:
+    for i, line in enumerate(f):
+        if i >= log_from and line.split()[2] != "127.0.0.1":
+            answered += 1
+            opened += line.split()[5] == "1"
+
 ideal = (pages + 1) / Q
 share = ideal / many["wall"]
 ratio_pps = many["pps"] / one["pps"]
@@ -222,6 +231,7 @@ print(f"  pages/s against one host: {100 * ratio_pps:.0f} %   (target >= 75 % at
 print(f"  CPU per page against one host: {ratio_cpu:.2f}x   (target <= 1.3x)")
 print(f"  requests seen at the {source}: {requests}; windows over quota: {over}"
       + (f", worst {1000 * worst:.1f} ms short of 1/Q" if over else "") + "   (target 0)")
+print(f"  connections opened: {opened} for {answered} requests")
 print(f"  failed jobs: {failed}   (target 0);  peak RSS {many['rss']:.1f} MB   (target <= 60 MB at 10 000 hosts)")
 ok = over == 0 and failed == 0 and many["done"] == hosts * pages
 sys.exit(0 if ok else 1)
