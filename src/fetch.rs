@@ -9,10 +9,10 @@
 //! middleware is deliberately not used (it sends an extra request past the limiter).
 //! `surf::Error` is not a `std::error::Error`: it is turned into [`FetchError`] here.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, FutureExt};
@@ -137,9 +137,9 @@ pub struct Fetcher {
     idle_connections: usize,
     /// Host names resolved lately (curl's own DNS cache is off).
     dns: crate::dns::DnsCache,
-    /// The hosts whose connections are kept open for their next request (see
-    /// [`Fetcher::keep_connections_to`]).
-    kept_hosts: Mutex<HashSet<String>>,
+    /// Whether connections are kept open for the next request (see
+    /// [`Fetcher::keep_connections`]).
+    keep_alive: AtomicBool,
 }
 
 impl Fetcher {
@@ -154,7 +154,7 @@ impl Fetcher {
             settings: settings.clone(),
             idle_connections,
             dns: crate::dns::DnsCache::default(),
-            kept_hosts: Mutex::new(HashSet::new()),
+            keep_alive: AtomicBool::new(true),
         })
     }
 
@@ -163,25 +163,12 @@ impl Fetcher {
         self.idle_connections
     }
 
-    /// Whether requests to `host` ask to keep their connection open: the scheduler names
-    /// the hosts it is crawling at a pace that brings their next request soon (at most
-    /// what the connection cache holds). A request to any other host (a redirect to a
-    /// new one) keeps its connection too while those are few. Otherwise it asks the
-    /// server to close it: with more hosts than the cache holds, a connection would be
-    /// evicted before it is used again, and each eviction walks the whole cache (11 % of
-    /// the CPU at 10 000 hosts, perf).
-    pub fn keep_connections_to(&self, host: &str, keep: bool) {
-        let mut kept = self.kept_hosts.lock().expect("kept hosts lock");
-        if keep {
-            kept.insert(host.to_owned());
-        } else {
-            kept.remove(host);
-        }
-    }
-
-    fn keeps_connection_to(&self, host: &str) -> bool {
-        let kept = self.kept_hosts.lock().expect("kept hosts lock");
-        kept.contains(host) || kept.len() < self.idle_connections / 2
+    /// Whether requests ask to keep their connection open. When more hosts are being
+    /// crawled than the connection cache holds, a connection is never used again before
+    /// it is evicted, and each eviction walks the whole cache (11 % of the CPU at 10 000
+    /// hosts, perf): the daemon then asks servers to close connections instead.
+    pub fn keep_connections(&self, keep: bool) {
+        self.keep_alive.store(keep, Ordering::Relaxed);
     }
 
     /// The HTTP client in use, with its generation.
@@ -317,7 +304,7 @@ impl Fetcher {
         if let Some(credentials) = basic_auth(url) {
             request = request.header("Authorization", credentials.as_str());
         }
-        if !self.keeps_connection_to(host) {
+        if !self.keep_alive.load(Ordering::Relaxed) {
             request = request.header("Connection", "close");
         }
         if let Some(known) = options.if_changed {
