@@ -219,6 +219,11 @@ fn selectors_json(pairs: &[String]) -> Result<Option<String>, String> {
         let Some((name, css)) = pair.split_once('=') else {
             return Err(format!("--select {pair:?}: expected NAME=CSS"));
         };
+        if name.trim().is_empty() {
+            return Err(format!(
+                "--select {pair:?}: the name before '=' is empty (expected NAME=CSS)"
+            ));
+        }
         object.insert(name.trim().to_owned(), css.trim().into());
     }
     Ok(Some(serde_json::Value::Object(object).to_string()))

@@ -19,6 +19,8 @@ pub enum SelectorError {
     NotAnObject(&'static str),
     #[error("selector {name:?} must be a string, got {found}")]
     NotAString { name: String, found: &'static str },
+    #[error("selector names must not be empty (the name is the key of `data` in results)")]
+    EmptyName,
     #[error("selector {name:?} = {selector:?}: invalid CSS: {reason}")]
     InvalidCss {
         name: String,
@@ -53,6 +55,9 @@ impl SelectorSet {
         };
         let mut extractions = Vec::with_capacity(object.len());
         for (name, spec) in object {
+            if name.trim().is_empty() {
+                return Err(SelectorError::EmptyName);
+            }
             let spec = match spec {
                 serde_json::Value::String(spec) => spec,
                 other => {
@@ -71,7 +76,7 @@ impl SelectorSet {
             if css.trim().is_empty() {
                 return Err(invalid("empty selector".to_owned()));
             }
-            let css = Selector::parse(css).map_err(|e| invalid(e.to_string()))?;
+            let css = Selector::parse(css).map_err(|_| invalid(css_error(css)))?;
             extractions.push(Extraction {
                 name,
                 css,
@@ -85,6 +90,99 @@ impl SelectorSet {
     pub fn from_optional_json(json: Option<&str>) -> Result<SelectorSet, SelectorError> {
         json.map_or_else(|| Ok(SelectorSet::default()), SelectorSet::from_json)
     }
+}
+
+/// What is wrong with `css`, which scraper refused, in words and on one line (scraper's
+/// own error says "please report this to the developer" for most mistakes, on two lines).
+fn css_error(css: &str) -> String {
+    use cssparser::{BasicParseErrorKind, ParseErrorKind};
+    use selectors::parser::{ParseRelative, SelectorList, SelectorParseErrorKind as Kind};
+
+    let mut parser = cssparser::Parser::new(css);
+    let kind = match SelectorList::parse(&scraper::selector::Parser, &mut parser, ParseRelative::No)
+    {
+        Ok(_) => return "not accepted by the HTML selector engine".to_owned(),
+        Err(error) => error.kind,
+    };
+    // The parser stops just after the token it could not take; cssparser keeps no token
+    // in its errors, so it is read back from the text.
+    let stop = parser.position().byte_index().min(css.len());
+    let before = css.get(..stop).unwrap_or(css).trim_end();
+    let last_token = || {
+        let start = before
+            .rfind(|c: char| c.is_whitespace() || ",>+~".contains(c))
+            .map_or(0, |i| i + 1);
+        let token = &before[start..];
+        if token.is_empty() {
+            before.chars().last().map(String::from).unwrap_or_default()
+        } else {
+            token.to_owned()
+        }
+    };
+    // `#1abc` is a hash token but not an id: the selector then reads as empty.
+    if let Some(id) = css
+        .split('#')
+        .skip(1)
+        .find(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        let id: String = id
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
+            .collect();
+        return format!(
+            "'#{id}' is not an id selector: an id starting with a digit is written [id=\"{id}\"]"
+        );
+    }
+    let what = match kind {
+        ParseErrorKind::Basic(BasicParseErrorKind::UnexpectedToken) => {
+            format!("unexpected '{}'", last_token())
+        }
+        ParseErrorKind::Basic(BasicParseErrorKind::EndOfInput) => {
+            "the selector ends where more was expected".to_owned()
+        }
+        ParseErrorKind::Basic(_) => "not a selector".to_owned(),
+        ParseErrorKind::Custom(kind) => match kind {
+            Kind::ClassNeedsIdent => "'.' must be followed by a class name".to_owned(),
+            Kind::EmptySelector if before.ends_with(',') => "empty selector after ','".to_owned(),
+            Kind::EmptySelector if css.trim_start().starts_with(['>', '+', '~']) => {
+                "a combinator ('>', '+', '~') must come between two selectors".to_owned()
+            }
+            Kind::EmptySelector => "empty selector".to_owned(),
+            Kind::DanglingCombinator => {
+                "a combinator ('>', '+', '~' or a space) must be followed by a selector".to_owned()
+            }
+            Kind::UnsupportedPseudoClassOrElement => {
+                let name = last_token();
+                let name = &name[name.find(':').unwrap_or(0)..];
+                if name.starts_with("::") {
+                    format!("unknown pseudo-element {name}")
+                } else if name.starts_with(':') {
+                    format!("unknown pseudo-class {name}")
+                } else {
+                    "unknown pseudo-class or pseudo-element".to_owned()
+                }
+            }
+            Kind::NoIdentForPseudo => "':' must be followed by a pseudo-class name".to_owned(),
+            Kind::PseudoElementExpectedColon | Kind::PseudoElementExpectedIdent => {
+                "'::' must be followed by a pseudo-element name".to_owned()
+            }
+            Kind::NoQualifiedNameInAttributeSelector => {
+                "'[' must be followed by an attribute name".to_owned()
+            }
+            Kind::UnexpectedTokenInAttributeSelector | Kind::BadValueInAttr => {
+                "an attribute selector is [name] or [name OP value], OP one of = ~= |= ^= $= *="
+                    .to_owned()
+            }
+            Kind::ExpectedNamespace
+            | Kind::ExpectedBarInAttr
+            | Kind::InvalidQualNameInAttr
+            | Kind::ExplicitNamespaceUnexpectedToken => {
+                "namespaces ('|') are not supported".to_owned()
+            }
+            _ => format!("'{}' is not supported there", last_token()),
+        },
+    };
+    what
 }
 
 /// `"img.hero@src"` → (`"img.hero"`, `Some("src")`). Only a trailing `@name` made of
@@ -468,6 +566,41 @@ mod tests {
         assert_eq!(p.data["price"], vec!["$1", "$2"]);
         assert_eq!(p.data["image"], vec!["/a.png"]);
         assert_eq!(p.data["none"], Vec::<String>::new());
+    }
+
+    #[test]
+    fn invalid_css_is_explained_in_words_on_one_line() {
+        for (css, reason) in [
+            ("span..price", "'.' must be followed by a class name"),
+            ("h1:nope", "unknown pseudo-class :nope"),
+            ("p::nope", "unknown pseudo-element ::nope"),
+            (
+                ">",
+                "a combinator ('>', '+', '~') must come between two selectors",
+            ),
+            ("h1,", "empty selector after ','"),
+            ("h1, , p", "empty selector after ','"),
+            (
+                "#1abc",
+                "'#1abc' is not an id selector: an id starting with a digit is written [id=\"1abc\"]",
+            ),
+            (
+                "a >",
+                "a combinator ('>', '+', '~' or a space) must be followed by a selector",
+            ),
+            ("a||b", "namespaces ('|') are not supported"),
+        ] {
+            let json = serde_json::json!({ "x": css }).to_string();
+            let err = SelectorSet::from_json(&json).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("selector \"x\" = {css:?}: invalid CSS: {reason}")
+            );
+        }
+        assert_eq!(
+            SelectorSet::from_json(r#"{" ": "h1"}"#).unwrap_err(),
+            SelectorError::EmptyName
+        );
     }
 
     #[test]

@@ -225,6 +225,30 @@ fn add_status_and_migrate_subcommands() {
         stderr.contains("unsupported URL scheme \"ftp\""),
         "{stderr}"
     );
+    // Bad selectors are refused before anything is inserted, saying what is wrong.
+    let add_selecting = |select: &str| {
+        refused(crawlq(dir.path()).args([
+            "add",
+            "--database",
+            "x.db",
+            "http://a.test/",
+            "--select",
+            select,
+        ]))
+    };
+    let stderr = add_selecting("=h1");
+    assert!(
+        stderr.contains("--select \"=h1\": the name before '=' is empty"),
+        "{stderr}"
+    );
+    let stderr = add_selecting("price=span..price");
+    assert!(
+        stderr.contains(
+            "selector \"price\" = \"span..price\": invalid CSS: '.' must be followed by a class name"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 
     let out = output(crawlq(dir.path()).args(["status", "--database", "x.db"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
