@@ -3,7 +3,8 @@
 //! `scraper::Html` is not `Send`, so everything here is synchronous and returns plain
 //! `String`s; the caller runs it on a blocking thread, off the threads that drive I/O.
 //! This module also owns the job's `selectors` mini-language:
-//! `{"name": "css selector", "name2": "css selector@attribute"}`.
+//! `{"name": "css selector", "name2": "css selector@attribute"}`, plus `@abs:attribute`
+//! (the attribute as an absolute URL) and `css selector::text` (the element's own text).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::LazyLock;
@@ -29,13 +30,30 @@ pub enum SelectorError {
     },
 }
 
-/// One named extraction: all elements matching `css`, taking `attribute` or their text.
+/// One named extraction: all elements matching `css`, and what to take of each.
 #[derive(Debug)]
 struct Extraction {
     name: String,
     css: Selector,
-    attribute: Option<String>,
+    take: Take,
 }
+
+#[derive(Debug, PartialEq)]
+enum Take {
+    /// The element's text, its descendants' included.
+    Text,
+    /// `::text`: the element's own text nodes only (Scrapy's convention), without a
+    /// child's text such as a heading's permalink sign.
+    OwnText,
+    /// `@name`: the attribute as written.
+    Attribute(String),
+    /// `@abs:name`: the attribute as a URL resolved against the page (jsoup's
+    /// convention), for `href` and `src` values written relative.
+    AbsoluteUrl(String),
+}
+
+/// Written after a selector, takes the element's own text.
+const OWN_TEXT: &str = "::text";
 
 /// A job's compiled selectors.
 #[derive(Debug, Default)]
@@ -67,7 +85,16 @@ impl SelectorSet {
                     })
                 }
             };
-            let (css, attribute) = split_attribute(&spec);
+            let (css, take) = match spec.strip_suffix(OWN_TEXT) {
+                Some(css) => (css, Take::OwnText),
+                None => match split_attribute(&spec) {
+                    (css, Some(attribute)) => match attribute.strip_prefix("abs:") {
+                        Some(attribute) => (css, Take::AbsoluteUrl(attribute.to_owned())),
+                        None => (css, Take::Attribute(attribute.to_owned())),
+                    },
+                    (css, None) => (css, Take::Text),
+                },
+            };
             let invalid = |reason: String| SelectorError::InvalidCss {
                 name: name.clone(),
                 selector: spec.clone(),
@@ -77,11 +104,7 @@ impl SelectorSet {
                 return Err(invalid("empty selector".to_owned()));
             }
             let css = Selector::parse(css).map_err(|_| invalid(css_error(css)))?;
-            extractions.push(Extraction {
-                name,
-                css,
-                attribute: attribute.map(str::to_owned),
-            });
+            extractions.push(Extraction { name, css, take });
         }
         Ok(SelectorSet { extractions })
     }
@@ -345,9 +368,21 @@ pub fn parse_html(html: &str, page_url: &Url, selectors: &SelectorSet) -> Parsed
         .map(|extraction| {
             let values = document
                 .select(&extraction.css)
-                .filter_map(|element| match &extraction.attribute {
-                    Some(attribute) => element.value().attr(attribute).map(collapse_whitespace),
-                    None => Some(text_of(element)),
+                .filter_map(|element| match &extraction.take {
+                    Take::Text => Some(text_of(element)),
+                    Take::OwnText => Some(collapse_whitespace(
+                        &element
+                            .children()
+                            .filter_map(|child| child.value().as_text().map(|t| &**t))
+                            .collect::<String>(),
+                    )),
+                    Take::Attribute(name) => element.value().attr(name).map(collapse_whitespace),
+                    // A value that is no URL is skipped, like a missing attribute.
+                    Take::AbsoluteUrl(name) => element
+                        .value()
+                        .attr(name)
+                        .and_then(|value| base.join(value.trim()).ok())
+                        .map(String::from),
                 })
                 .collect();
             (extraction.name.clone(), values)
@@ -566,6 +601,28 @@ mod tests {
         assert_eq!(p.data["price"], vec!["$1", "$2"]);
         assert_eq!(p.data["image"], vec!["/a.png"]);
         assert_eq!(p.data["none"], Vec::<String>::new());
+    }
+
+    #[test]
+    fn own_text_and_absolute_urls_are_offered_beside_text_and_attributes() {
+        let p = page(
+            r##"<h1>Library <b>reference</b><a class="headerlink" href="#top">¶</a></h1>
+               <link rel="stylesheet" href="../_static/x.css">
+               <img src="/a.png"><img src=" b.png "><img src="http://[bad"><img>"##,
+            r#"{"h1": "h1", "own": "h1::text", "css": "link@href", "css_abs": "link@abs:href",
+                "images": "img@abs:src"}"#,
+        );
+        assert_eq!(p.data["h1"], vec!["Library reference¶"]);
+        assert_eq!(p.data["own"], vec!["Library"]);
+        assert_eq!(p.data["css"], vec!["../_static/x.css"]);
+        assert_eq!(p.data["css_abs"], vec!["http://example.com/_static/x.css"]);
+        // Relative to the page; a value that is no URL is skipped, like a missing one.
+        assert_eq!(
+            p.data["images"],
+            vec!["http://example.com/a.png", "http://example.com/dir/b.png"]
+        );
+        // `::text` alone selects nothing: refused like an empty selector.
+        assert!(SelectorSet::from_json(r#"{"t": "::text"}"#).is_err());
     }
 
     #[test]
