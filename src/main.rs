@@ -132,14 +132,17 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             Command::Body { result_id } => body(settings, result_id).await,
             Command::Healthcheck => healthcheck(settings).await,
             Command::Migrate => {
+                let existed = settings.database.path.exists();
                 let store = Store::open(&settings.database)
                     .await
                     .map_err(Failure::runtime)?;
                 store.close().await;
-                println!(
-                    "database {} is up to date",
-                    settings.database.path.display()
-                );
+                let path = settings.database.path.display();
+                if existed {
+                    println!("database {path} is up to date");
+                } else {
+                    println!("database {path} created, with every migration applied");
+                }
                 Ok(())
             }
         }
@@ -341,12 +344,12 @@ fn status_text(settings: &Settings, report: &StatusReport) -> String {
         "oldest due job: inserted {}",
         report.oldest_due_created_at.as_deref().unwrap_or("-")
     );
+    // The last minute's count is the current rate; an hour's average beside it read as a
+    // contradiction ("23 in the last minute, 23 in the last hour (0.4/min)").
     let _ = writeln!(
         out,
-        "pages fetched: {} in the last minute, {} in the last hour ({:.1}/min)",
-        report.fetched_last_minute,
-        report.fetched_last_hour,
-        report.fetched_last_hour as f64 / 60.0
+        "pages fetched: {} in the last minute ({}/min now), {} in the last hour",
+        report.fetched_last_minute, report.fetched_last_minute, report.fetched_last_hour
     );
     if !report.top_hosts.is_empty() {
         let _ = writeln!(out, "\nqueue by host (top {}):", report.top_hosts.len());
@@ -392,7 +395,9 @@ fn status_text(settings: &Settings, report: &StatusReport) -> String {
             );
         }
     }
-    if !report.workers.is_empty() {
+    if report.workers.is_empty() {
+        let _ = writeln!(out, "\nworkers: no daemon has run on this database");
+    } else {
         let _ = writeln!(out, "\nworkers:");
         for w in &report.workers {
             let _ = writeln!(

@@ -179,6 +179,12 @@ fn add_status_and_migrate_subcommands() {
     let out = output(crawlq(dir.path()).args(["migrate", "--database", "x.db"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(dir.path().join("x.db").exists());
+    assert_eq!(
+        text(&out.stdout),
+        "database x.db created, with every migration applied\n"
+    );
+    let out = output(crawlq(dir.path()).args(["migrate", "--database", "x.db"]));
+    assert_eq!(text(&out.stdout), "database x.db is up to date\n");
 
     let out = output(crawlq(dir.path()).args([
         "add",
@@ -255,6 +261,14 @@ fn add_status_and_migrate_subcommands() {
     let stdout = text(&out.stdout);
     assert!(stdout.contains("queued: 2"), "{stdout}");
     assert!(stdout.contains("done: 0"), "{stdout}");
+    assert!(
+        stdout.contains("pages fetched: 0 in the last minute (0/min now), 0 in the last hour"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("workers: no daemon has run on this database"),
+        "{stdout}"
+    );
 }
 
 #[test]
