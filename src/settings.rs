@@ -674,13 +674,46 @@ fn network(entry: &str) -> Result<IpNet, SettingsError> {
         })
 }
 
-/// Accepts a plain path or a `sqlite:` URL (`sqlite://data/x.db`, `sqlite:data/x.db`).
+/// Accepts a plain path or a `sqlite:` URL (`sqlite://data/x.db`, `sqlite:data/x.db`). A URL
+/// of another scheme (`postgres://…`) is refused, never taken for a file path; so are URL
+/// options other than the read-write-create mode the daemon opens the file in anyway.
 fn database_path(url: &str) -> Result<PathBuf, SettingsError> {
-    let path = url
+    // A password in the URL is not repeated in the error.
+    let shown = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((credentials, host)) if credentials.contains(':') => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}")
+            }
+            _ => url.to_owned(),
+        },
+        None => url.to_owned(),
+    };
+    let refuse = |why: &'static str| invalid("database.url", format!("{shown:?}"), why);
+    let path = match url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let path = path.split('?').next().unwrap_or_default();
+    {
+        Some(path) => path,
+        None => {
+            if let Some((scheme, _)) = url.split_once("://") {
+                if !scheme.is_empty() && !scheme.contains(['/', '\\']) {
+                    return Err(refuse(
+                        "its scheme is not known: this build takes a SQLite file path or a \
+                         sqlite: URL, never another URL taken for a file name",
+                    ));
+                }
+            }
+            url
+        }
+    };
+    let (path, options) = path.split_once('?').unwrap_or((path, ""));
+    if options.split('&').any(|o| !o.is_empty() && o != "mode=rwc") {
+        return Err(refuse(
+            "URL options are not supported: the daemon opens the file to read and write, \
+             creating it if need be (mode=rwc)",
+        ));
+    }
     if path.trim().is_empty() {
         return Err(invalid(
             "database.url",
@@ -783,5 +816,16 @@ mod tests {
             PathBuf::from("/tmp/c.db")
         );
         assert!(database_path("sqlite::memory:").is_err());
+        let refused = |url: &str| database_path(url).unwrap_err().to_string();
+        let postgres = refused("postgres://u:secret@h/db");
+        assert!(postgres.contains("its scheme is not known"), "{postgres}");
+        assert!(postgres.contains("postgres://u:***@h/db"), "{postgres}");
+        assert!(!postgres.contains("secret"), "{postgres}");
+        let read_only = refused("sqlite://x.db?mode=ro");
+        assert!(
+            read_only.contains("\"sqlite://x.db?mode=ro\"")
+                && read_only.contains("URL options are not supported"),
+            "{read_only}"
+        );
     }
 }

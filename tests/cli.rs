@@ -185,6 +185,12 @@ fn add_status_and_migrate_subcommands() {
     );
     let out = output(crawlq(dir.path()).args(["migrate", "--database", "x.db"]));
     assert_eq!(text(&out.stdout), "database x.db is up to date\n");
+    // A URL crawlq does not know is refused, not taken for a file path.
+    let stderr =
+        refused(crawlq(dir.path()).args(["migrate", "--database", "postgres://u:pw@h/db"]));
+    assert!(stderr.contains("its scheme is not known"), "{stderr}");
+    assert!(!stderr.contains(":pw@"), "{stderr}");
+    assert!(!dir.path().join("postgres:").exists());
 
     let out = output(crawlq(dir.path()).args([
         "add",
