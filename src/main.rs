@@ -106,8 +106,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             // Not eprintln!: it panics when stderr cannot be written (a full disk), which
-            // would turn this exit code into 101.
-            let _ = writeln!(std::io::stderr(), "crawlq: {}", failure.message);
+            // would turn this exit code into 101. Passwords in URLs are masked, as in the
+            // log (a database URL's, a job URL's).
+            let message = telemetry::mask_url_passwords(&failure.message);
+            let _ = writeln!(std::io::stderr(), "crawlq: {message}");
             ExitCode::from(failure.code)
         }
     }

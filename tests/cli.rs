@@ -189,6 +189,7 @@ fn add_status_and_migrate_subcommands() {
     let stderr =
         refused(crawlq(dir.path()).args(["migrate", "--database", "postgres://u:pw@h/db"]));
     assert!(stderr.contains("its scheme is not known"), "{stderr}");
+    assert!(stderr.contains("postgres://u:***@h/db"), "{stderr}");
     assert!(!stderr.contains(":pw@"), "{stderr}");
     assert!(!dir.path().join("postgres:").exists());
 
