@@ -121,6 +121,21 @@ fn css_error(css: &str) -> String {
     use cssparser::{BasicParseErrorKind, ParseErrorKind};
     use selectors::parser::{ParseRelative, SelectorList, SelectorParseErrorKind as Kind};
 
+    // `#1abc` is a hash token but not an id: the selector would read as empty. Said
+    // before parsing again, which would only give that.
+    if let Some(id) = css
+        .split('#')
+        .skip(1)
+        .find(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        let id: String = id
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
+            .collect();
+        return format!(
+            "'#{id}' is not an id selector: an id starting with a digit is written [id=\"{id}\"]"
+        );
+    }
     let mut parser = cssparser::Parser::new(css);
     let kind = match SelectorList::parse(&scraper::selector::Parser, &mut parser, ParseRelative::No)
     {
@@ -142,21 +157,7 @@ fn css_error(css: &str) -> String {
             token.to_owned()
         }
     };
-    // `#1abc` is a hash token but not an id: the selector then reads as empty.
-    if let Some(id) = css
-        .split('#')
-        .skip(1)
-        .find(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
-    {
-        let id: String = id
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
-            .collect();
-        return format!(
-            "'#{id}' is not an id selector: an id starting with a digit is written [id=\"{id}\"]"
-        );
-    }
-    let what = match kind {
+    match kind {
         ParseErrorKind::Basic(BasicParseErrorKind::UnexpectedToken) => {
             format!("unexpected '{}'", last_token())
         }
@@ -204,8 +205,7 @@ fn css_error(css: &str) -> String {
             }
             _ => format!("'{}' is not supported there", last_token()),
         },
-    };
-    what
+    }
 }
 
 /// `"img.hero@src"` → (`"img.hero"`, `Some("src")`). Only a trailing `@name` made of
