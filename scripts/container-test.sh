@@ -138,8 +138,8 @@ build_secs=$((SECONDS - build_started))
 image_bytes=$(podman image inspect --format '{{.Size}}' "$image")
 base_bytes=$(podman image inspect --format '{{.Size}}' "$base")
 
-newest_migration=$(cd "$repo/migrations" && ls | tail -1)
-previous=${PREVIOUS_REV:-$(git -C "$repo" log --diff-filter=A --format=%H -n 1 -- "migrations/$newest_migration")^}
+newest_migration=$(cd "$repo/migrations/sqlite" && ls | tail -1)
+previous=${PREVIOUS_REV:-$(git -C "$repo" log --diff-filter=A --format=%H -n 1 -- "migrations/sqlite/$newest_migration" "migrations/$newest_migration")^}
 say "build the image of $previous (before $newest_migration), to upgrade from"
 rm -rf "$work/previous" && mkdir -p "$work/previous"
 git -C "$repo" archive "$previous" | tar -x -C "$work/previous"
@@ -201,7 +201,7 @@ podman rm "$container" >/dev/null
 
 say "2. upgrade: this commit's image on the same volume"
 start_daemon "$image"
-migrations_now=$(find "$repo/migrations" -name '*.sql' | wc -l)
+migrations_now=$(find "$repo/migrations/sqlite" -name '*.sql' | wc -l)
 migrated() { [[ $(sql "SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1") == "$migrations_now" ]]; }
 wait_for 30 "the new daemon to apply its migrations" migrated
 podman exec "$container" crawlq migrate

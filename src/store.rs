@@ -60,7 +60,7 @@ macro_rules! still_unadmitted {
     };
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Hosts picked for more than one job, per claim statement (each is a term of a compound
 /// SELECT, and SQLite allows 500).

@@ -202,7 +202,8 @@ fn upgrading_a_database_keeps_its_results_as_first_fetches() {
         let db = TempDb::new();
         let old_migrations = db.dir.path().join("old-migrations");
         std::fs::create_dir(&old_migrations).unwrap();
-        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap()
+        for entry in
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap()
         {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_owned();
@@ -249,6 +250,35 @@ fn upgrading_a_database_keeps_its_results_as_first_fetches() {
             .await
             .unwrap();
         assert_eq!(fetch_no, 1);
+    });
+}
+
+#[test]
+fn a_database_made_by_release_0_1_0_opens_without_a_checksum_error() {
+    block_on(async {
+        // Made by `crawlq migrate` of release 0.1.0 (every migration it had), with one job
+        // and its result added by hand; the migrations' files have moved since, their bytes
+        // have not, and sqlx refuses a database whose recorded checksums differ.
+        let db = TempDb::new();
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/database-made-by-0.1.0.db"
+            ),
+            &db.path,
+        )
+        .unwrap();
+        let store = Store::open(&test_settings(&db.path).database)
+            .await
+            .expect("a database made by 0.1.0 opens and migrates");
+        assert_eq!(store.status_counts().await.unwrap().done, 1);
+        store.close().await;
+        let sql = user_connection(&db.path).await;
+        let title: String = sqlx::query_scalar("SELECT title FROM latest_results WHERE job_id = 1")
+            .fetch_one(&sql)
+            .await
+            .unwrap();
+        assert_eq!(title, "kept");
     });
 }
 

@@ -108,7 +108,7 @@ pub fn stderr_of(child: &mut std::process::Child) -> String {
 
 /// Waits until the daemon has created the database at `path` and applied every migration.
 pub async fn wait_for_database(path: &Path) {
-    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
         .unwrap()
         .count() as i64;
     wait_until("the daemon to create and migrate the database", || async {
