@@ -20,6 +20,7 @@ use crate::robots::{self, Permission, Robots, RobotsAnswer};
 use crate::runtime::{self, Counted};
 use crate::settings::Settings;
 use crate::store::Store;
+use crate::urls;
 
 /// Redirects followed for robots.txt (RFC 9309 asks for at least five).
 const ROBOTS_MAX_REDIRECTS: usize = 5;
@@ -161,7 +162,7 @@ impl Crawler {
             Ok(follow) => follow,
             Err(reason) => return Outcome::ended(Ending::Fatal(reason)),
         };
-        let start = match job::check_url(&job.url) {
+        let start = match urls::check_url(&job.url) {
             Ok(url) => url,
             Err(reason) => return Outcome::ended(Ending::Fatal(reason)),
         };
@@ -226,7 +227,7 @@ impl Crawler {
             let target = Url::parse(&page.final_url).expect("final_url was a Url");
             page.redirect_target = Some(RedirectTarget {
                 canonical_url: follow::canonical(&target, &self.query_filter).into(),
-                host: job::host_key(&target).expect("fetched URLs have a host"),
+                host: urls::host_key(&target).expect("fetched URLs have a host"),
             });
         }
         let children = if (200..300).contains(&status) {
@@ -255,7 +256,7 @@ impl Crawler {
         let value = response.retry_after.as_deref()?;
         let asked = fetch::retry_after(value, SystemTime::now())?;
         let how_long = asked.min(self.settings.retry.max_retry_after);
-        let host = job::host_key(url)?;
+        let host = urls::host_key(url)?;
         self.limits.pause(&host, how_long);
         tracing::info!(
             %host,
@@ -315,7 +316,7 @@ impl Crawler {
     async fn fetch_robots(&self, robots_url: Url, ticket: &Ticket) -> RobotsAnswer {
         let mut url = robots_url;
         for _ in 0..=ROBOTS_MAX_REDIRECTS {
-            let host = job::host_key(&url).expect("robots.txt URLs have a host");
+            let host = urls::host_key(&url).expect("robots.txt URLs have a host");
             // robots.txt itself is not under the Crawl-delay it may hold.
             let _no_turn = self.limits.until_ready(&host, None, ticket).await;
             let options = GetOptions {
@@ -365,7 +366,7 @@ impl Crawler {
         let mut chain = vec![start];
         loop {
             let url = chain.last().expect("chain starts non-empty").clone();
-            let host = job::host_key(&url).expect("checked URLs have a host");
+            let host = urls::host_key(&url).expect("checked URLs have a host");
             let crawl_delay = self
                 .ask_robots(&url, &host, chain.len() == 1, ticket)
                 .await?;
@@ -547,7 +548,7 @@ fn redirect_target(url: &Url, response: &Response) -> Option<Result<Url, String>
         })
         .and_then(|mut next| {
             next.set_fragment(None);
-            job::check_fetchable(&next)
+            urls::check_fetchable(&next)
                 .map_err(|reason| format!("redirect from {url} refused: {reason}"))?;
             Ok(next)
         });

@@ -213,12 +213,12 @@ impl Fetcher {
         // As late as we can, just before the request is handed over; outside the time
         // limit and the clock: a wait for the quota or a pause is not the server's
         // slowness.
-        if let (Some(limits), Some(key)) = (options.pace, crate::job::host_key(url)) {
+        if let (Some(limits), Some(key)) = (options.pace, crate::urls::host_key(url)) {
             limits.until_sendable(&key).await;
         }
         let started = Instant::now();
         let exchanged = runtime::timeout(limit, self.exchange(request, &host, options)).await;
-        if let (Some(limits), Some(key)) = (options.pace, crate::job::host_key(url)) {
+        if let (Some(limits), Some(key)) = (options.pace, crate::urls::host_key(url)) {
             limits.answered(&key, started);
         }
         let mut response = exchanged.map_err(timed_out)??;

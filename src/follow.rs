@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use regex::Regex;
 use url::Url;
 
-use crate::job;
+use crate::urls;
 
 /// The crawl columns of a job, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -165,14 +165,14 @@ impl Follow {
         for link in links {
             let Ok(url) = Url::parse(link) else { continue };
             let url = canonical(&url, filter);
-            let Some(host) = job::host_key(&url) else {
+            let Some(host) = urls::host_key(&url) else {
                 continue;
             };
-            if job::check_fetchable(&url).is_err() || !self.in_scope(&host) {
+            if urls::check_fetchable(&url).is_err() || !self.in_scope(&host) {
                 continue;
             }
             let text = String::from(url);
-            if text.len() > job::MAX_URL_BYTES {
+            if text.len() > urls::MAX_URL_BYTES {
                 continue;
             }
             if self.allow.as_ref().is_some_and(|a| !a.is_match(&text))

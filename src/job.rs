@@ -5,16 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use url::Url;
-
 use crate::fetch::{self, Validators};
 use crate::follow::{self, Child, CrawlSpec, QueryFilter};
 use crate::parse::SelectorSet;
 use crate::settings::RetrySettings;
-
-/// The longest URL crawlq accepts; longer ones are almost always garbage or an attack, and
-/// most servers refuse them anyway.
-pub const MAX_URL_BYTES: usize = 8 * 1024;
+use crate::urls::{check_url, host_key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId(pub i64);
@@ -85,46 +80,6 @@ pub fn admit(
         host: host_key(&url).expect("check_url ensures a host"),
         canonical_url: follow::canonical(&url, filter).into(),
     })
-}
-
-/// Parses a URL a user gave us; surrounding whitespace is ignored, as browsers do.
-pub fn check_url(raw: &str) -> Result<Url, String> {
-    if raw.len() > MAX_URL_BYTES {
-        return Err(format!(
-            "invalid URL: {} bytes long, the limit is {MAX_URL_BYTES}",
-            raw.len()
-        ));
-    }
-    if raw.trim().is_empty() {
-        return Err("invalid URL: empty".to_owned());
-    }
-    if raw.contains(char::REPLACEMENT_CHARACTER) {
-        return Err(format!("invalid URL {raw:?}: not valid UTF-8 text"));
-    }
-    let url = Url::parse(raw.trim()).map_err(|e| format!("invalid URL {raw:?}: {e}"))?;
-    check_fetchable(&url)?;
-    Ok(url)
-}
-
-/// Only http and https with a host can be fetched (also checked on every redirect hop).
-pub fn check_fetchable(url: &Url) -> Result<(), String> {
-    match url.scheme() {
-        "http" | "https" => {}
-        other => {
-            return Err(format!(
-                "unsupported URL scheme {other:?} in {url}: only http and https can be fetched"
-            ))
-        }
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("invalid URL {url}: no host"));
-    }
-    Ok(())
-}
-
-/// The key rate limits and fairness use: the host name without port, lower case.
-pub fn host_key(url: &Url) -> Option<String> {
-    url.host_str().map(|h| h.to_ascii_lowercase())
 }
 
 /// A job this daemon holds the lease on. `attempt` (1-based) is part of the lease: a later
@@ -415,7 +370,11 @@ mod tests {
             .unwrap_err()
             .starts_with("invalid URL"));
         assert!(admit_plain("", None).unwrap_err().contains("empty"));
-        assert!(admit_plain(&format!("http://e.com/{}", "a".repeat(MAX_URL_BYTES)), None).is_err());
+        assert!(admit_plain(
+            &format!("http://e.com/{}", "a".repeat(crate::urls::MAX_URL_BYTES)),
+            None
+        )
+        .is_err());
         assert!(admit_plain("http://e.com/", Some("{\"a\": \"p..\"}"))
             .unwrap_err()
             .contains("\"a\""));

@@ -17,6 +17,7 @@
 //! - [`body`]      — the only module that names `flate2`: stored bodies, gzipped.
 //! - [`job`]       — domain types: a job, its validation, and what its attempt came to.
 //! - [`crawl`]     — one job's attempt: wait, fetch (following redirects), parse.
+//! - [`urls`]      — the rules a URL must pass to be fetched, and its host key (a leaf).
 //! - [`follow`]    — link following: canonical URLs, scope, allow/deny.
 //! - [`robots`]    — the only module that names `texting_robots`: robots.txt rules, cached.
 //! - [`schedule`]  — which hosts may be claimed for, and when: a due-time index.
@@ -41,3 +42,4 @@ pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod urls;
