@@ -16,10 +16,10 @@ use crate::follow::{self, Child, Follow, QueryFilter};
 use crate::job::{self, Attempt, ClaimedJob, Ending, PageRecord, RedirectTarget};
 use crate::limits::{RateLimits, Ticket};
 use crate::parse::{self, SelectorSet};
-use crate::robots::{self, Permission, Robots, RobotsAnswer};
+use crate::robots::{self, Permission, Robots};
 use crate::runtime::{self, Counted};
 use crate::settings::Settings;
-use crate::store::Store;
+use crate::store::{FetchedRobots, RobotsAnswer, Store};
 use crate::urls;
 
 /// Redirects followed for robots.txt (RFC 9309 asks for at least five).
@@ -105,7 +105,7 @@ impl Crawler {
     }
 
     /// robots.txt answers fetched and not yet stored (see [`Robots::take_unsaved`]).
-    pub fn take_unsaved_robots(&self) -> Vec<robots::FetchedRobots> {
+    pub fn take_unsaved_robots(&self) -> Vec<FetchedRobots> {
         self.robots.take_unsaved()
     }
 

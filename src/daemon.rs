@@ -35,8 +35,8 @@ const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// beyond the ones kept): often enough that a crawl of thousands of small hosts does not
 /// hold them all.
 const PRUNE_LIMITER_EVERY: Duration = Duration::from_secs(10);
-/// How often the daemon checks that its database file was not deleted or replaced.
-const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the daemon checks that its database was not deleted or replaced.
+const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// After a database error, the loop turns this often until a turn succeeds.
 const STORE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How often the queue is walked for hosts with due jobs that the daemon did not hear of
@@ -59,68 +59,12 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Http(String),
-    #[error(
-        "database {database} is in use by another running daemon ({holder}, which holds \
-         {lock}). Two daemons on one database would each apply the rate limits, doubling \
-         the load on every host, so this one will not start. Stop the other one first."
-    )]
-    Locked {
-        database: String,
-        lock: String,
-        holder: String,
-    },
-    #[error("could not lock {lock}: {reason}")]
-    Lock { lock: String, reason: String },
 }
 
-/// Takes `<database>.lock` for the life of the process, or says which daemon holds it. The
-/// operating system lets go of it when the process ends, however it ends (kill -9
-/// included), and the lock is seen from every container sharing the file on this machine.
-/// That covers every daemon that can share the database: SQLite's WAL mode needs all its
-/// users on one machine (no network file systems).
-fn lock_database(database: &std::path::Path) -> Result<std::fs::File, DaemonError> {
-    use std::io::{Read, Seek, Write};
-
-    let path = std::path::PathBuf::from(format!("{}.lock", database.display()));
-    let io_error = |e: std::io::Error| DaemonError::Lock {
-        lock: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    if let Some(dir) = database.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_error)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_error)?;
-    match file.try_lock() {
-        Ok(()) => {
-            // Who holds it, for the message a second daemon prints.
-            file.set_len(0).map_err(io_error)?;
-            file.rewind().map_err(io_error)?;
-            writeln!(file, "pid {} on {}", std::process::id(), this_host()).map_err(io_error)?;
-            Ok(file)
-        }
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            Err(DaemonError::Locked {
-                database: database.display().to_string(),
-                lock: path.display().to_string(),
-                holder: holder.trim().to_owned(),
-            })
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(io_error(e)),
-    }
-}
-
-/// A database error explained by the file having been deleted or replaced, if it was: the
-/// error itself ("unable to open database file") would not say why.
+/// A database error explained by the database having been deleted or replaced, if it was:
+/// the error itself ("unable to open database file") would not say why.
 fn explained(store: &Store, error: StoreError) -> DaemonError {
-    match store.check_file() {
+    match store.check_same_database() {
         Err(gone) => gone.into(),
         Ok(()) => error.into(),
     }
@@ -158,8 +102,8 @@ pub struct Daemon {
     /// Our lease owner id: unique per process start, so a restarted daemon never mistakes
     /// a dead one's leases for its own.
     owner: String,
-    /// `<database>.lock`, locked for as long as this daemon lives.
-    _lock: std::fs::File,
+    /// Who this daemon is, as its `workers` row says.
+    identity: WorkerIdentity,
 }
 
 impl Daemon {
@@ -167,9 +111,15 @@ impl Daemon {
     /// the HTTP client.
     pub async fn build(settings: Settings) -> Result<Daemon, DaemonError> {
         let settings = Arc::new(settings);
-        // Before the database is touched (migrations included).
-        let lock = lock_database(&settings.database.path)?;
-        let store = Store::open(&settings.database).await?;
+        let owner = format!("crawlq-{}-{:08x}", std::process::id(), fastrand::u32(..));
+        let identity = WorkerIdentity {
+            id: owner.clone(),
+            hostname: this_host(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            heartbeat_every: settings.daemon.heartbeat,
+        };
+        let store = Store::open_for_daemon(&settings.database, &identity).await?;
         // Before the HTTP client is built: its connection cache is sized from the limit.
         crate::descriptors::fit_limit();
         let crawler =
@@ -181,13 +131,12 @@ impl Daemon {
         for (host, left) in pauses {
             crawler.limits().pause(&host, left);
         }
-        let owner = format!("crawlq-{}-{:08x}", std::process::id(), fastrand::u32(..));
         Ok(Daemon {
             settings,
             store,
             crawler,
             owner,
-            _lock: lock,
+            identity,
         })
     }
 
@@ -210,7 +159,7 @@ impl Daemon {
         let s = &self.settings;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            database = %s.database.path.display(),
+            database = %s.database.name(),
             per_host_rps = s.limits.per_host.rate.rps,
             per_host_burst = s.limits.per_host.rate.burst.get(),
             per_host_in_flight = s.limits.per_host.in_flight.get(),
@@ -222,28 +171,15 @@ impl Daemon {
             "crawlq started"
         );
         self.store
-            .register_worker(&WorkerIdentity {
-                id: self.owner.clone(),
-                hostname: this_host(),
-                pid: std::process::id(),
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                heartbeat_every: s.daemon.heartbeat,
-            })
+            .register_worker(&self.identity)
             .await
             .map_err(|e| explained(&self.store, e))?;
         let mut scheduler = Scheduler::new(&self);
         let result = scheduler.run(&shutdown, options).await;
-        if let Err(DaemonError::Store(StoreError::FileGone { .. })) = &result {
-            // Nothing can be stored where anyone would see it: skip the drain, and keep
-            // our write-ahead log from being replayed over whatever is at the path now.
-            if let Err(e) = self.store.release_gone_file().await {
-                tracing::error!(
-                    error = %e,
-                    "could not empty the write-ahead log; delete {0}-wal and {0}-shm before starting again",
-                    s.database.path.display()
-                );
-            }
-            self.store.close().await;
+        if let Err(DaemonError::Store(StoreError::Gone { .. })) = &result {
+            // Nothing can be stored where anyone would see it: skip the drain, and let go
+            // of the database without writing over whatever is in its place now.
+            self.store.abandon_gone_database().await;
             return result.map(|()| scheduler.report);
         }
         let drained = scheduler.drain().await;
@@ -332,7 +268,7 @@ struct Scheduler<'d> {
     last_prune: Instant,
     last_stats: Instant,
     last_heartbeat: Instant,
-    last_file_check: Instant,
+    last_database_check: Instant,
     done_at_last_stats: u64,
 }
 
@@ -361,7 +297,7 @@ impl<'d> Scheduler<'d> {
             last_prune: now,
             last_stats: now,
             last_heartbeat: now,
-            last_file_check: now,
+            last_database_check: now,
             done_at_last_stats: 0,
         }
     }
@@ -386,10 +322,10 @@ impl<'d> Scheduler<'d> {
             // Runs even while the database is failing: these are the writes that find out
             // it works again, and renewals must keep trying so our leases do not lapse.
             self.housekeeping().await;
-            if self.last_file_check.elapsed() >= FILE_CHECK_EVERY {
-                self.last_file_check = Instant::now();
-                if let Err(e) = self.store().check_file() {
-                    tracing::error!(error = %e, "the database file is gone; stopping");
+            if self.last_database_check.elapsed() >= DATABASE_CHECK_EVERY {
+                self.last_database_check = Instant::now();
+                if let Err(e) = self.store().check_same_database() {
+                    tracing::error!(error = %e, "the database is gone; stopping");
                     return Err(e.into());
                 }
             }

@@ -134,16 +134,15 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             Command::Body { result_id } => body(settings, result_id).await,
             Command::Healthcheck => healthcheck(settings).await,
             Command::Migrate => {
-                let existed = settings.database.path.exists();
                 let store = Store::open(&settings.database)
                     .await
                     .map_err(Failure::runtime)?;
                 store.close().await;
-                let path = settings.database.path.display();
-                if existed {
-                    println!("database {path} is up to date");
+                let database = settings.database.name();
+                if store.created() {
+                    println!("database {database} created, with every migration applied");
                 } else {
-                    println!("database {path} created, with every migration applied");
+                    println!("database {database} is up to date");
                 }
                 Ok(())
             }
@@ -190,17 +189,16 @@ async fn add(
     for url in &urls {
         job::admit(url, selectors.as_deref(), &plain, &filter).map_err(Failure::config)?;
     }
-    let new_database = !settings.database.path.exists();
     let store = Store::open(&settings.database)
         .await
         .map_err(Failure::runtime)?;
-    if new_database {
+    if store.created() {
         // Not an error (adding jobs before the first `run` is fine), but a mistyped path
         // would otherwise queue jobs where no daemon looks.
         let _ = writeln!(
             std::io::stderr(),
             "crawlq: created a new database at {} (it did not exist)",
-            settings.database.path.display()
+            settings.database.name()
         );
     }
     for url in &urls {
@@ -237,14 +235,7 @@ fn selectors_json(pairs: &[String]) -> Result<Option<String>, String> {
 /// Opens the database for a command that only reads what a daemon wrote: a mistyped path
 /// must say so, not create an empty database that looks like an empty queue.
 async fn open_existing(settings: &Settings) -> Result<Store, Failure> {
-    let path = &settings.database.path;
-    if !path.exists() {
-        return Err(Failure::runtime(format!(
-            "database {} does not exist (the daemon creates it when it starts; is the path right?)",
-            path.display()
-        )));
-    }
-    Store::open(&settings.database)
+    Store::open_existing(&settings.database)
         .await
         .map_err(Failure::runtime)
 }
@@ -320,7 +311,7 @@ async fn status(settings: Settings, json: bool) -> Result<(), Failure> {
     let report = report.map_err(Failure::runtime)?;
     if json {
         let mut value = serde_json::to_value(&report).map_err(Failure::runtime)?;
-        value["database"] = settings.database.path.display().to_string().into();
+        value["database"] = settings.database.name().into();
         println!("{value:#}");
     } else {
         print!("{}", status_text(&settings, &report));
@@ -333,7 +324,7 @@ fn status_text(settings: &Settings, report: &StatusReport) -> String {
     use std::fmt::Write;
 
     let mut out = String::new();
-    let _ = writeln!(out, "database: {}", settings.database.path.display());
+    let _ = writeln!(out, "database: {}", settings.database.name());
     for status in Status::ALL {
         let _ = write!(out, "{:>10}: {}", status.as_str(), report.jobs.get(status));
         if status == Status::Queued && report.not_yet_admitted > 0 {

@@ -22,7 +22,8 @@ use url::Url;
 
 use crate::runtime::{self, AsyncMutex};
 use crate::settings::CrawlSettings;
-use crate::store::Store;
+
+use crate::store::{FetchedRobots, RobotsAnswer, Store};
 
 /// The most of a robots.txt body that is read; RFC 9309 asks for at least 500 KiB.
 pub const MAX_ROBOTS_BYTES: u64 = 512 * 1024;
@@ -45,36 +46,14 @@ pub enum Permission {
     NotAsked(String),
 }
 
-/// What fetching an origin's robots.txt came to (redirects already followed).
-#[derive(Debug, Clone, PartialEq)]
-pub enum RobotsAnswer {
-    /// The final status and (for 2xx) up to [`MAX_ROBOTS_BYTES`] of the body.
-    Fetched { status: u16, body: Vec<u8> },
-    /// No answer: network error, timeout, or a redirect that could not be followed.
-    Failed(String),
-    /// Not asked, through a fault of crawlq's own (see [`Permission::NotAsked`]); never
-    /// cached or stored.
-    NotAsked(String),
-}
-
-impl RobotsAnswer {
-    fn describe(&self) -> String {
-        match self {
-            RobotsAnswer::Fetched { status, body } => {
-                format!("HTTP {status}, {} bytes", body.len())
-            }
-            RobotsAnswer::Failed(reason) | RobotsAnswer::NotAsked(reason) => reason.clone(),
+/// How an answer reads in a log line.
+fn describe(answer: &RobotsAnswer) -> String {
+    match answer {
+        RobotsAnswer::Fetched { status, body } => {
+            format!("HTTP {status}, {} bytes", body.len())
         }
+        RobotsAnswer::Failed(reason) | RobotsAnswer::NotAsked(reason) => reason.clone(),
     }
-}
-
-/// A robots.txt answer to be stored (see [`Robots::take_unsaved`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FetchedRobots {
-    pub origin: String,
-    pub answer: RobotsAnswer,
-    /// How long the answer holds from when it is stored.
-    pub fresh_for: Duration,
 }
 
 /// A site's rules, ready to be asked about URLs.
@@ -219,7 +198,7 @@ impl Robots {
             }
             _ => self.settings.robots_unreachable_wait,
         };
-        tracing::info!(%origin, answer = %answer.describe(), "robots.txt fetched");
+        tracing::info!(%origin, answer = %describe(&answer), "robots.txt fetched");
         self.unsaved
             .lock()
             .expect("unsaved robots lock")

@@ -163,6 +163,13 @@ pub struct DatabaseSettings {
     pub busy_timeout: Duration,
 }
 
+impl DatabaseSettings {
+    /// The database as messages name it (its file).
+    pub fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DaemonSettings {
     pub poll_interval: Duration,

@@ -1,0 +1,283 @@
+//! The database. The rest of crawlq uses [`Store`] and the types here, never `sqlx` (this
+//! folder is the only code that names it) and never a backend.
+//!
+//! Map of the folder:
+//! - `mod.rs`       — [`Store`], the façade: opening, and one method per operation, each
+//!   handing the call to the backend the database URL chose.
+//! - `types.rs`     — what the operations take and return besides `job`'s domain types.
+//! - `error.rs`     — [`StoreError`]: what failed, while doing what, and what to check.
+//! - `decisions.rs` — what is decided in Rust rather than SQL (which attempts of a batch
+//!   take the fast path, which validators to keep, which links to queue,
+//!   how a claim's hosts are split): shared by the backends, unit-tested.
+//! - `sqlite/`      — SQLite, the embedded default: one file per concern (`open`,
+//!   `admission`, `claim`, `finish`, `lookups`, `workers`, `reports`),
+//!   each holding that concern's SQL. A second backend gets a folder
+//!   beside it with the same file and method names, so "how does a claim
+//!   work on X" is answered by opening `X/claim.rs`.
+//!
+//! Why a façade over an enum of backends, and not a trait object or `sqlx::Any`: each
+//! backend keeps its own types (rows, connections, placeholders, dialect) and its own
+//! statement text, checked per backend; the calls are static, with no boxed futures on
+//! the hot path (a claim, a finished batch); and what a backend must offer is simply the
+//! list of methods below, which the compiler checks arm by arm. `Any` would lose the
+//! column types and the dialect, as seafowl found.
+
+mod decisions;
+mod error;
+mod sqlite;
+mod types;
+
+use std::time::Duration;
+
+pub use decisions::lease_token;
+pub use error::StoreError;
+pub use types::*;
+
+use crate::job::{Admitted, Attempt, ClaimedJob, JobId};
+use crate::settings::DatabaseSettings;
+
+use sqlite::SqliteStore;
+
+/// The database crawlq was started on, whichever backend holds it.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(SqliteStore),
+}
+
+/// Hands a call to the backend in use: `on_backend!(self, db => db.claim(…).await)`.
+macro_rules! on_backend {
+    ($store:expr, $db:ident => $call:expr) => {
+        match &$store.backend {
+            Backend::Sqlite($db) => $call,
+        }
+    };
+}
+
+impl Store {
+    // ---- Opening and closing. ----
+
+    /// Opens the database, creating it if it does not exist, and applies the migrations.
+    pub async fn open(settings: &DatabaseSettings) -> Result<Store, StoreError> {
+        Ok(Store::from(SqliteStore::open(settings).await?))
+    }
+
+    /// Opens a database that must exist already (for commands that read what a daemon
+    /// wrote: a mistyped path must say so, not look like an empty queue).
+    pub async fn open_existing(settings: &DatabaseSettings) -> Result<Store, StoreError> {
+        Ok(Store::from(SqliteStore::open_existing(settings).await?))
+    }
+
+    /// Opens the database for a daemon: first makes sure no other daemon runs on it (one
+    /// daemon per SQLite database; two would each apply the rate limits), then opens it.
+    /// `me` is named in the refusal another daemon gets.
+    pub async fn open_for_daemon(
+        settings: &DatabaseSettings,
+        me: &WorkerIdentity,
+    ) -> Result<Store, StoreError> {
+        Ok(Store::from(
+            SqliteStore::open_for_daemon(settings, me).await?,
+        ))
+    }
+
+    /// Whether opening this store created the database.
+    pub fn created(&self) -> bool {
+        on_backend!(self, db => db.created())
+    }
+
+    /// Fails with [`StoreError::Gone`] if the database is no longer the one that was opened
+    /// (its file deleted or replaced, e.g. by a restore): writes would go nowhere anyone
+    /// can see. Cheap; the daemon asks every few seconds.
+    pub fn check_same_database(&self) -> Result<(), StoreError> {
+        on_backend!(self, db => db.check_file())
+    }
+
+    /// After [`StoreError::Gone`]: lets go of the database without writing anything more
+    /// where it used to be, and closes the store.
+    pub async fn abandon_gone_database(&self) {
+        on_backend!(self, db => db.abandon_gone_file().await)
+    }
+
+    /// Closes the connections (and, for a daemon, lets another one start).
+    pub async fn close(&self) {
+        on_backend!(self, db => db.close().await)
+    }
+
+    /// Whether a write transaction can be started (not read-only, not locked for longer
+    /// than the busy timeout). Nothing is written.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        on_backend!(self, db => db.check_writable().await)
+    }
+
+    // ---- Adding and admitting jobs. ----
+
+    /// Adds a job (the `add` command; users usually INSERT themselves).
+    pub async fn insert_job(
+        &self,
+        url: &str,
+        priority: i64,
+        selectors: Option<&str>,
+    ) -> Result<JobId, StoreError> {
+        on_backend!(self, db => db.insert_job(url, priority, selectors).await)
+    }
+
+    /// Up to `limit` queued rows nobody has validated yet, oldest first.
+    pub async fn unadmitted(&self, limit: usize) -> Result<Vec<NewJob>, StoreError> {
+        on_backend!(self, db => db.unadmitted(limit).await)
+    }
+
+    /// Records admission decisions: a host for good jobs, `failed` with the reason for bad
+    /// ones. Rows the user changed meanwhile (status or URL) are left for the next turn.
+    pub async fn record_admissions(
+        &self,
+        decisions: &[(&NewJob, Result<Admitted, String>)],
+    ) -> Result<Admissions, StoreError> {
+        on_backend!(self, db => db.record_admissions(decisions).await)
+    }
+
+    // ---- Claiming and leases. ----
+
+    /// Hosts that have admitted, queued jobs due now and are not paused, in host order
+    /// starting after `after` and going round up to `after` itself, at most `limit`.
+    pub async fn hosts_with_due_jobs(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        on_backend!(self, db => db.hosts_with_due_jobs(after, limit).await)
+    }
+
+    /// Claims up to `pick.jobs` due jobs of each picked host (highest priority, then oldest
+    /// first): they become `running` under the lease token `lease_token`, which must be
+    /// unique to this claim (see [`lease_token`]). All or nothing. With `conditional_get`,
+    /// each job comes with the validators its URL was last fetched with.
+    pub async fn claim(
+        &self,
+        lease_token: &str,
+        lease: Duration,
+        picks: &[HostPick],
+        conditional_get: bool,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        on_backend!(self, db => db.claim(lease_token, lease, picks, conditional_get).await)
+    }
+
+    /// Pushes back the expiry of the leases we hold (only those), so anything the
+    /// scheduler lost track of expires and comes back.
+    pub async fn renew_leases(
+        &self,
+        lease: Duration,
+        held: &[&ClaimedJob],
+    ) -> Result<u64, StoreError> {
+        on_backend!(self, db => db.renew_leases(lease, held).await)
+    }
+
+    /// Jobs whose lease ran out go back to `queued`, or to `failed` after their last
+    /// attempt.
+    pub async fn requeue_expired(&self, default_max_attempts: u32) -> Result<u64, StoreError> {
+        on_backend!(self, db => db.requeue_expired(default_max_attempts).await)
+    }
+
+    /// On shutdown: hands every job `owner` still holds back to the queue, the interrupted
+    /// attempt not counted.
+    pub async fn release(&self, owner: &str) -> Result<u64, StoreError> {
+        on_backend!(self, db => db.release(owner).await)
+    }
+
+    // ---- Finishing. ----
+
+    /// Stores a batch of finished attempts in one transaction: each job's new status (if
+    /// its lease still holds) and what its fetch brought back. Nothing is acknowledged
+    /// before commit.
+    pub async fn finish(&self, attempts: &[Attempt]) -> Result<FinishReport, StoreError> {
+        on_backend!(self, db => db.finish(attempts).await)
+    }
+
+    // ---- What the crawl looks up. ----
+
+    /// Hosts still paused (Retry-After), with how long is left.
+    pub async fn active_pauses(&self) -> Result<Vec<(String, Duration)>, StoreError> {
+        on_backend!(self, db => db.active_pauses().await)
+    }
+
+    /// The job of `asking`'s crawl whose URL is `canonical_url`, other than `asking` and
+    /// what it left behind.
+    pub async fn crawl_job_for(
+        &self,
+        asking: &ClaimedJob,
+        canonical_url: &str,
+    ) -> Result<Option<JobId>, StoreError> {
+        on_backend!(self, db => db.crawl_job_for(asking, canonical_url).await)
+    }
+
+    /// The stored robots.txt answer for `origin` while it is fresh, with how long it
+    /// still holds.
+    pub async fn robots(
+        &self,
+        origin: &str,
+    ) -> Result<Option<(RobotsAnswer, Duration)>, StoreError> {
+        on_backend!(self, db => db.robots(origin).await)
+    }
+
+    /// Keeps robots.txt answers, each for its `fresh_for`, replacing older ones.
+    pub async fn save_robots(&self, answers: &[FetchedRobots]) -> Result<(), StoreError> {
+        on_backend!(self, db => db.save_robots(answers).await)
+    }
+
+    /// A stored body (`fetch.store_body`) as kept: gzip bytes. None if there is none.
+    pub async fn gzipped_body(&self, result_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        on_backend!(self, db => db.gzipped_body(result_id).await)
+    }
+
+    // ---- Workers: one row per daemon process. ----
+
+    pub async fn register_worker(&self, me: &WorkerIdentity) -> Result<(), StoreError> {
+        on_backend!(self, db => db.register_worker(me).await)
+    }
+
+    /// Refreshes a worker's heartbeat and counters; `stopped` marks a clean exit.
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        counters: &WorkerCounters,
+        stopped: bool,
+    ) -> Result<(), StoreError> {
+        on_backend!(self, db => db.heartbeat(id, counters, stopped).await)
+    }
+
+    /// The newest daemon that registered from `hostname` (in a container: this one).
+    pub async fn newest_worker_on(
+        &self,
+        hostname: &str,
+    ) -> Result<Option<WorkerHealth>, StoreError> {
+        on_backend!(self, db => db.newest_worker_on(hostname).await)
+    }
+
+    // ---- Reports. ----
+
+    /// Whether any job is running or waiting (a job only waiting for its next recrawl does
+    /// not count).
+    pub async fn has_unfinished_jobs(&self) -> Result<bool, StoreError> {
+        on_backend!(self, db => db.has_unfinished_jobs().await)
+    }
+
+    pub async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
+        on_backend!(self, db => db.status_counts().await)
+    }
+
+    /// What `crawlq status` reports, read at one point in time.
+    pub async fn status_report(&self, limits: StatusLimits) -> Result<StatusReport, StoreError> {
+        on_backend!(self, db => db.status_report(limits).await)
+    }
+}
+
+impl From<SqliteStore> for Store {
+    fn from(db: SqliteStore) -> Store {
+        Store {
+            backend: Backend::Sqlite(db),
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The types the store speaks in, shared by every backend: what it is given and what it
+//! returns besides the domain types of `job`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::follow::CrawlSpec;
+use crate::job::{JobId, Status};
+
+/// A job row nobody has validated yet.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: JobId,
+    /// The URL as text; bytes that are not UTF-8 become U+FFFD.
+    pub url: String,
+    /// The URL exactly as stored, so a decision is only recorded if the user has not
+    /// edited the row since it was read.
+    pub(super) url_bytes: Vec<u8>,
+    pub selectors: Option<String>,
+    /// Its crawl rules (scope, allow, deny), checked at admission.
+    pub crawl: CrawlSpec,
+}
+
+/// How many jobs a host should be given in one claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPick {
+    pub host: String,
+    pub jobs: usize,
+}
+
+/// What `finish` did with a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FinishReport {
+    pub stored: usize,
+    /// Attempts (job, attempt number) whose lease was gone by the time they finished;
+    /// their results were dropped.
+    pub lost: Vec<(JobId, i64)>,
+}
+
+/// Jobs per status, for stats lines and `crawlq status`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusCounts {
+    pub queued: i64,
+    pub running: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub cancelled: i64,
+    pub skipped: i64,
+}
+
+impl StatusCounts {
+    /// From `(status, count)` rows; a status the daemon does not know is left out.
+    pub(super) fn from_rows(rows: Vec<(String, i64)>) -> StatusCounts {
+        let mut counts = StatusCounts::default();
+        for (status, n) in rows {
+            match status.as_str() {
+                "queued" => counts.queued = n,
+                "running" => counts.running = n,
+                "done" => counts.done = n,
+                "failed" => counts.failed = n,
+                "cancelled" => counts.cancelled = n,
+                "skipped" => counts.skipped = n,
+                _ => {}
+            }
+        }
+        counts
+    }
+
+    pub fn get(&self, status: Status) -> i64 {
+        match status {
+            Status::Queued => self.queued,
+            Status::Running => self.running,
+            Status::Done => self.done,
+            Status::Failed => self.failed,
+            Status::Cancelled => self.cancelled,
+            Status::Skipped => self.skipped,
+        }
+    }
+}
+
+/// Who a daemon is, for its `workers` row.
+#[derive(Debug, Clone)]
+pub struct WorkerIdentity {
+    pub id: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub version: String,
+    pub heartbeat_every: Duration,
+}
+
+/// A daemon's counters since it started, as its heartbeat writes them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WorkerCounters {
+    pub claimed: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub skipped: u64,
+    pub bytes: u64,
+    pub in_flight: u64,
+}
+
+/// What `crawlq healthcheck` needs to know about a daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerHealth {
+    pub id: String,
+    pub pid: i64,
+    /// `running`, `stale` or `stopped` (the `worker_status` view's rule).
+    pub state: String,
+    pub heartbeat_age: Duration,
+}
+
+/// Everything `crawlq status` shows (and prints as JSON with `--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub jobs: StatusCounts,
+    /// Queued jobs the daemon has not validated yet (`host` still NULL).
+    pub not_yet_admitted: i64,
+    /// When the oldest queued job whose `run_after` has come was inserted (its host may
+    /// still be paused or at its rate limit).
+    pub oldest_due_created_at: Option<String>,
+    /// Pages fetched (rows added to `results`) in the last minute and hour.
+    pub fetched_last_minute: i64,
+    pub fetched_last_hour: i64,
+    pub top_hosts: Vec<HostQueue>,
+    pub recent_errors: Vec<ErrorGroup>,
+    pub workers: Vec<WorkerSummary>,
+}
+
+/// What admission did besides admitting: jobs refused (failed: a bad URL or selectors)
+/// and jobs skipped (already in their crawl).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Admissions {
+    pub refused: u64,
+    pub skipped: u64,
+}
+
+/// How long the lists in a [`StatusReport`] may get.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusLimits {
+    pub top_hosts: u32,
+    pub error_groups: u32,
+    pub workers: u32,
+}
+
+/// One host's waiting work.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct HostQueue {
+    pub host: String,
+    pub queued: i64,
+    /// Queued jobs whose `run_after` has come (the rest wait for a retry or a recrawl).
+    pub due: i64,
+    pub running: i64,
+    pub paused_until: Option<String>,
+    pub pause_reason: Option<String>,
+}
+
+/// Jobs whose last error, in the last hour, had the same reason.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ErrorGroup {
+    /// `failed`, or `queued` for a job waiting to be retried.
+    pub status: String,
+    /// The error without its retry bookkeeping ("(attempt 1 of 3; retrying in 2.0 s)").
+    pub reason: String,
+    pub jobs: i64,
+    pub last_seen: String,
+}
+
+/// A row of the `worker_status` view.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct WorkerSummary {
+    pub id: String,
+    pub hostname: String,
+    pub pid: i64,
+    pub version: String,
+    pub state: String,
+    pub started_at: String,
+    pub heartbeat_age_secs: f64,
+    pub claimed: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub in_flight: i64,
+}
+
+/// What fetching an origin's robots.txt came to (redirects already followed), as the
+/// `robots` table keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RobotsAnswer {
+    /// The final status and (for 2xx) up to `robots::MAX_ROBOTS_BYTES` of the body.
+    Fetched { status: u16, body: Vec<u8> },
+    /// No answer: network error, timeout, or a redirect that could not be followed.
+    Failed(String),
+    /// Not asked, through a fault of crawlq's own (see `robots::Permission::NotAsked`);
+    /// never cached or stored.
+    NotAsked(String),
+}
+
+/// A robots.txt answer to be stored (see `robots::Robots::take_unsaved`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchedRobots {
+    pub origin: String,
+    pub answer: RobotsAnswer,
+    /// How long the answer holds from when it is stored.
+    pub fresh_for: Duration,
+}
