@@ -353,8 +353,14 @@ impl<'d> Scheduler<'d> {
     }
 
     /// Sleeps until an attempt finishes, the next look for new rows is due, a waiting host
-    /// becomes due while a slot is free, or shutdown fires.
+    /// becomes due while a slot is free, the database says new jobs came (PostgreSQL's
+    /// NOTIFY), or shutdown fires.
     async fn wait_for_work(&mut self, shutdown: &Shutdown) {
+        enum Woken {
+            Finished(Box<Attempt>),
+            NewJobs,
+            Other,
+        }
         let pause = if self.store_healthy {
             // Until the next look for new rows is due (see `admit_and_claim`).
             let admission = self
@@ -369,17 +375,38 @@ impl<'d> Scheduler<'d> {
         } else {
             STORE_RETRY_PAUSE
         };
-        let finished = async { self.finished_rx.recv().await.ok() };
+        let finished = async {
+            match self.finished_rx.recv().await {
+                Ok(attempt) => Woken::Finished(Box::new(attempt)),
+                Err(_) => Woken::Other,
+            }
+        };
         let tick = async {
             runtime::sleep(pause).await;
-            None
+            Woken::Other
         };
         let stop = async {
             shutdown.wait().await;
-            None
+            Woken::Other
         };
-        if let Some(attempt) = finished.or(tick).or(stop).await {
-            self.unstored.push(attempt);
+        let new_jobs = async {
+            if self.store_healthy {
+                self.daemon.store.wait_for_new_jobs().await;
+                Woken::NewJobs
+            } else {
+                std::future::pending().await
+            }
+        };
+        match finished.or(tick).or(stop).or(new_jobs).await {
+            Woken::Finished(attempt) => self.unstored.push(*attempt),
+            // Look for the new rows now rather than at the next poll.
+            Woken::NewJobs => {
+                if let Some(due) = Instant::now().checked_sub(self.settings().daemon.poll_interval)
+                {
+                    self.last_admission = self.last_admission.min(due);
+                }
+            }
+            Woken::Other => {}
         }
     }
 

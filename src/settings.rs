@@ -159,15 +159,54 @@ pub struct Settings {
 
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
-    pub path: PathBuf,
+    pub location: DatabaseLocation,
+    /// SQLite: how long a statement waits for another writer before failing.
     pub busy_timeout: Duration,
 }
 
+/// Where the database is: `database.url` checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    /// A SQLite file (a plain path or a `sqlite:` URL).
+    File(PathBuf),
+    /// A PostgreSQL server: a `postgres://` or `postgresql://` URL as given, which may hold
+    /// a password (see [`DatabaseSettings::name`]).
+    Postgres(String),
+}
+
 impl DatabaseSettings {
-    /// The database as messages name it (its file).
+    /// The database as messages name it: its file, or its URL without a password.
     pub fn name(&self) -> String {
-        self.path.display().to_string()
+        match &self.location {
+            DatabaseLocation::File(path) => path.display().to_string(),
+            DatabaseLocation::Postgres(url) => without_password(url),
+        }
     }
+}
+
+/// A database URL with any password (`user:secret@`, `?password=secret`) replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return crate::telemetry::mask_url_passwords(url);
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query_pairs().any(|(key, _)| key == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key == "password" {
+                    "***".into()
+                } else {
+                    value
+                };
+                (key.into_owned(), value.into_owned())
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[derive(Debug, Clone)]
@@ -458,7 +497,7 @@ fn seconds(key: &'static str, value: f64) -> Result<Duration, SettingsError> {
 impl RawSettings {
     fn check(self, sources: Vec<String>) -> Result<Settings, SettingsError> {
         let database = DatabaseSettings {
-            path: database_path(&self.database.url)?,
+            location: database_location(&self.database.url)?,
             busy_timeout: Duration::from_millis(self.database.busy_timeout_ms),
         };
 
@@ -681,12 +720,21 @@ fn network(entry: &str) -> Result<IpNet, SettingsError> {
         })
 }
 
-/// Accepts a plain path or a `sqlite:` URL (`sqlite://data/x.db`, `sqlite:data/x.db`). A URL
-/// of another scheme (`postgres://…`) is refused, never taken for a file path; so are URL
-/// options other than the read-write-create mode the daemon opens the file in anyway.
-fn database_path(url: &str) -> Result<PathBuf, SettingsError> {
+/// Accepts a `postgres://` (or `postgresql://`) URL, a plain path or a `sqlite:` URL
+/// (`sqlite://data/x.db`, `sqlite:data/x.db`). A URL of another scheme is refused, never
+/// taken for a file path; so are `sqlite:` URL options other than the read-write-create
+/// mode the daemon opens the file in anyway.
+fn database_location(url: &str) -> Result<DatabaseLocation, SettingsError> {
     // A password in the URL is masked where the error is printed, as in every log line.
     let refuse = |why: &'static str| invalid("database.url", format!("{url:?}"), why);
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        // Its options (sslmode, host=/socket/dir, …) are read by the PostgreSQL driver when
+        // the store connects; a URL that does not parse at all is refused here.
+        if url::Url::parse(url).is_err() {
+            return Err(refuse("is not a valid URL"));
+        }
+        return Ok(DatabaseLocation::Postgres(url.to_owned()));
+    }
     let path = match url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -696,8 +744,8 @@ fn database_path(url: &str) -> Result<PathBuf, SettingsError> {
             if let Some((scheme, _)) = url.split_once("://") {
                 if !scheme.is_empty() && !scheme.contains(['/', '\\']) {
                     return Err(refuse(
-                        "its scheme is not known: this build takes a SQLite file path or a \
-                         sqlite: URL, never another URL taken for a file name",
+                        "its scheme is not known: crawlq takes a postgres:// URL, a SQLite \
+                         file path or a sqlite: URL, never another URL taken for a file name",
                     ));
                 }
             }
@@ -725,7 +773,7 @@ fn database_path(url: &str) -> Result<PathBuf, SettingsError> {
             "must be a file: users reach the queue through it",
         ));
     }
-    Ok(PathBuf::from(path))
+    Ok(DatabaseLocation::File(PathBuf::from(path)))
 }
 
 #[cfg(test)]
@@ -735,7 +783,10 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_match_the_documented_values() {
         let s = Settings::defaults();
-        assert_eq!(s.database.path, PathBuf::from("data/crawlq.db"));
+        assert_eq!(
+            s.database.location,
+            DatabaseLocation::File(PathBuf::from("data/crawlq.db"))
+        );
         assert_eq!(s.limits.per_host.rate.rps, 2.0);
         assert_eq!(s.limits.per_host.rate.burst.get(), 1);
         assert_eq!(s.limits.per_host.in_flight.get(), 2);
@@ -800,27 +851,48 @@ mod tests {
 
     #[test]
     fn database_urls_and_paths_are_both_accepted() {
+        let file = |url: &str| {
+            database_location(url).map(|l| match l {
+                DatabaseLocation::File(path) => path,
+                other => panic!("{url}: {other:?}"),
+            })
+        };
+        assert_eq!(file("sqlite://a/b.db").unwrap(), PathBuf::from("a/b.db"));
+        assert_eq!(file("sqlite:b.db?mode=rwc").unwrap(), PathBuf::from("b.db"));
+        assert_eq!(file("/tmp/c.db").unwrap(), PathBuf::from("/tmp/c.db"));
+        assert!(database_location("sqlite::memory:").is_err());
         assert_eq!(
-            database_path("sqlite://a/b.db").unwrap(),
-            PathBuf::from("a/b.db")
+            database_location("postgres://u:secret@h/db?sslmode=require").unwrap(),
+            DatabaseLocation::Postgres("postgres://u:secret@h/db?sslmode=require".into())
         );
-        assert_eq!(
-            database_path("sqlite:b.db?mode=rwc").unwrap(),
-            PathBuf::from("b.db")
-        );
-        assert_eq!(
-            database_path("/tmp/c.db").unwrap(),
-            PathBuf::from("/tmp/c.db")
-        );
-        assert!(database_path("sqlite::memory:").is_err());
-        let refused = |url: &str| database_path(url).unwrap_err().to_string();
-        let postgres = refused("postgres://u:secret@h/db");
-        assert!(postgres.contains("its scheme is not known"), "{postgres}");
+        let refused = |url: &str| database_location(url).unwrap_err().to_string();
+        let mysql = refused("mysql://u:secret@h/db");
+        assert!(mysql.contains("its scheme is not known"), "{mysql}");
         let read_only = refused("sqlite://x.db?mode=ro");
         assert!(
             read_only.contains("\"sqlite://x.db?mode=ro\"")
                 && read_only.contains("URL options are not supported"),
             "{read_only}"
         );
+    }
+
+    #[test]
+    fn a_database_is_named_without_its_password() {
+        let named = |url: &str| {
+            DatabaseSettings {
+                location: database_location(url).unwrap(),
+                busy_timeout: Duration::ZERO,
+            }
+            .name()
+        };
+        assert_eq!(
+            named("postgres://crawlq:s3cret@db.internal:5433/crawlq?sslmode=require"),
+            "postgres://crawlq:***@db.internal:5433/crawlq?sslmode=require"
+        );
+        assert_eq!(
+            named("postgresql://crawlq@db/crawlq?password=s3cret&sslmode=disable"),
+            "postgresql://crawlq@db/crawlq?password=***&sslmode=disable"
+        );
+        assert_eq!(named("data/crawlq.db"), "data/crawlq.db");
     }
 }

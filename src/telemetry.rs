@@ -22,12 +22,28 @@ pub struct BadLogLevel {
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.level`.
 /// A second call is a no-op (tests start several daemons in one process).
 pub fn init(log: &LogSettings) -> Result<(), BadLogLevel> {
-    let filter = match EnvFilter::try_from_default_env() {
-        Ok(filter) => filter,
-        Err(_) => EnvFilter::try_new(&log.level).map_err(|e| BadLogLevel {
-            level: log.level.clone(),
-            reason: e.to_string(),
-        })?,
+    let (filter, spec) = match EnvFilter::try_from_default_env() {
+        Ok(filter) => (filter, std::env::var("RUST_LOG").unwrap_or_default()),
+        Err(_) => (
+            EnvFilter::try_new(&log.level).map_err(|e| BadLogLevel {
+                level: log.level.clone(),
+                reason: e.to_string(),
+            })?,
+            log.level.clone(),
+        ),
+    };
+    // sqlx's own info lines are the driver talking to itself (PostgreSQL's NOTICE
+    // "relation _sqlx_migrations already exists, skipping" at every start, the pool's
+    // failed pings while a server restarts, which crawlq reports in its own words):
+    // shown only when a filter names sqlx.
+    let filter = if spec.contains("sqlx") {
+        filter
+    } else {
+        ["sqlx::postgres::notice=warn", "sqlx_core::pool=warn"]
+            .into_iter()
+            .fold(filter, |filter, directive| {
+                filter.add_directive(directive.parse().expect("a static directive parses"))
+            })
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -186,10 +186,25 @@ fn add_status_and_migrate_subcommands() {
     let out = output(crawlq(dir.path()).args(["migrate", "--database", "x.db"]));
     assert_eq!(text(&out.stdout), "database x.db is up to date\n");
     // A URL crawlq does not know is refused, not taken for a file path.
-    let stderr =
-        refused(crawlq(dir.path()).args(["migrate", "--database", "postgres://u:pw@h/db"]));
+    let stderr = refused(crawlq(dir.path()).args(["migrate", "--database", "mysql://u:pw@h/db"]));
     assert!(stderr.contains("its scheme is not known"), "{stderr}");
-    assert!(stderr.contains("postgres://u:***@h/db"), "{stderr}");
+    assert!(stderr.contains("mysql://u:***@h/db"), "{stderr}");
+    assert!(!stderr.contains(":pw@"), "{stderr}");
+    assert!(!dir.path().join("mysql:").exists());
+    // A PostgreSQL server that is not there is reported as such, password masked, and
+    // nothing is created in its name.
+    let out = output(crawlq(dir.path()).args([
+        "migrate",
+        "--database",
+        "postgres://u:pw@127.0.0.1:1/db",
+    ]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a runtime failure: {stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(
+        stderr.contains("postgres://u:***@127.0.0.1:1/db"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(":pw@"), "{stderr}");
     assert!(!dir.path().join("postgres:").exists());
 

@@ -178,6 +178,17 @@ pub(super) fn with_known_version(mut job: ClaimedJob, known: Option<&[u8]>) -> C
     job
 }
 
+/// Bytes as lower-case hex: how bytes (a robots.txt body) travel in a JSON batch, for
+/// SQLite's `unhex()` and PostgreSQL's `decode(…, 'hex')`.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

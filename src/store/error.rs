@@ -40,6 +40,16 @@ pub enum StoreError {
     )]
     Missing { database: String },
     #[error(
+        "database {database} has no crawlq tables (the daemon creates them when it starts, \
+         as does crawlq migrate; is the URL right?)"
+    )]
+    NotSetUp { database: String },
+    #[error(
+        "database {database} is read-only (a standby server, or default_transaction_read_only \
+         is on): point database.url at the primary"
+    )]
+    ReadOnly { database: String },
+    #[error(
         "database {database} is in use by another running daemon ({holder}, which holds \
          {lock}). Two daemons on one database would each apply the rate limits, doubling \
          the load on every host, so this one will not start. Stop the other one first."
@@ -54,12 +64,62 @@ pub enum StoreError {
 }
 
 /// What an operator should do about a database error, for the errors that come from the
-/// machine rather than from crawlq (SQLite's own messages say what, not why).
+/// machine rather than from crawlq (the databases' own messages say what, not why).
 fn advice(error: &sqlx::Error) -> &'static str {
-    let code = error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .and_then(|code| code.parse::<i32>().ok());
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            return " (the connection to the database server failed: is it running, and do \
+                    the host, port and sslmode in database.url match it?)";
+        }
+        sqlx::Error::PoolTimedOut => {
+            return " (no connection to the database came free or could be opened in time: \
+                    is the server up and reachable?)";
+        }
+        _ => {}
+    }
+    let Some(database_error) = error.as_database_error() else {
+        return "";
+    };
+    if database_error
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        return postgres_advice(database_error.code().as_deref().unwrap_or(""));
+    }
+    sqlite_advice(
+        database_error
+            .code()
+            .and_then(|code| code.parse::<i32>().ok()),
+    )
+}
+
+/// Advice by PostgreSQL's SQLSTATE.
+fn postgres_advice(sqlstate: &str) -> &'static str {
+    match sqlstate {
+        "28P01" | "28000" => {
+            " (the server refused the user or password in database.url, or pg_hba.conf \
+             does not let it in from here)"
+        }
+        "3D000" => " (the database named in database.url does not exist: create it with createdb)",
+        "42501" => {
+            " (the user in database.url lacks a privilege crawlq needs: it must be able to \
+             create tables in the database, or own crawlq's tables)"
+        }
+        "53100" => " (the server's disk is full: free space and the daemon resumes by itself)",
+        "53300" => {
+            " (the server has no connection slots left: raise max_connections or close \
+             idle clients)"
+        }
+        "57P01" | "57P02" | "57P03" => {
+            " (the server is shutting down or starting up; the daemon reconnects by itself)"
+        }
+        "40P01" | "40001" => " (two transactions collided; the daemon tries again by itself)",
+        _ => "",
+    }
+}
+
+/// Advice by SQLite's result code.
+fn sqlite_advice(code: Option<i32>) -> &'static str {
     // Extended result codes carry the primary code in their low byte.
     match code.map(|code| code & 0xff) {
         Some(5 | 6) => {

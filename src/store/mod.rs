@@ -10,10 +10,10 @@
 //!   take the fast path, which validators to keep, which links to queue,
 //!   how a claim's hosts are split): shared by the backends, unit-tested.
 //! - `sqlite/`      — SQLite, the embedded default: one file per concern (`open`,
-//!   `admission`, `claim`, `finish`, `lookups`, `workers`, `reports`),
-//!   each holding that concern's SQL. A second backend gets a folder
-//!   beside it with the same file and method names, so "how does a claim
-//!   work on X" is answered by opening `X/claim.rs`.
+//!   `admission`, `claim`, `finish`, `lookups`, `workers`, `reports`), each holding that
+//!   concern's SQL.
+//! - `postgres/`    — PostgreSQL, with the same file and method names, so "how does a
+//!   claim work on PostgreSQL" is answered by opening `postgres/claim.rs`.
 //!
 //! Why a façade over an enum of backends, and not a trait object or `sqlx::Any`: each
 //! backend keeps its own types (rows, connections, placeholders, dialect) and its own
@@ -24,6 +24,7 @@
 
 mod decisions;
 mod error;
+mod postgres;
 mod sqlite;
 mod types;
 
@@ -34,8 +35,10 @@ pub use error::StoreError;
 pub use types::*;
 
 use crate::job::{Admitted, Attempt, ClaimedJob, JobId};
-use crate::settings::DatabaseSettings;
+use crate::settings::{DatabaseLocation, DatabaseSettings};
 
+use postgres::PostgresStore;
+pub use postgres::RESULTS_CHANNEL;
 use sqlite::SqliteStore;
 
 /// The database crawlq was started on, whichever backend holds it.
@@ -47,6 +50,7 @@ pub struct Store {
 #[derive(Clone, Debug)]
 enum Backend {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 /// Hands a call to the backend in use: `on_backend!(self, db => db.claim(…).await)`.
@@ -54,6 +58,7 @@ macro_rules! on_backend {
     ($store:expr, $db:ident => $call:expr) => {
         match &$store.backend {
             Backend::Sqlite($db) => $call,
+            Backend::Postgres($db) => $call,
         }
     };
 }
@@ -63,25 +68,50 @@ impl Store {
 
     /// Opens the database, creating it if it does not exist, and applies the migrations.
     pub async fn open(settings: &DatabaseSettings) -> Result<Store, StoreError> {
-        Ok(Store::from(SqliteStore::open(settings).await?))
+        Ok(match &settings.location {
+            DatabaseLocation::File(path) => SqliteStore::open(path, settings).await?.into(),
+            DatabaseLocation::Postgres(url) => PostgresStore::open(url, settings).await?.into(),
+        })
     }
 
     /// Opens a database that must exist already (for commands that read what a daemon
     /// wrote: a mistyped path must say so, not look like an empty queue).
     pub async fn open_existing(settings: &DatabaseSettings) -> Result<Store, StoreError> {
-        Ok(Store::from(SqliteStore::open_existing(settings).await?))
+        Ok(match &settings.location {
+            DatabaseLocation::File(path) => {
+                SqliteStore::open_existing(path, settings).await?.into()
+            }
+            DatabaseLocation::Postgres(url) => {
+                PostgresStore::open_existing(url, settings).await?.into()
+            }
+        })
     }
 
-    /// Opens the database for a daemon: first makes sure no other daemon runs on it (one
-    /// daemon per SQLite database; two would each apply the rate limits), then opens it.
-    /// `me` is named in the refusal another daemon gets.
+    /// Opens the database for a daemon: makes sure no other daemon runs on it (two would
+    /// each apply the rate limits; a SQLite lock file, a PostgreSQL advisory lock), and
+    /// opens it. `me` is named in the refusal another daemon gets.
     pub async fn open_for_daemon(
         settings: &DatabaseSettings,
         me: &WorkerIdentity,
     ) -> Result<Store, StoreError> {
-        Ok(Store::from(
-            SqliteStore::open_for_daemon(settings, me).await?,
-        ))
+        Ok(match &settings.location {
+            DatabaseLocation::File(path) => SqliteStore::open_for_daemon(path, settings, me)
+                .await?
+                .into(),
+            DatabaseLocation::Postgres(url) => PostgresStore::open_for_daemon(url, settings, me)
+                .await?
+                .into(),
+        })
+    }
+
+    /// Returns when new jobs may have been inserted (PostgreSQL: a NOTIFY from the
+    /// `jobs_inserted` trigger), so the daemon looks for them at once rather than at its
+    /// next poll. On SQLite, which has no such signal, it never returns: polling is all.
+    pub async fn wait_for_new_jobs(&self) {
+        match &self.backend {
+            Backend::Sqlite(_) => std::future::pending().await,
+            Backend::Postgres(db) => db.wait_for_new_jobs().await,
+        }
     }
 
     /// Whether opening this store created the database.
@@ -93,13 +123,13 @@ impl Store {
     /// (its file deleted or replaced, e.g. by a restore): writes would go nowhere anyone
     /// can see. Cheap; the daemon asks every few seconds.
     pub fn check_same_database(&self) -> Result<(), StoreError> {
-        on_backend!(self, db => db.check_file())
+        on_backend!(self, db => db.check_same_database())
     }
 
     /// After [`StoreError::Gone`]: lets go of the database without writing anything more
     /// where it used to be, and closes the store.
     pub async fn abandon_gone_database(&self) {
-        on_backend!(self, db => db.abandon_gone_file().await)
+        on_backend!(self, db => db.abandon_gone_database().await)
     }
 
     /// Closes the connections (and, for a daemon, lets another one start).
@@ -278,6 +308,14 @@ impl From<SqliteStore> for Store {
     fn from(db: SqliteStore) -> Store {
         Store {
             backend: Backend::Sqlite(db),
+        }
+    }
+}
+
+impl From<PostgresStore> for Store {
+    fn from(db: PostgresStore) -> Store {
+        Store {
+            backend: Backend::Postgres(db),
         }
     }
 }

@@ -162,7 +162,7 @@ pub fn test_settings(database: &Path) -> Settings {
         "#,
     )
     .expect("test settings are valid");
-    settings.database.path = database.to_owned();
+    settings.database.location = crawlq::settings::DatabaseLocation::File(database.to_owned());
     if std::env::var_os("TEST_LOG").is_some() {
         settings.log.level = "crawlq=debug".to_owned();
         crawlq::telemetry::init(&settings.log).expect("valid log level");

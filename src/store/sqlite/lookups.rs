@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use super::{hex, lossy_text, SqliteStore};
+use super::{lossy_text, SqliteStore};
 use crate::job::{ClaimedJob, JobId};
+use crate::store::decisions::hex;
 use crate::store::error::Doing;
 use crate::store::{FetchedRobots, RobotsAnswer, StoreError};
 

@@ -75,16 +75,6 @@ pub struct SqliteStore {
     created: bool,
 }
 
-/// Bytes as lower-case hex, for SQLite's `unhex()`.
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        let _ = write!(text, "{byte:02x}");
-    }
-    text
-}
-
 /// A user-written text column read without trusting it to be UTF-8 (SQLite does not check).
 fn lossy_text(row: &SqliteRow, column: &str) -> Result<Option<String>, sqlx::Error> {
     let bytes: Option<Vec<u8>> = row.try_get(column)?;

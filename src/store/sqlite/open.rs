@@ -94,45 +94,50 @@ fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
 
 impl SqliteStore {
     /// Opens (creating it and its directory if needed) and migrates the database.
-    pub async fn open(settings: &DatabaseSettings) -> Result<SqliteStore, StoreError> {
-        SqliteStore::open_locked(settings, LockFile::default()).await
+    pub async fn open(path: &Path, settings: &DatabaseSettings) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_locked(path, settings, LockFile::default()).await
     }
 
     /// Opens a database file that must exist already.
-    pub async fn open_existing(settings: &DatabaseSettings) -> Result<SqliteStore, StoreError> {
-        if !settings.path.exists() {
+    pub async fn open_existing(
+        path: &Path,
+        settings: &DatabaseSettings,
+    ) -> Result<SqliteStore, StoreError> {
+        if !path.exists() {
             return Err(StoreError::Missing {
-                database: settings.path.display().to_string(),
+                database: path.display().to_string(),
             });
         }
-        SqliteStore::open(settings).await
+        SqliteStore::open(path, settings).await
     }
 
     /// Takes the daemon's lock file (see [`lock`]), then opens the database: the lock comes
     /// before the database is touched, migrations included.
     pub async fn open_for_daemon(
+        path: &Path,
         settings: &DatabaseSettings,
         me: &WorkerIdentity,
     ) -> Result<SqliteStore, StoreError> {
-        let lock = lock(&settings.path, me)?;
-        SqliteStore::open_locked(settings, lock).await
+        let lock = lock(path, me)?;
+        SqliteStore::open_locked(path, settings, lock).await
     }
 
     async fn open_locked(
+        path: &Path,
         settings: &DatabaseSettings,
         lock: LockFile,
     ) -> Result<SqliteStore, StoreError> {
-        let path = settings.path.display().to_string();
-        let created = !settings.path.exists();
-        if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let created = !path.exists();
+        let name = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                path: path.clone(),
+                path: name.clone(),
                 source,
             })?;
         }
         let options = SqliteConnectOptions::from_str("sqlite:")
             .expect("static options parse")
-            .filename(&settings.path)
+            .filename(path)
             // WAL lets users read while we write, and their inserts wait on the busy
             // timeout instead of failing. NORMAL sync is durable against a crash of this
             // process (only an OS crash can lose the last commits).
@@ -143,7 +148,7 @@ impl SqliteStore {
         // The file is created here, once. The pool's connections never create it, so a
         // database deleted under the daemon is an error rather than a new, empty file.
         let open_error = |source| StoreError::Open {
-            path: path.clone(),
+            path: name.clone(),
             source,
         };
         // Kept open until the pool is up and migrated: the last connection to close
@@ -164,7 +169,7 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|source| StoreError::Migrate {
-                path: path.clone(),
+                path: name.clone(),
                 source,
             })?;
         let writer_options = options.pragma("cache_size", WRITER_CACHE);
@@ -174,9 +179,9 @@ impl SqliteStore {
         };
         first.close().await.map_err(open_error)?;
         let file = DatabaseFile {
-            path: settings.path.clone(),
-            identity: file_identity(&settings.path).map_err(|source| StoreError::Inspect {
-                path: path.clone(),
+            path: path.to_owned(),
+            identity: file_identity(path).map_err(|source| StoreError::Inspect {
+                path: name.clone(),
                 source,
             })?,
         };
@@ -217,7 +222,7 @@ impl SqliteStore {
 
     /// Fails if the database file was deleted or replaced (e.g. by a restore) since it was
     /// opened. SQLite would carry on writing to the open, now invisible, file.
-    pub fn check_file(&self) -> Result<(), StoreError> {
+    pub fn check_same_database(&self) -> Result<(), StoreError> {
         let gone = |what| StoreError::Gone {
             database: self.file.path.display().to_string(),
             what,
@@ -229,11 +234,11 @@ impl SqliteStore {
         }
     }
 
-    /// After [`SqliteStore::check_file`] failed: moves what the write-ahead log holds into
+    /// After [`SqliteStore::check_same_database`] failed: moves what the write-ahead log holds into
     /// the file we have open (deleted or replaced), empties the log, and closes. The log is
     /// shared by path, so left as it is, the next program to open a restored file would
     /// replay our writes over it.
-    pub async fn abandon_gone_file(&self) {
+    pub async fn abandon_gone_database(&self) {
         const DOING: &str = "emptying the write-ahead log of a deleted or replaced database";
         let emptied = async {
             sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,0 +1,510 @@
+//! Finishing: a batch of attempts stored in one transaction: each job's new status, checked
+//! against its lease, and what hangs off a fetched page (its `results` row, body,
+//! validators, a redirect target, the links it queues, a host pause). Each batch that
+//! stored results sends one NOTIFY on `crawlq_results` (payload: how many), delivered at
+//! commit, so consumers can LISTEN instead of polling.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::{json, text, PostgresStore, RESULTS_CHANNEL};
+use crate::job::{Attempt, ClaimedJob, PageRecord, RedirectTarget, Verdict};
+use crate::store::error::Doing;
+use crate::store::{decisions, FinishReport, StoreError};
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
+
+/// The columns of one fetch's `results` row, in the order the INSERTs below give them.
+macro_rules! insert_result {
+    () => {
+        "INSERT INTO results (job_id, fetch_no, url, final_url, http_status, content_type,
+                              title, description, links, data, bytes, elapsed_ms,
+                              not_modified, fetched_at) "
+    };
+}
+
+/// A retried fetch rewrites the row an earlier attempt of the same fetch left.
+macro_rules! result_replaces_earlier_attempt {
+    () => {
+        " ON CONFLICT (job_id, fetch_no) DO UPDATE SET
+             url = excluded.url, final_url = excluded.final_url,
+             http_status = excluded.http_status, content_type = excluded.content_type,
+             title = excluded.title, description = excluded.description,
+             links = excluded.links, data = excluded.data, bytes = excluded.bytes,
+             elapsed_ms = excluded.elapsed_ms, not_modified = excluded.not_modified,
+             fetched_at = excluded.fetched_at"
+    };
+}
+
+/// The lease check shared by every change to a running job: $1 id, $2 lease token,
+/// $3 attempt.
+macro_rules! while_leased {
+    () => {
+        " WHERE id = $1 AND status = 'running' AND lease_owner = $2 AND attempts = $3"
+    };
+}
+
+/// A finished fetch: the job ends with `$status`, or, with `recrawl_every`, goes back to
+/// the queue that many seconds from now as its next fetch, with fresh attempts.
+macro_rules! fetch_finished {
+    ($status:literal) => {
+        concat!(
+            "UPDATE jobs SET
+                 status = CASE WHEN recrawl_every >= 1 THEN 'queued' ELSE '",
+            $status,
+            "' END,
+                 run_after = CASE WHEN recrawl_every >= 1 THEN ",
+            now_plus!("recrawl_every"),
+            " ELSE run_after END,
+                 attempts = CASE WHEN recrawl_every >= 1 THEN 0 ELSE attempts END,
+                 fetch_no = CASE WHEN recrawl_every >= 1 THEN fetch_no + 1 ELSE fetch_no END,
+                 finished_at = now(), updated_at = now(),
+                 lease_owner = NULL, lease_expires_at = NULL"
+        )
+    };
+}
+
+const FINISH_DONE: &str = concat!(fetch_finished!("done"), ", error = NULL", while_leased!());
+
+/// Back to the queue with the attempt not counted (crawlq's own fault).
+const FINISH_REQUEUE: &str = concat!(
+    "UPDATE jobs SET status = 'queued', error = $4, attempts = GREATEST(0, attempts - 1),
+                     run_after = ",
+    now_plus!("$5"),
+    ", updated_at = now(), lease_owner = NULL, lease_expires_at = NULL",
+    while_leased!()
+);
+
+const FINISH_RETRY: &str = concat!(
+    "UPDATE jobs SET status = 'queued', error = $4, run_after = ",
+    now_plus!("$5"),
+    ", updated_at = now(), lease_owner = NULL, lease_expires_at = NULL",
+    while_leased!()
+);
+
+const FINISH_FAILED: &str = concat!(fetch_finished!("failed"), ", error = $4", while_leased!());
+
+/// Like a finished fetch: a recrawled job is tried again at its next recrawl.
+const FINISH_SKIPPED: &str = concat!(fetch_finished!("skipped"), ", error = $4", while_leased!());
+
+/// [`FINISH_DONE`] for a batch: $1 is a JSON array of {id, lease, attempt}. Returns the
+/// ids whose lease still held.
+const FINISH_DONE_BATCH: &str = concat!(
+    fetch_finished!("done"),
+    ", error = NULL
+       FROM jsonb_to_recordset($1::jsonb) AS b(id bigint, lease text, attempt bigint)
+      WHERE jobs.id = b.id AND jobs.status = 'running'
+        AND jobs.lease_owner = b.lease AND jobs.attempts = b.attempt
+     RETURNING jobs.id"
+);
+
+/// Links per statement when queueing a batch's links (a few MB of JSON at most).
+const LINKS_PER_STATEMENT: usize = 20_000;
+
+impl PostgresStore {
+    /// Stores a batch of finished attempts in one transaction. Nothing is acknowledged
+    /// before commit.
+    pub async fn finish(&self, attempts: &[Attempt]) -> Result<FinishReport, StoreError> {
+        const DOING: &str = "storing results";
+        let mut report = FinishReport::default();
+        if attempts.is_empty() {
+            return Ok(report);
+        }
+        let mut tx = self.pool.begin().await.doing(DOING)?;
+        let (plain, others) = decisions::split_batch(attempts);
+        let mut results = finish_plain_batch(&mut tx, &plain, &mut report).await?;
+        for attempt in others {
+            let job = &attempt.job;
+            let sql = match attempt.verdict {
+                Verdict::Done => FINISH_DONE,
+                Verdict::Retry { .. } => FINISH_RETRY,
+                Verdict::Requeue { .. } => FINISH_REQUEUE,
+                Verdict::Failed { .. } => FINISH_FAILED,
+                Verdict::Skipped { .. } => FINISH_SKIPPED,
+            };
+            let mut query = sqlx::query(sql)
+                .bind(job.id.0)
+                .bind(job.lease.as_str())
+                .bind(job.attempt);
+            match &attempt.verdict {
+                Verdict::Done => {}
+                Verdict::Retry { after, reason } | Verdict::Requeue { after, reason } => {
+                    query = query.bind(text(reason)).bind(after.as_secs_f64());
+                }
+                Verdict::Failed { reason } | Verdict::Skipped { reason } => {
+                    query = query.bind(text(reason))
+                }
+            }
+            let changed = query.execute(&mut *tx).await.doing(DOING)?.rows_affected();
+            // The host's request to wait stands even if this job's lease was lost.
+            if let Some((host, how_long)) = &attempt.pause {
+                pause_host(&mut tx, host, *how_long, &attempt.verdict).await?;
+            }
+            if changed == 0 {
+                lease_lost(&mut report, job);
+                continue;
+            }
+            if let Some(page) = &attempt.page {
+                let result_id = upsert_result(&mut tx, job, page).await?;
+                results += 1;
+                if job.attempt > 1 {
+                    // A retry may have replaced an earlier attempt's row: drop what hung
+                    // off it before attaching this answer's.
+                    forget_replaced_result(&mut tx, result_id).await?;
+                }
+                if page.gzipped_body.is_some() {
+                    store_body(&mut tx, result_id, page).await?;
+                }
+                if let Some(url) = &job.canonical_url {
+                    update_validators(&mut tx, &[(url.as_str(), page, result_id)]).await?;
+                }
+            }
+            if let (Verdict::Done, Some(page)) = (&attempt.verdict, &attempt.page) {
+                if let Some(target) = &page.redirect_target {
+                    mark_redirect_target(&mut tx, job, page, target).await?;
+                }
+            }
+            if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
+                queue_children(&mut tx, &[attempt]).await?;
+            }
+            report.stored += 1;
+        }
+        if results > 0 {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(RESULTS_CHANNEL)
+                .bind(results.to_string())
+                .execute(&mut *tx)
+                .await
+                .doing(DOING)?;
+        }
+        tx.commit().await.doing(DOING)?;
+        Ok(report)
+    }
+}
+
+fn lease_lost(report: &mut FinishReport, job: &ClaimedJob) {
+    report.lost.push((job.id, job.attempt));
+    tracing::warn!(
+        job.id = %job.id,
+        url = %job.url,
+        "lease lost before the result was stored (job cancelled, edited or expired); result dropped"
+    );
+}
+
+/// Stores a batch of plain first fetches (see [`decisions::is_plain_first_fetch`]) in a
+/// few statements, whatever its size; the same rows as the one-attempt path. Returns how
+/// many results it wrote.
+async fn finish_plain_batch(
+    tx: &mut Tx<'_>,
+    attempts: &[&Attempt],
+    report: &mut FinishReport,
+) -> Result<usize, StoreError> {
+    const DOING: &str = "storing results";
+    if attempts.is_empty() {
+        return Ok(0);
+    }
+    let leases: Vec<_> = attempts
+        .iter()
+        .map(|a| serde_json::json!({"id": a.job.id.0, "lease": a.job.lease, "attempt": a.job.attempt}))
+        .collect();
+    let finished: HashSet<i64> = sqlx::query_scalar(FINISH_DONE_BATCH)
+        .bind(json(&leases))
+        .fetch_all(&mut **tx)
+        .await
+        .doing(DOING)?
+        .into_iter()
+        .collect();
+    let (stored, lost): (Vec<&Attempt>, Vec<&Attempt>) = attempts
+        .iter()
+        .partition(|a| finished.contains(&a.job.id.0));
+    for attempt in lost {
+        lease_lost(report, &attempt.job);
+    }
+    if stored.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<_> = stored
+        .iter()
+        .map(|a| {
+            let p = decisions::plain_page(a);
+            serde_json::json!({
+                "job": a.job.id.0, "fetch_no": a.job.fetch_no, "url": p.url,
+                "final_url": p.final_url, "status": p.http_status, "content_type": p.content_type,
+                "title": p.title, "description": p.description, "links": p.links,
+                "data": p.data, "bytes": p.bytes, "ms": p.elapsed.as_millis() as u64,
+            })
+        })
+        .collect();
+    let result_ids: std::collections::HashMap<i64, i64> = sqlx::query_as(concat!(
+        insert_result!(),
+        "SELECT r.job, r.fetch_no, r.url, r.final_url, r.status, r.content_type, r.title,
+                r.description, r.links, r.data, r.bytes, r.ms, 0, now()
+           FROM jsonb_to_recordset($1::jsonb)
+                AS r(job bigint, fetch_no bigint, url text, final_url text, status bigint,
+                     content_type text, title text, description text, links jsonb,
+                     data jsonb, bytes bigint, ms bigint)",
+        result_replaces_earlier_attempt!(),
+        " RETURNING job_id, id"
+    ))
+    .bind(json(&rows))
+    .fetch_all(&mut **tx)
+    .await
+    .doing(DOING)?
+    .into_iter()
+    .collect();
+    let answers: Vec<_> = stored
+        .iter()
+        .filter_map(|a| {
+            let url = a.job.canonical_url.as_deref()?;
+            let result_id = *result_ids.get(&a.job.id.0)?;
+            Some((url, decisions::plain_page(a), result_id))
+        })
+        .collect();
+    update_validators(tx, &answers).await?;
+    queue_children(tx, &stored).await?;
+    report.stored += stored.len();
+    Ok(stored.len())
+}
+
+/// Records where a crawl's redirect led as a `skipped` row of the crawl, so the unique
+/// (root, canonical URL) index keeps links to that page from being fetched again.
+async fn mark_redirect_target(
+    tx: &mut Tx<'_>,
+    job: &ClaimedJob,
+    page: &PageRecord,
+    target: &RedirectTarget,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO jobs (url, status, host, canonical_url, error, parent_id, root_id, depth,
+                           max_depth, scope, crawl_host, finished_at)
+         SELECT $2, 'skipped', $3, $4, 'fetched as the redirect target of job ' || p.id, p.id,
+                $5, p.depth, p.max_depth, p.scope, COALESCE(p.crawl_host, p.host), now()
+           FROM jobs p WHERE p.id = $1
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(job.id.0)
+    .bind(text(&page.final_url))
+    .bind(&target.host)
+    .bind(text(&target.canonical_url))
+    .bind(job.root_id)
+    .execute(&mut **tx)
+    .await
+    .doing("recording a redirect target")?;
+    Ok(())
+}
+
+/// Records a host's pause (a longer one already recorded wins).
+async fn pause_host(
+    tx: &mut Tx<'_>,
+    host: &str,
+    how_long: Duration,
+    verdict: &Verdict,
+) -> Result<(), StoreError> {
+    sqlx::query(concat!(
+        "INSERT INTO hosts (host, paused_until, pause_reason, updated_at)
+         VALUES ($1, ",
+        now_plus!("$2"),
+        ", $3, now())
+         ON CONFLICT (host) DO UPDATE SET
+             paused_until = GREATEST(hosts.paused_until, excluded.paused_until),
+             pause_reason = excluded.pause_reason,
+             updated_at = excluded.updated_at"
+    ))
+    .bind(host)
+    .bind(how_long.as_secs_f64())
+    .bind(text(decisions::pause_reason(verdict)))
+    .execute(&mut **tx)
+    .await
+    .doing("recording a host pause")?;
+    Ok(())
+}
+
+/// Writes the `results` row of this fetch (a retry of the same fetch replaces it) and
+/// returns its id. A 304 copies the content of the result it confirmed.
+async fn upsert_result(
+    tx: &mut Tx<'_>,
+    job: &ClaimedJob,
+    page: &PageRecord,
+) -> Result<i64, StoreError> {
+    let copied = page.unchanged_since.is_some();
+    let links = (!copied).then(|| json(&page.links));
+    let data = (!copied).then(|| json(&page.data));
+    sqlx::query_scalar(concat!(
+        insert_result!(),
+        "SELECT $1, $2, $3, $4, $5, COALESCE($6, old.content_type), COALESCE($7, old.title),
+                COALESCE($8, old.description), COALESCE($9::jsonb, old.links, '[]'),
+                COALESCE($10::jsonb, old.data, '{}'), $11, $12, $13, now()
+           FROM (SELECT 1) AS one LEFT JOIN results old ON old.id = $14",
+        result_replaces_earlier_attempt!(),
+        " RETURNING id"
+    ))
+    .bind(job.id.0)
+    .bind(job.fetch_no)
+    .bind(text(&page.url))
+    .bind(text(&page.final_url))
+    .bind(i64::from(page.http_status))
+    .bind(page.content_type.as_deref().map(text))
+    .bind(page.title.as_deref().map(text))
+    .bind(page.description.as_deref().map(text))
+    .bind(links)
+    .bind(data)
+    .bind(page.bytes as i64)
+    .bind(page.elapsed.as_millis() as i64)
+    .bind(i64::from(copied))
+    .bind(page.unchanged_since)
+    .fetch_one(&mut **tx)
+    .await
+    .doing("storing results")
+}
+
+/// A retried fetch rewrote result `result_id`: a body or validators stored for the
+/// earlier attempt's answer no longer describe it.
+async fn forget_replaced_result(tx: &mut Tx<'_>, result_id: i64) -> Result<(), StoreError> {
+    for sql in [
+        "DELETE FROM bodies WHERE result_id = $1",
+        "DELETE FROM validators WHERE result_id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(result_id)
+            .execute(&mut **tx)
+            .await
+            .doing("storing results")?;
+    }
+    Ok(())
+}
+
+async fn store_body(tx: &mut Tx<'_>, result_id: i64, page: &PageRecord) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO bodies (result_id, body) VALUES ($1, $2)
+         ON CONFLICT (result_id) DO UPDATE SET body = excluded.body",
+    )
+    .bind(result_id)
+    .bind(page.gzipped_body.as_deref())
+    .execute(&mut **tx)
+    .await
+    .doing("storing a body")?;
+    Ok(())
+}
+
+/// Keeps or forgets validators as the batch's answers decide (see
+/// [`decisions::validator_changes`]); each answer is (canonical URL, page, result id).
+async fn update_validators(
+    tx: &mut Tx<'_>,
+    answers: &[(&str, &PageRecord, i64)],
+) -> Result<(), StoreError> {
+    let decisions::ValidatorChanges { keep, forget } = decisions::validator_changes(answers);
+    if !keep.is_empty() {
+        let keep: Vec<_> = keep
+            .iter()
+            .map(|(url, etag, last_modified, result_id)| {
+                serde_json::json!({"url": url, "etag": etag, "last_modified": last_modified,
+                                   "result_id": result_id})
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO validators (url, etag, last_modified, result_id)
+             SELECT v.url, v.etag, v.last_modified, v.result_id
+               FROM jsonb_to_recordset($1::jsonb)
+                    AS v(url text, etag text, last_modified text, result_id bigint)
+             ON CONFLICT (url) DO UPDATE SET
+                 etag = excluded.etag, last_modified = excluded.last_modified,
+                 result_id = excluded.result_id",
+        )
+        .bind(json(&keep))
+        .execute(&mut **tx)
+        .await
+        .doing("remembering validators")?;
+    }
+    if !forget.is_empty() {
+        let forget: Vec<String> = forget.iter().map(|url| text(url).into_owned()).collect();
+        sqlx::query("DELETE FROM validators WHERE url = ANY($1::text[])")
+            .bind(&forget)
+            .execute(&mut **tx)
+            .await
+            .doing("remembering validators")?;
+    }
+    Ok(())
+}
+
+/// Queues the links of done pages as child jobs of their crawls, in page order.
+async fn queue_children(tx: &mut Tx<'_>, pages: &[&Attempt]) -> Result<(), StoreError> {
+    let links = decisions::links_to_queue(pages);
+    for slice in links.chunks(LINKS_PER_STATEMENT) {
+        queue_children_batch(tx, slice).await?;
+    }
+    Ok(())
+}
+
+/// One statement of `queue_children`: each link becomes a job of the parent's crawl unless
+/// the crawl has the URL already, within each crawl's page budget (`max_pages`, kept on
+/// its root job), counted in link order across the slice. The crawls' root rows are
+/// locked first (in id order, so two daemons cannot deadlock on them): PostgreSQL does
+/// not serialise writers as SQLite does, and two transactions counting the same budget
+/// at once would both see room for the last page.
+async fn queue_children_batch(
+    tx: &mut Tx<'_>,
+    links: &[decisions::Link<'_>],
+) -> Result<(), StoreError> {
+    const DOING: &str = "queueing links";
+    let runs = decisions::link_runs(links);
+    let mut roots: Vec<i64> = runs.iter().map(|run| run.1).collect();
+    roots.sort_unstable();
+    roots.dedup();
+    sqlx::query("SELECT id FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE")
+        .bind(&roots)
+        .execute(&mut **tx)
+        .await
+        .doing(DOING)?;
+    let queued: Vec<i64> = sqlx::query_scalar(
+        "WITH run AS MATERIALIZED (
+              SELECT x.ord AS position, (x.r ->> 0)::bigint AS parent_id,
+                     (x.r ->> 1)::bigint AS root_id, x.r ->> 2 AS host, x.r -> 3 AS urls
+                FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(r, ord)),
+          link AS MATERIALIZED (
+              SELECT r.position, u.ord AS n_in_run, r.parent_id, r.root_id, r.host, u.url
+                FROM run r
+               CROSS JOIN LATERAL jsonb_array_elements_text(r.urls) WITH ORDINALITY AS u(url, ord)
+               WHERE NOT EXISTS (SELECT 1 FROM jobs d
+                                  WHERE d.root_id = r.root_id AND d.canonical_url = u.url))
+         INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
+                           max_depth, scope, allow, deny, max_pages, parent_id, root_id,
+                           depth, crawl_host, recrawl_every)
+         SELECT url, host, url, priority, selectors, max_attempts, max_depth, scope, allow,
+                deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every
+           FROM (SELECT l.url, l.host, p.priority, p.selectors, p.max_attempts, p.max_depth,
+                        p.scope, p.allow, p.deny, p.max_pages, p.id AS parent_id, l.root_id,
+                        p.depth + 1 AS depth, COALESCE(p.crawl_host, p.host) AS crawl_host,
+                        p.recrawl_every, l.position, l.n_in_run,
+                        ROW_NUMBER() OVER (PARTITION BY l.root_id
+                                               ORDER BY l.position, l.n_in_run) AS n,
+                        -- No root row (deleted by the user) or no budget: no limit.
+                        -- (GREATEST skips NULLs: a crawl without max_pages must
+                        -- give NULL here, not 0.)
+                        (SELECT GREATEST(0, r.max_pages - r.crawl_size)
+                           FROM jobs r WHERE r.id = l.root_id AND r.max_pages IS NOT NULL) AS room
+                   FROM link l JOIN jobs p ON p.id = l.parent_id) AS candidate
+          WHERE room IS NULL OR n <= room
+          ORDER BY position, n_in_run
+         ON CONFLICT DO NOTHING
+         RETURNING root_id",
+    )
+    .bind(json(&runs))
+    .fetch_all(&mut **tx)
+    .await
+    .doing(DOING)?;
+    if queued.is_empty() {
+        return Ok(());
+    }
+    let (ids, added): (Vec<i64>, Vec<i64>) = decisions::count_per_root(&queued).into_iter().unzip();
+    sqlx::query(
+        "UPDATE jobs SET crawl_size = crawl_size + q.added
+           FROM unnest($1::bigint[], $2::bigint[]) AS q(id, added)
+          WHERE jobs.id = q.id",
+    )
+    .bind(&ids)
+    .bind(&added)
+    .execute(&mut **tx)
+    .await
+    .doing(DOING)?;
+    Ok(())
+}

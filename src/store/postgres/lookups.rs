@@ -1,0 +1,141 @@
+//! What the crawl asks while it runs: paused hosts, a URL in a crawl, robots.txt answers
+//! (read and kept), a stored body.
+
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::{json, PostgresStore};
+use crate::job::{ClaimedJob, JobId};
+use crate::store::decisions::hex;
+use crate::store::error::Doing;
+use crate::store::{FetchedRobots, RobotsAnswer, StoreError};
+
+impl PostgresStore {
+    /// Hosts still paused (Retry-After), with how long is left.
+    pub async fn active_pauses(&self) -> Result<Vec<(String, Duration)>, StoreError> {
+        let rows: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT host, EXTRACT(EPOCH FROM paused_until - now())::float8 FROM hosts
+              WHERE paused_until > now()",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading paused hosts")?;
+        Ok(rows
+            .into_iter()
+            .map(|(host, secs)| (host, Duration::from_secs_f64(secs.max(0.0))))
+            .collect())
+    }
+
+    /// The job of `asking`'s crawl whose URL is `canonical_url`, other than `asking` itself
+    /// and the rows `asking` left behind (its redirect target from an earlier fetch).
+    pub async fn crawl_job_for(
+        &self,
+        asking: &ClaimedJob,
+        canonical_url: &str,
+    ) -> Result<Option<JobId>, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs
+              WHERE root_id = $1 AND canonical_url = $2 AND id <> $3
+                AND NOT (parent_id IS NOT DISTINCT FROM $3 AND status = 'skipped')
+              ORDER BY id LIMIT 1",
+        )
+        .bind(asking.root_id)
+        .bind(super::text(canonical_url).as_ref())
+        .bind(asking.id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .doing("looking up a URL in a crawl")?;
+        Ok(id.map(JobId))
+    }
+
+    /// The stored robots.txt answer for `origin` while it is fresh, with how long it
+    /// still holds.
+    pub async fn robots(
+        &self,
+        origin: &str,
+    ) -> Result<Option<(RobotsAnswer, Duration)>, StoreError> {
+        const DOING: &str = "reading a cached robots.txt";
+        let row = sqlx::query(
+            "SELECT http_status, body, error,
+                    EXTRACT(EPOCH FROM expires_at - now())::float8 AS fresh_secs
+               FROM robots WHERE origin = $1 AND expires_at > now()",
+        )
+        .bind(origin)
+        .fetch_optional(&self.pool)
+        .await
+        .doing(DOING)?;
+        let Some(row) = row else { return Ok(None) };
+        let read = || -> Result<(RobotsAnswer, Duration), sqlx::Error> {
+            let status: Option<i64> = row.try_get("http_status")?;
+            let answer = match status {
+                Some(status) => RobotsAnswer::Fetched {
+                    status: u16::try_from(status).unwrap_or(0),
+                    body: row
+                        .try_get::<Option<Vec<u8>>, _>("body")?
+                        .unwrap_or_default(),
+                },
+                None => RobotsAnswer::Failed(
+                    row.try_get::<Option<String>, _>("error")?
+                        .unwrap_or_else(|| "no answer".to_owned()),
+                ),
+            };
+            let fresh: f64 = row.try_get("fresh_secs")?;
+            Ok((answer, Duration::from_secs_f64(fresh.max(0.0))))
+        };
+        read().map(Some).doing(DOING)
+    }
+
+    /// Keeps robots.txt answers, each for its `fresh_for` (replacing older ones), in one
+    /// statement.
+    pub async fn save_robots(&self, answers: &[FetchedRobots]) -> Result<(), StoreError> {
+        const DOING: &str = "storing robots.txt answers";
+        if answers.is_empty() {
+            return Ok(());
+        }
+        // Bodies are bytes, and JSON carries them as hex.
+        let rows: Vec<serde_json::Value> = answers
+            .iter()
+            .map(|fetched| {
+                let (status, body, error) = match &fetched.answer {
+                    RobotsAnswer::Fetched { status, body } => {
+                        (Some(*status), Some(hex(body)), None)
+                    }
+                    // NotAsked never reaches here (it is not kept); stored, it reads as Failed.
+                    RobotsAnswer::Failed(reason) | RobotsAnswer::NotAsked(reason) => {
+                        (None, None, Some(reason.as_str()))
+                    }
+                };
+                serde_json::json!({
+                    "origin": fetched.origin, "status": status, "body": body,
+                    "error": error, "fresh": fetched.fresh_for.as_secs_f64(),
+                })
+            })
+            .collect();
+        sqlx::query(concat!(
+            "INSERT INTO robots (origin, http_status, body, error, fetched_at, expires_at)
+             SELECT r.origin, r.status, decode(r.body, 'hex'), r.error, now(), ",
+            now_plus!("r.fresh"),
+            "  FROM jsonb_to_recordset($1::jsonb)
+                    AS r(origin text, status bigint, body text, error text, fresh float8)
+             ON CONFLICT (origin) DO UPDATE SET
+                 http_status = excluded.http_status, body = excluded.body,
+                 error = excluded.error, fetched_at = excluded.fetched_at,
+                 expires_at = excluded.expires_at"
+        ))
+        .bind(json(&rows))
+        .execute(&self.pool)
+        .await
+        .doing(DOING)?;
+        Ok(())
+    }
+
+    /// A stored body (`fetch.store_body`) as kept: gzip bytes. None if there is none.
+    pub async fn gzipped_body(&self, result_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT body FROM bodies WHERE result_id = $1")
+            .bind(result_id)
+            .fetch_optional(&self.pool)
+            .await
+            .doing("reading a stored body")
+    }
+}
