@@ -3,16 +3,14 @@
 //! descriptors within the limit (its connection cache is bounded), and fails no job for
 //! a shortage of its own.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{crawlq, user_connection, KillOnDrop};
 use async_std::io::{BufReadExt, WriteExt};
 use async_std::net::{TcpListener, TcpStream};
-use common::{crawlq, user_connection, KillOnDrop};
 use crawlq::runtime::{self, block_on};
 
 const HOSTS: usize = 2000;

@@ -1,7 +1,9 @@
 //! Property tests (proptest) for the code that takes arbitrary input: URL admission and
 //! canonicalisation, HTML parsing, and the log scrubber. 256 cases each in `cargo test`;
-//! `PROPTEST_CASES=100000 cargo test --release --test properties` runs longer (scripts/soak.sh).
-//! A failing case is saved in `tests/properties.proptest-regressions` and replayed on every run.
+//! `PROPTEST_CASES=100000 cargo test --release --test it properties::` runs longer
+//! (scripts/soak.sh). A failing case is saved in `tests/proptest-regressions/properties.txt`
+//! (proptest's place for it, beside the directory of the test program's `main.rs`) and
+//! replayed on every run.
 
 use std::collections::BTreeSet;
 

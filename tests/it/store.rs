@@ -1,11 +1,9 @@
 //! The store on a real SQLite file: its claim queries at sizes the daemon tests do not reach,
 //! and batches of results stored in one go.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{execute, test_settings, user_connection, TempDb};
+use crate::common::{execute, test_settings, user_connection, TempDb};
 use crawlq::runtime::block_on;
 use crawlq::store::{HostPick, Store};
 

@@ -2,14 +2,12 @@
 //! unchanged page into a 304 stored as `not_modified`, and non-HTML bodies are stored as
 //! they are (optionally the raw body too).
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::server::{Reply, TestServer};
-use common::{wait_until, RunningDaemon};
+use crate::common::server::{Reply, TestServer};
+use crate::common::{wait_until, RunningDaemon};
 use crawlq::runtime::block_on;
 
 /// A page with an ETag and a Last-Modified date whose version becomes "v2" from the

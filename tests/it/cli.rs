@@ -1,15 +1,13 @@
 //! The built `crawlq` binary, run the way a user runs it: the README's three-line flow,
 //! SIGTERM handling, the other subcommands and configuration errors.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::{Reply, TestServer};
-use common::{
-    crawlq, insert_job, job_row, sigterm, spawn_daemon, stderr_of, user_connection,
+use crate::common::server::{Reply, TestServer};
+use crate::common::{
+    self, crawlq, insert_job, job_row, sigterm, spawn_daemon, stderr_of, user_connection,
     wait_for_database, wait_until, KillOnDrop, DEADLINE,
 };
 use crawlq::runtime::{self, block_on};

@@ -2,14 +2,12 @@
 //! across a restart), Crawl-delay seen in the server's arrival times, and an unreachable
 //! robots.txt holding the whole host back (RFC 9309), within the job's attempts.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::server::{Reply, TestServer};
-use common::{assert_spaced, gaps, wait_until, RunningDaemon};
+use crate::common::server::{Reply, TestServer};
+use crate::common::{self, assert_spaced, gaps, wait_until, RunningDaemon};
 use crawlq::runtime::block_on;
 use crawlq::settings::Settings;
 

@@ -2,10 +2,8 @@
 //! loopback, link-local and other non-public destinations are refused, by address or by a
 //! name that resolves to one, on the first request and on a redirect hop.
 
-mod common;
-
-use common::server::{Reply, TestServer};
-use common::RunningDaemon;
+use crate::common::server::{Reply, TestServer};
+use crate::common::RunningDaemon;
 use crawlq::destinations::AddressPolicy;
 use crawlq::runtime::block_on;
 

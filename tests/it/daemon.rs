@@ -1,15 +1,13 @@
 //! The daemon in-process, against real local HTTP servers and a real SQLite file; jobs are
 //! inserted and results read with plain SQL from a separate connection.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::server::{Reply, TestServer};
-use common::{execute, gaps, insert_job, wait_until, RunningDaemon, TempDb};
+use crate::common::server::{Reply, TestServer};
+use crate::common::{self, execute, gaps, insert_job, wait_until, RunningDaemon, TempDb};
 use crawlq::runtime::block_on;
 
 #[test]

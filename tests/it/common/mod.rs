@@ -1,5 +1,3 @@
-#![allow(dead_code)] // each test binary uses only part of this module
-
 //! Shared test helpers: start crawlq the way `main` does (in-process or the built binary)
 //! on a fresh SQLite file in a temp dir, talk to it with plain SQL from a second
 //! connection, and wait on conditions with deadlines.
@@ -314,8 +312,6 @@ pub async fn execute(sql: &SqlitePool, statement: &'static str) {
 
 #[derive(Debug, Clone)]
 pub struct JobRow {
-    pub id: i64,
-    pub url: String,
     pub status: String,
     pub attempts: i64,
     pub error: Option<String>,
@@ -325,18 +321,13 @@ pub struct JobRow {
 
 pub async fn job_row(sql: &SqlitePool, id: i64) -> JobRow {
     let row = sqlx::query(
-        // A test may store a blob in `url` on purpose; show it as its SQL literal.
-        "SELECT id, CASE typeof(url) WHEN 'text' THEN url ELSE quote(url) END AS url,
-                status, attempts, error, finished_at, lease_owner
-           FROM jobs WHERE id = ?1",
+        "SELECT status, attempts, error, finished_at, lease_owner FROM jobs WHERE id = ?1",
     )
     .bind(id)
     .fetch_one(sql)
     .await
     .expect("job row exists");
     JobRow {
-        id: row.get("id"),
-        url: row.get("url"),
         status: row.get("status"),
         attempts: row.get("attempts"),
         error: row.get("error"),

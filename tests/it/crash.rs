@@ -1,8 +1,6 @@
 //! Crash safety through the built binary: a crawl of a few thousand local pages survives
 //! `kill -9` at random moments, restart after restart, and nothing is lost or doubled.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::server::{Reply, TestServer};
-use common::{
+use crate::common::server::{Reply, TestServer};
+use crate::common::{
     exit_within, sigterm, size_from_env, user_connection, wait_for_workers, wait_until, KillOnDrop,
     DEADLINE,
 };

@@ -3,16 +3,14 @@
 //! the settings the README documents (WAL, a busy timeout on every side). Neither side may
 //! see `database is locked`, and every inserted job is crawled.
 
-mod common;
-
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::TestServer;
-use common::{
+use crate::common::server::TestServer;
+use crate::common::{
     exit_within, size_from_env, user_connection, wait_for_workers, wait_until, KillOnDrop, DEADLINE,
 };
 use crawlq::runtime::{self, block_on};

@@ -1,12 +1,10 @@
 //! Crawls: link following through the real daemon, against a small generated site on two
 //! loopback hosts, with exact expected page sets.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::server::{Reply, TestServer};
-use common::{wait_until, RunningDaemon};
+use crate::common::server::{Reply, TestServer};
+use crate::common::{wait_until, RunningDaemon};
 use crawlq::runtime::block_on;
 
 /// The site on 127.0.0.1: each path and the links on its page. "{other}" is the second

@@ -1,8 +1,6 @@
 //! Servers that misbehave on purpose, at the byte level: each job ends `done` or `failed`
 //! with a readable reason within the timeout, and the daemon keeps serving other jobs.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,8 +8,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::server::{Reply, TestServer};
-use common::RunningDaemon;
+use crate::common::server::{Reply, TestServer};
+use crate::common::RunningDaemon;
 use crawlq::runtime::block_on;
 
 /// A loopback server that answers each request by running `behave` on the raw socket,

@@ -2,8 +2,6 @@
 //! file it may not write, a file deleted or replaced. Each time the daemon says why, does
 //! not spin, and fails no job for it.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,10 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::server::{Reply, TestServer};
-use common::{
-    crawlq, exit_within, sigterm, spawn_daemon, stderr_of, user_connection, wait_for_database,
-    wait_for_workers, wait_until, KillOnDrop, DEADLINE,
+use crate::common::server::{Reply, TestServer};
+use crate::common::{
+    self, crawlq, exit_within, sigterm, spawn_daemon, stderr_of, user_connection,
+    wait_for_database, wait_for_workers, wait_until, KillOnDrop, DEADLINE,
 };
 use crawlq::runtime::{self, block_on};
 use sqlx::SqlitePool;

@@ -1,0 +1,26 @@
+//! crawlq's integration tests, as one test program: each module below was a test binary of
+//! its own, and as one they link the daemon, curl and sqlx once instead of once each.
+//! `common` holds what they share: starting crawlq the way `main` does (in-process, or the
+//! built binary), a fresh SQLite file in a temp dir, the test HTTP server, and waiting on
+//! conditions with a deadline.
+//!
+//! One module: `cargo test --test it store::`; one test: `cargo test --test it NAME`.
+//! The tests of every module run in one process, in parallel: a test must not change
+//! what the process shares (its environment, working directory, limits or signal
+//! handling); it sets those on the children it spawns instead.
+
+mod cli;
+mod common;
+mod contention;
+mod crash;
+mod crawl;
+mod daemon;
+mod database_trouble;
+mod dockerfile;
+mod hostile;
+mod many_hosts;
+mod properties;
+mod refetch;
+mod robots;
+mod security;
+mod store;
