@@ -12,6 +12,7 @@
 mod cli;
 mod common;
 mod contention;
+mod contract;
 mod crash;
 mod crawl;
 mod daemon;
@@ -19,6 +20,7 @@ mod database_trouble;
 mod dockerfile;
 mod hostile;
 mod many_hosts;
+mod postgres;
 mod properties;
 mod refetch;
 mod robots;

@@ -2,6 +2,7 @@
 //! on a fresh SQLite file in a temp dir, talk to it with plain SQL from a second
 //! connection, and wait on conditions with deadlines.
 
+pub mod postgres;
 pub mod server;
 
 use std::future::Future;
