@@ -5,9 +5,13 @@
 //! conditions with a deadline.
 //!
 //! One module: `cargo test --test it store::`; one test: `cargo test --test it NAME`.
-//! The tests of every module run in one process, in parallel: a test must not change
-//! what the process shares (its environment, working directory, limits or signal
-//! handling); it sets those on the children it spawns instead.
+//!
+//! The tests of every module run in one process, several at a time, so none may change
+//! what the process shares (its environment, working directory, limits, signal handling):
+//! a test sets those on the children it spawns. Shared all the same: the async-std
+//! executor and `run_cpu_bound`'s slots, used by every daemon started in-process, and the
+//! descriptor limit, which such a daemon raises for the whole process as `crawlq run`
+//! does for itself.
 
 mod cli;
 mod common;
