@@ -4,6 +4,9 @@
 #   bench/throughput.sh [N]        N pages (default 20000)
 #   CRAWLQ_BIN=path  WRK_SECS=10   the binary to measure (default: target/release/crawlq,
 #                                  built if missing) and how long wrk runs
+#   DATABASE_URL=postgres://…      crawl into this PostgreSQL database (emptied first: its
+#                                  crawlq tables are dropped) instead of a new SQLite file;
+#                                  psql must be installed
 #
 # 1. Generates a deterministic site of N pages (seed 42), ~12-20 KB of HTML each: a title,
 #    a meta description, a nav, paragraphs, a `span.price`, ~20 links to other pages of the
@@ -13,7 +16,7 @@
 #    server on 127.0.0.2 (access log on) for the off-site links.
 # 3. wrk, 64 connections over 2 threads, cycling through all N URLs: the raw fetch ceiling
 #    of this machine.
-# 4. crawlq through the real binary and a real SQLite file: one job for /index.html with
+# 4. crawlq through the real binary and a real SQLite file (or DATABASE_URL): one job for /index.html with
 #    unlimited depth (scope: same host), limits raised, 64 in flight, selectors for the
 #    title and span.price, `run --exit-when-idle`, start to exit, under /usr/bin/time -v.
 # 5. Checks exactly N pages were stored, each once, with the right title, price and link
@@ -106,10 +109,21 @@ printf 'wrk:    %8.0f req/s (64 connections, %s s%s)\n' "$wrk_rps" "$WRK_SECS" \
   "$([ "$wrk_errors" -eq 0 ] || echo ", ERRORS: see below")"
 [ "$wrk_errors" -eq 0 ] || echo "$wrk_out"
 
-db="$work/bench.db"
-"$CRAWLQ_BIN" migrate --database "$db" >/dev/null
-sqlite3 "$db" "INSERT INTO jobs (url, selectors, max_depth)
+seed="INSERT INTO jobs (url, selectors, max_depth)
   VALUES ('http://127.0.0.1:$PORT/index.html', '{\"title\": \"title\", \"price\": \"span.price\"}', 1000000000)"
+if [[ ${DATABASE_URL:-} == postgres* ]]; then
+  need psql
+  db=$DATABASE_URL
+  psql -q "$db" -c "DROP TABLE IF EXISTS bodies, validators, results, robots, hosts, workers, jobs, _sqlx_migrations CASCADE;
+                    DROP VIEW IF EXISTS latest_results, host_stats, worker_status;
+                    DROP FUNCTION IF EXISTS crawlq_jobs_written, crawlq_jobs_inserted CASCADE" 2>/dev/null
+  "$CRAWLQ_BIN" migrate --database "$db" >/dev/null
+  psql -q "$db" -c "$seed"
+else
+  db="$work/bench.db"
+  "$CRAWLQ_BIN" migrate --database "$db" >/dev/null
+  sqlite3 "$db" "$seed"
+fi
 export CRAWLQ__LIMITS__PER_HOST_RPS=1000000 CRAWLQ__LIMITS__PER_HOST_BURST=1000
 export CRAWLQ__LIMITS__PER_HOST_IN_FLIGHT=64 CRAWLQ__LIMITS__MAX_IN_FLIGHT=64
 export CRAWLQ__CRAWL__OBEY_ROBOTS=false
@@ -119,17 +133,26 @@ start=$(date +%s.%N)
 end=$(date +%s.%N)
 
 python3 - "$work" "$db" "$N" "$start" "$end" "$wrk_rps" <<'PY'
-import json, os, sqlite3, sys
+import json, os, sqlite3, subprocess, sys
 work, db, n, start, end, wrk_rps = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
 expected = json.load(open(f"{work}/expected.json"))
 time = dict(line.strip().rsplit(": ", 1) for line in open(f"{work}/time.txt") if ": " in line)
 cpu = float(time["User time (seconds)"]) + float(time["System time (seconds)"])
 rss_mb = int(time["Maximum resident set size (kbytes)"]) / 1024
 wall = end - start
-sql = sqlite3.connect(db)
-rows = sql.execute("""SELECT j.url, r.title, json_extract(r.data, '$.price[0]'), r.links
-                        FROM jobs j JOIN results r ON r.job_id = j.id""").fetchall()
-statuses = dict(sql.execute("SELECT status, COUNT(*) FROM jobs GROUP BY 1").fetchall())
+if db.startswith("postgres"):
+    def query(text):
+        out = subprocess.run(["psql", "-At", db, "-c", f"SELECT json_build_array(t.*) FROM ({text}) t"],
+                             check=True, capture_output=True, text=True).stdout
+        return [tuple(json.loads(line)[0].values()) for line in out.splitlines() if line]
+    rows = query("""SELECT j.url, r.title, r.data -> 'price' ->> 0, r.links::text
+                      FROM jobs j JOIN results r ON r.job_id = j.id""")
+else:
+    sql = sqlite3.connect(db)
+    query = lambda text: sql.execute(text).fetchall()
+    rows = query("""SELECT j.url, r.title, json_extract(r.data, '$.price[0]'), r.links
+                      FROM jobs j JOIN results r ON r.job_id = j.id""")
+statuses = dict(query("SELECT status, COUNT(*) FROM jobs GROUP BY 1"))
 stored = {}
 for url, title, price, links in rows:
     stored.setdefault(url, []).append((title, price, sorted(set(json.loads(links)))))
@@ -149,7 +172,7 @@ for url, results in stored.items():
 if wrong:
     problems.append(f"{wrong} pages with a wrong title, price or link set")
 off_site = os.path.getsize(f"{work}/off-site.log") if os.path.exists(f"{work}/off-site.log") else 0
-off_jobs = sql.execute("SELECT COUNT(*) FROM jobs WHERE url NOT LIKE 'http://127.0.0.1:%'").fetchone()[0]
+off_jobs = query("SELECT COUNT(*) FROM jobs WHERE url NOT LIKE 'http://127.0.0.1:%'")[0][0]
 if off_site or off_jobs:
     problems.append(f"off-site: {off_site} bytes of access log, {off_jobs} jobs")
 pages_per_sec = len(rows) / wall
