@@ -479,11 +479,14 @@ fn a_slow_host_does_not_starve_a_fast_one() {
             Reply::html("<title>slow</title>").with_delay(Duration::from_secs(2))
         });
         let fast = TestServer::pages("127.0.0.4");
+        // Room for 8 requests in all, so that only the per-host cap can keep the slow host
+        // (40 jobs waiting, 2 s each) to 2 at once.
+        const PER_HOST: usize = 2;
         let daemon = RunningDaemon::start_on(
             TempDb::new(),
             |s| {
-                s.limits.max_in_flight = 4.try_into().unwrap();
-                s.limits.per_host.in_flight = 2.try_into().unwrap();
+                s.limits.max_in_flight = 8.try_into().unwrap();
+                s.limits.per_host.in_flight = PER_HOST.try_into().unwrap();
             },
             |sql| {
                 let (slow, fast) = (slow.url("/s"), fast.url("/f"));
@@ -517,6 +520,12 @@ fn a_slow_host_does_not_starve_a_fast_one() {
             }
         })
         .await;
+        // The slow host is sent as many requests at once as its cap allows...
+        wait_until(
+            "the slow host to answer its cap of requests at once",
+            || async { slow.most_at_once() >= PER_HOST },
+        )
+        .await;
         let slow_done: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE url LIKE '%/s%' AND status = 'done'",
         )
@@ -532,6 +541,17 @@ fn a_slow_host_does_not_starve_a_fast_one() {
             "slow host kept within its in-flight cap"
         );
         daemon.stop().await;
+        // ...and never more, all the while it ran (the global cap would have let it have 8).
+        assert_eq!(
+            slow.most_at_once(),
+            PER_HOST,
+            "requests at once at the slow host"
+        );
+        assert!(
+            fast.most_at_once() <= PER_HOST,
+            "{} requests at once at the fast host",
+            fast.most_at_once()
+        );
     });
 }
 

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -154,6 +154,10 @@ type Handler = dyn Fn(&Request) -> Reply + Send + Sync + 'static;
 struct Shared {
     handler: Box<Handler>,
     hits: Mutex<Vec<Hit>>,
+    /// Requests being answered now, and the most there ever were at once (see
+    /// [`TestServer::most_at_once`]).
+    answering: AtomicUsize,
+    most_at_once: AtomicUsize,
     /// Set by `Drop`. The accept loop and idle connections check it.
     stop: AtomicBool,
 }
@@ -200,6 +204,8 @@ impl TestServer {
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
             hits: Mutex::new(Vec::new()),
+            answering: AtomicUsize::new(0),
+            most_at_once: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
         let for_thread = Arc::clone(&shared);
@@ -253,6 +259,15 @@ impl TestServer {
             .filter(|h| h.path != "/robots.txt")
             .cloned()
             .collect()
+    }
+
+    /// The most requests this server was answering at the same time, each from its head
+    /// arriving to its reply written (a delayed reply counts for its whole delay). With a
+    /// loopback address of its own, a server is one host to the daemon (whose limits go by
+    /// host, not port), and this is what the daemon's per-host in-flight cap bounds. A
+    /// request the daemon gave up on (its timeout) still counts until its reply is written.
+    pub fn most_at_once(&self) -> usize {
+        self.shared.most_at_once.load(Ordering::SeqCst)
     }
 
     /// Requests whose target is exactly `path` (the query counts too).
@@ -360,6 +375,7 @@ fn serve_one(stream: &mut TcpStream, buf: &mut Vec<u8>, shared: &Shared) -> io::
         headers: req.headers.clone(),
         at,
     });
+    let _answering = Answering::start(shared);
 
     // HTTP/1.1 defaults to keep-alive; HTTP/1.0 (or anything else) closes.
     let mut keep_alive = version == "HTTP/1.1" && !has_token(&req.headers, "connection", "close");
@@ -398,6 +414,24 @@ fn serve_one(stream: &mut TcpStream, buf: &mut Vec<u8>, shared: &Shared) -> io::
     }
     write_response(stream, &reply, req.method == "HEAD", keep_alive)?;
     Ok(keep_alive)
+}
+
+/// A request being answered, counted in `Shared::answering` until dropped: after its reply
+/// is written, or when the connection fails.
+struct Answering<'s>(&'s Shared);
+
+impl<'s> Answering<'s> {
+    fn start(shared: &'s Shared) -> Answering<'s> {
+        let now = shared.answering.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.most_at_once.fetch_max(now, Ordering::SeqCst);
+        Answering(shared)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Reads more bytes into `buf`. `Ok(0)` means the client closed.
