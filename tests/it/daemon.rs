@@ -558,7 +558,10 @@ fn a_slow_host_does_not_starve_a_fast_one() {
 #[test]
 fn higher_priority_runs_first_within_a_host() {
     block_on(async {
-        let server = TestServer::pages("127.0.0.1");
+        // Replies take long enough that requests sent together would overlap at the server.
+        let server = TestServer::start("127.0.0.1", |_| {
+            Reply::html("<title>page</title>").with_delay(Duration::from_millis(50))
+        });
         let daemon = RunningDaemon::start_on(
             TempDb::new(),
             |s| s.limits.per_host.in_flight = 1.try_into().unwrap(),
@@ -581,6 +584,8 @@ fn higher_priority_runs_first_within_a_host() {
         let order: Vec<String> = server.hits().into_iter().map(|h| h.path).collect();
         assert_eq!(order, ["/top", "/mid", "/mid2", "/low"]);
         daemon.stop().await;
+        // Each ran before the next began: the host's cap of 1, not only the order of claims.
+        assert_eq!(server.most_at_once(), 1, "requests at once");
     });
 }
 
