@@ -1358,6 +1358,9 @@ fn results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_
         let server = TestServer::pages("127.0.0.1");
         let daemon = RunningDaemon::start(|s| {
             s.limits.max_in_flight = std::num::NonZeroUsize::new(3).unwrap();
+            // A healthy daemon renews its leases every lease / 3: with 600 s leases, not
+            // during this test, so each renewal it makes is one of a failing turn (below).
+            s.daemon.lease = Duration::from_secs(600);
         })
         .await;
         // Results cannot be written (as on a full disk), while claims still can.
@@ -1367,6 +1370,30 @@ fn results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_
              BEGIN SELECT RAISE(ABORT, 'simulated full disk'); END",
         )
         .await;
+        // Each turn that failed to store (it retries once a second) renews the leases of the
+        // jobs the daemon holds, so that they do not lapse while it cannot store. The failed
+        // store itself leaves no trace in the database; those renewals do: one row per job
+        // renewed, all of one renewal with the same expiry.
+        execute(
+            &daemon.sql,
+            "CREATE TABLE renewals (lease_expires_at TEXT NOT NULL)",
+        )
+        .await;
+        execute(
+            &daemon.sql,
+            "CREATE TRIGGER renewal AFTER UPDATE OF lease_expires_at ON jobs
+             WHEN OLD.status = 'running' AND NEW.status = 'running'
+             BEGIN INSERT INTO renewals VALUES (NEW.lease_expires_at); END",
+        )
+        .await;
+        let sql = &daemon.sql;
+        let count = |query: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(query)
+                .fetch_one(sql)
+                .await
+                .unwrap()
+        };
+        let failed_turns = || count("SELECT COUNT(DISTINCT lease_expires_at) FROM renewals");
         let mut ids = Vec::new();
         for i in 0..10 {
             ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
@@ -1375,24 +1402,39 @@ fn results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_
             server.hits().len() >= 3
         })
         .await;
+        wait_until("a turn that failed to store", || async {
+            failed_turns().await >= 1
+        })
+        .await;
         // A response that is in frees its request's slot, so one more round of three may be
         // claimed before the first failed store is known; after it, results hold their
-        // slots until they are stored.
-        crawlq::runtime::sleep(Duration::from_millis(1500)).await;
+        // slots until they are stored, and what was claimed is all that is fetched.
+        wait_until("every claimed job to be fetched", || async {
+            let claimed = count("SELECT COUNT(*) FROM jobs WHERE status = 'running'").await;
+            server.hits().len() as i64 == claimed
+        })
+        .await;
         let settled = server.hits().len();
         assert!(settled <= 6, "{settled} fetched before claiming stopped");
         // Several store retries (one a second) later, nothing more has been claimed.
-        crawlq::runtime::sleep(Duration::from_millis(2500)).await;
+        let before = failed_turns().await;
+        wait_until("three more turns that failed to store", || async {
+            failed_turns().await >= before + 3
+        })
+        .await;
         assert_eq!(
             server.hits().len(),
             settled,
             "it claimed while it could not store"
         );
-        let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'failed'")
-            .fetch_one(&daemon.sql)
-            .await
-            .unwrap();
+        let claimed = count("SELECT COUNT(*) FROM jobs WHERE status = 'running'").await;
+        assert_eq!(
+            claimed as usize, settled,
+            "jobs claimed while it could not store"
+        );
+        let failed = count("SELECT COUNT(*) FROM jobs WHERE status = 'failed'").await;
         assert_eq!(failed, 0);
+        let retried = failed_turns().await;
 
         execute(&daemon.sql, "DROP TRIGGER no_room").await;
         daemon.wait_all_done(&ids).await;
@@ -1402,6 +1444,10 @@ fn results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_
             "each page fetched once, none again"
         );
         let report = daemon.stop().await;
-        assert!(report.store_errors >= 2, "{report:?}");
+        // Each of those turns had first tried to store, and failed.
+        assert!(
+            report.store_errors >= retried as u64,
+            "{retried} failing turns seen, {report:?}"
+        );
     });
 }
