@@ -205,7 +205,7 @@ impl Robots {
             .push(FetchedRobots {
                 origin: origin.to_owned(),
                 answer: answer.clone(),
-                fresh_for,
+                expires: Instant::now() + fresh_for,
             });
         (answer, fresh_for)
     }

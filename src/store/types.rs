@@ -1,7 +1,7 @@
 //! The types the store speaks in, shared by every backend: what it is given and what it
 //! returns besides the domain types of `job`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -201,6 +201,17 @@ pub enum RobotsAnswer {
 pub struct FetchedRobots {
     pub origin: String,
     pub answer: RobotsAnswer,
-    /// How long the answer holds from when it is stored.
-    pub fresh_for: Duration,
+    /// When the answer stops holding: its fetch plus how long it is trusted, the same
+    /// moment the copy in memory expires.
+    pub expires: Instant,
+}
+
+impl FetchedRobots {
+    /// How long the answer still holds, for the stored copy. Measured from the fetch, not
+    /// from the save (a turn later): a stored copy that outlived the one in memory would be
+    /// read back as fresh by the retry it was meant to wait for, and use up an attempt
+    /// without asking the site again.
+    pub fn fresh_for(&self) -> Duration {
+        self.expires.saturating_duration_since(Instant::now())
+    }
 }

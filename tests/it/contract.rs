@@ -3,7 +3,7 @@
 //! throwaway PostgreSQL server (`contract::postgres::NAME`), through the same `Store`
 //! methods and the daemon, with the user's SQL written so that both accept it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
@@ -514,12 +514,12 @@ async fn robots_answers_and_host_pauses_are_kept(backend: Backend) {
                     status: 200,
                     body: body.clone(),
                 },
-                fresh_for: Duration::from_secs(3600),
+                expires: Instant::now() + Duration::from_secs(3600),
             },
             FetchedRobots {
                 origin: "http://b.test:8080".into(),
                 answer: RobotsAnswer::Failed("timed out".into()),
-                fresh_for: Duration::from_secs(60),
+                expires: Instant::now() + Duration::from_secs(60),
             },
         ])
         .await

@@ -108,7 +108,7 @@ impl PostgresStore {
                 };
                 serde_json::json!({
                     "origin": fetched.origin, "status": status, "body": body,
-                    "error": error, "fresh": fetched.fresh_for.as_secs_f64(),
+                    "error": error, "fresh": fetched.fresh_for().as_secs_f64(),
                 })
             })
             .collect();

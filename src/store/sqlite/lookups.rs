@@ -117,7 +117,7 @@ impl SqliteStore {
                     status,
                     body,
                     error,
-                    fetched.fresh_for.as_secs_f64()
+                    fetched.fresh_for().as_secs_f64()
                 ])
             })
             .collect();
