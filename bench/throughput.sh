@@ -116,7 +116,7 @@ if [[ ${DATABASE_URL:-} == postgres* ]]; then
   db=$DATABASE_URL
   psql -q "$db" -c "DROP TABLE IF EXISTS bodies, validators, results, robots, hosts, workers, jobs, _sqlx_migrations CASCADE;
                     DROP VIEW IF EXISTS latest_results, host_stats, worker_status;
-                    DROP FUNCTION IF EXISTS crawlq_jobs_written, crawlq_jobs_inserted CASCADE" 2>/dev/null
+                    DROP FUNCTION IF EXISTS crawlq_jobs_written, crawlq_jobs_inserted, crawlq_run_after_now, crawlq_url_changed, crawlq_touched CASCADE" 2>/dev/null
   "$CRAWLQ_BIN" migrate --database "$db" >/dev/null
   psql -q "$db" -c "$seed"
 else

@@ -74,33 +74,46 @@ CREATE UNIQUE INDEX jobs_crawl_url ON jobs (root_id, canonical_url)
     WHERE root_id IS NOT NULL AND canonical_url IS NOT NULL;
 CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
 
--- What users write, kept consistent for the daemon: a NULL run_after means now; a job
--- whose URL is edited is validated again (and a running one goes back to the queue: its
--- lease is gone, so the old URL's result cannot be stored under the new URL); updated_at
--- stays honest for changes made by users (the daemon sets it itself).
-CREATE FUNCTION crawlq_jobs_written() RETURNS trigger LANGUAGE plpgsql AS $$
+-- What users write, kept consistent for the daemon. Each trigger has a WHEN clause, so the
+-- daemon's own updates (which set updated_at and never touch url) call no function.
+-- A NULL run_after means now.
+CREATE FUNCTION crawlq_run_after_now() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.run_after IS NULL THEN
-        NEW.run_after := now();
-    END IF;
-    IF TG_OP = 'UPDATE' THEN
-        IF NEW.url IS DISTINCT FROM OLD.url THEN
-            NEW.host := NULL;
-            IF NEW.status = 'running' THEN
-                NEW.status := 'queued';
-            END IF;
-            NEW.lease_owner := NULL;
-            NEW.lease_expires_at := NULL;
-        END IF;
-        IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
-            NEW.updated_at := now();
-        END IF;
-    END IF;
+    NEW.run_after := now();
     RETURN NEW;
 END;
 $$;
-CREATE TRIGGER jobs_written BEFORE INSERT OR UPDATE ON jobs
-    FOR EACH ROW EXECUTE FUNCTION crawlq_jobs_written();
+CREATE TRIGGER jobs_run_after_now_on_insert BEFORE INSERT ON jobs
+    FOR EACH ROW WHEN (NEW.run_after IS NULL) EXECUTE FUNCTION crawlq_run_after_now();
+CREATE TRIGGER jobs_run_after_now_on_update BEFORE UPDATE OF run_after ON jobs
+    FOR EACH ROW WHEN (NEW.run_after IS NULL) EXECUTE FUNCTION crawlq_run_after_now();
+
+-- A job whose URL is edited is validated again, and a running one goes back to the queue:
+-- its lease is gone, so the old URL's result cannot be stored under the new URL.
+CREATE FUNCTION crawlq_url_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.host := NULL;
+    IF NEW.status = 'running' THEN
+        NEW.status := 'queued';
+    END IF;
+    NEW.lease_owner := NULL;
+    NEW.lease_expires_at := NULL;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER jobs_url_changed BEFORE UPDATE OF url ON jobs
+    FOR EACH ROW WHEN (NEW.url IS DISTINCT FROM OLD.url) EXECUTE FUNCTION crawlq_url_changed();
+
+-- updated_at stays honest for changes made by users (the daemon sets it itself).
+CREATE FUNCTION crawlq_touched() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER jobs_touched BEFORE UPDATE ON jobs
+    FOR EACH ROW WHEN (NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at)
+    EXECUTE FUNCTION crawlq_touched();
 
 -- New jobs wake the daemons: one NOTIFY per statement (however many rows it inserted),
 -- delivered when the transaction commits. Daemons LISTEN on `crawlq_jobs` and poll too.

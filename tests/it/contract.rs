@@ -203,6 +203,7 @@ on_both_backends!(
     status_and_workers_read_the_same,
     a_daemon_crawls_what_users_insert_while_it_runs_and_drains_on_stop,
     a_second_daemon_on_the_same_database_is_refused,
+    what_users_write_is_kept_consistent_for_the_daemon,
 );
 
 /// Jobs the daemon has admitted (host set), inserted as the test's SQL: (url, host,
@@ -742,4 +743,65 @@ async fn a_second_daemon_on_the_same_database_is_refused(backend: Backend) {
     first.stop().await;
     // Once the first has stopped, a daemon starts.
     InProcess::start(db.settings.clone()).await.stop().await;
+}
+
+async fn what_users_write_is_kept_consistent_for_the_daemon(backend: Backend) {
+    let Some(db) = Db::new(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    // A NULL run_after means now, on INSERT and on UPDATE.
+    let id = db
+        .user
+        .int("INSERT INTO jobs (url, run_after) VALUES ('http://a.test/1', NULL) RETURNING id")
+        .await;
+    admit_all(&store).await;
+    assert_eq!(store.hosts_with_due_jobs("", 10).await.unwrap(), ["a.test"]);
+    let claimed = store
+        .claim("d/1", Duration::from_secs(60), &[pick("a.test", 1)], false)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let updated_at = db
+        .user
+        .text(&format!(
+            "SELECT CAST(updated_at AS TEXT) FROM jobs WHERE id = {id}"
+        ))
+        .await;
+    // The user edits the URL of the running job: it goes back to admission, its lease
+    // gone, and the old URL's result is not stored.
+    db.user
+        .execute(&format!(
+            "UPDATE jobs SET url = 'http://b.test/1' WHERE id = {id}"
+        ))
+        .await;
+    let (status, host, lease): (String, Option<String>, Option<String>) = (
+        db.user.status_of(id).await,
+        db.user
+            .text(&format!("SELECT host FROM jobs WHERE id = {id}"))
+            .await,
+        db.user
+            .text(&format!("SELECT lease_owner FROM jobs WHERE id = {id}"))
+            .await,
+    );
+    assert_eq!((status.as_str(), host, lease), ("queued", None, None));
+    assert_ne!(
+        db.user
+            .text(&format!(
+                "SELECT CAST(updated_at AS TEXT) FROM jobs WHERE id = {id}"
+            ))
+            .await,
+        updated_at,
+        "updated_at follows the user's change"
+    );
+    let report = store.finish(&[done(&claimed[0], &[])]).await.unwrap();
+    assert_eq!(report.lost, [(claimed[0].id, 1)]);
+    assert_eq!(db.user.int("SELECT COUNT(*) FROM results").await, 0);
+    admit_all(&store).await;
+    assert_eq!(store.hosts_with_due_jobs("", 10).await.unwrap(), ["b.test"]);
+    db.user
+        .execute(&format!("UPDATE jobs SET run_after = NULL WHERE id = {id}"))
+        .await;
+    assert_eq!(store.hosts_with_due_jobs("", 10).await.unwrap(), ["b.test"]);
+    store.close().await;
 }

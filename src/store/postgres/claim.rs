@@ -84,8 +84,9 @@ impl PostgresStore {
             ",
                     attempts = LEAST(GREATEST(attempts, 0), 2147483647) + 1,
                     updated_at = now()
-               FROM picked
-              WHERE jobs.id = picked.id
+              -- An array, not a join: the planner guesses 100 rows for `unnest` and would
+              -- hash all of `jobs` to find a handful by id.
+              WHERE jobs.id = ANY (ARRAY(SELECT id FROM picked))
           RETURNING jobs.id, jobs.lease_owner, jobs.url, jobs.host, jobs.attempts,
                     COALESCE(jobs.root_id, jobs.id) AS root_id, jobs.max_depth, jobs.depth,
                     jobs.scope, jobs.allow, jobs.deny, jobs.crawl_host, jobs.max_attempts,

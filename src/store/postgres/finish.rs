@@ -456,33 +456,44 @@ async fn queue_children_batch(
         .await
         .doing(DOING)?;
     let queued: Vec<i64> = sqlx::query_scalar(
+        // The LATERAL subqueries with LIMIT keep each lookup an index probe: as joins, the
+        // planner (which guesses 100 rows for any JSON array) hashed the whole `jobs`
+        // table for every batch, and a crawl got slower with every page it stored.
         "WITH run AS MATERIALIZED (
-              SELECT x.ord AS position, (x.r ->> 0)::bigint AS parent_id,
-                     (x.r ->> 1)::bigint AS root_id, x.r ->> 2 AS host, x.r -> 3 AS urls
-                FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(r, ord)),
+              SELECT x.ord AS position, (x.r ->> 1)::bigint AS root_id, x.r ->> 2 AS host,
+                     x.r -> 3 AS urls, p.*
+                FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(r, ord)
+               CROSS JOIN LATERAL (
+                     SELECT p.id AS parent_id, p.priority, p.selectors, p.max_attempts,
+                            p.max_depth, p.scope, p.allow, p.deny, p.max_pages,
+                            p.depth + 1 AS depth, COALESCE(p.crawl_host, p.host) AS crawl_host,
+                            p.recrawl_every
+                       FROM jobs p WHERE p.id = (x.r ->> 0)::bigint LIMIT 1) p),
           link AS MATERIALIZED (
-              SELECT r.position, u.ord AS n_in_run, r.parent_id, r.root_id, r.host, u.url
+              SELECT r.*, u.ord AS n_in_run, u.url
                 FROM run r
                CROSS JOIN LATERAL jsonb_array_elements_text(r.urls) WITH ORDINALITY AS u(url, ord)
-               WHERE NOT EXISTS (SELECT 1 FROM jobs d
-                                  WHERE d.root_id = r.root_id AND d.canonical_url = u.url))
+                LEFT JOIN LATERAL (SELECT 1 AS found FROM jobs d
+                                    WHERE d.root_id = r.root_id AND d.canonical_url = u.url
+                                    LIMIT 1) known ON true
+               WHERE known.found IS NULL),
+          room AS MATERIALIZED (
+              -- No root row (deleted by the user) or no budget: no limit (NULL).
+              SELECT roots.root_id, budget.room
+                FROM (SELECT DISTINCT root_id FROM link) AS roots
+                LEFT JOIN LATERAL (SELECT GREATEST(0, r.max_pages - r.crawl_size) AS room
+                                     FROM jobs r
+                                    WHERE r.id = roots.root_id AND r.max_pages IS NOT NULL
+                                    LIMIT 1) budget ON true)
          INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
                            max_depth, scope, allow, deny, max_pages, parent_id, root_id,
                            depth, crawl_host, recrawl_every)
          SELECT url, host, url, priority, selectors, max_attempts, max_depth, scope, allow,
                 deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every
-           FROM (SELECT l.url, l.host, p.priority, p.selectors, p.max_attempts, p.max_depth,
-                        p.scope, p.allow, p.deny, p.max_pages, p.id AS parent_id, l.root_id,
-                        p.depth + 1 AS depth, COALESCE(p.crawl_host, p.host) AS crawl_host,
-                        p.recrawl_every, l.position, l.n_in_run,
+           FROM (SELECT l.*, room.room,
                         ROW_NUMBER() OVER (PARTITION BY l.root_id
-                                               ORDER BY l.position, l.n_in_run) AS n,
-                        -- No root row (deleted by the user) or no budget: no limit.
-                        -- (GREATEST skips NULLs: a crawl without max_pages must
-                        -- give NULL here, not 0.)
-                        (SELECT GREATEST(0, r.max_pages - r.crawl_size)
-                           FROM jobs r WHERE r.id = l.root_id AND r.max_pages IS NOT NULL) AS room
-                   FROM link l JOIN jobs p ON p.id = l.parent_id) AS candidate
+                                               ORDER BY l.position, l.n_in_run) AS n
+                   FROM link l JOIN room ON room.root_id = l.root_id) AS candidate
           WHERE room IS NULL OR n <= room
           ORDER BY position, n_in_run
          ON CONFLICT DO NOTHING

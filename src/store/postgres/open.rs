@@ -68,6 +68,9 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)
             .map_err(open_error)?
             .application_name("crawlq")
+            // The server's durability settings stand (synchronous_commit included): a
+            // commit crawlq was told of is one a crash keeps. See the README for what a
+            // DBA may trade for speed.
             // Statements are logged by crawlq's own spans; sqlx's slow-statement warning
             // would print the SQL of every claim that waited on a lock.
             .disable_statement_logging();
