@@ -47,8 +47,10 @@ CREATE TABLE jobs (
     depth            BIGINT      NOT NULL DEFAULT 0,
     -- Written by the daemon: the URL in canonical form (what dedupe compares), the root's
     -- host (what scope compares), and on a root the number of jobs its crawl holds.
-    canonical_url    TEXT,
-    crawl_host       TEXT,
+    -- "C" (byte) collation for what is compared for equality only: index probes compare
+    -- bytes instead of going through the server locale's collation rules.
+    canonical_url    TEXT COLLATE "C",
+    crawl_host       TEXT COLLATE "C",
     crawl_size       BIGINT      NOT NULL DEFAULT 1,
     -- Recrawls: the job goes back to `queued` this many seconds after each fetch.
     recrawl_every    BIGINT CHECK (recrawl_every IS NULL
@@ -160,7 +162,7 @@ SELECT r.* FROM results r
 -- Conditional GET: the ETag / Last-Modified a URL (canonical form) last came with, and the
 -- result holding that version.
 CREATE TABLE validators (
-    url           TEXT PRIMARY KEY,
+    url           TEXT COLLATE "C" PRIMARY KEY,
     etag          TEXT,
     last_modified TEXT,
     result_id     BIGINT NOT NULL REFERENCES results (id) ON DELETE CASCADE
@@ -177,7 +179,7 @@ CREATE TABLE bodies (
 
 -- Per-host state that must survive a restart. Written by the daemon; readable by users.
 CREATE TABLE hosts (
-    host         TEXT PRIMARY KEY,
+    host         TEXT COLLATE "C" PRIMARY KEY,
     -- No request goes to this host before this time (a 429/503 Retry-After).
     paused_until TIMESTAMPTZ,
     pause_reason TEXT,
@@ -186,7 +188,7 @@ CREATE TABLE hosts (
 
 -- robots.txt answers per origin ('https://example.com', 'http://a.test:8080').
 CREATE TABLE robots (
-    origin      TEXT PRIMARY KEY,
+    origin      TEXT COLLATE "C" PRIMARY KEY,
     -- The final HTTP status (after up to 5 redirects), NULL when no answer came.
     http_status BIGINT,
     -- The body as sent (at most 512 KiB), for a 2xx answer.

@@ -85,6 +85,8 @@ impl PostgresStore {
                 })),
             }
         }
+        // Rows are found through `id = ANY (…)`, an index probe each: joined to the JSON,
+        // the planner (guessing 100 rows for it) would hash all of `jobs`.
         let mut tx = self.pool.begin().await.doing(DOING)?;
         if !admitted.is_empty() {
             let admitted = json(&admitted);
@@ -103,7 +105,8 @@ impl PostgresStore {
                                      (SELECT r.crawl_host FROM jobs r WHERE r.id = j.root_id),
                                      d.host) AS crawl_host
                        FROM d JOIN jobs j ON j.id = d.id
-                      WHERE j.url = d.url AND j.status = 'queued' AND j.host IS NULL
+                      WHERE j.id = ANY (ARRAY(SELECT id FROM d))
+                        AND j.url = d.url AND j.status = 'queued' AND j.host IS NULL
                         AND NOT EXISTS (SELECT 1 FROM jobs dup
                                          WHERE dup.root_id = COALESCE(j.root_id, j.id)
                                            AND dup.canonical_url = d.canonical_url)
@@ -151,7 +154,9 @@ impl PostgresStore {
                            AND x.root_id = COALESCE(j.root_id, j.id)
                            AND x.canonical_url = d.canonical_url
                          ORDER BY x.id LIMIT 1) dup
-                  WHERE jobs.id = d.id AND jobs.url = d.url
+                  WHERE jobs.id = ANY (ARRAY(SELECT (e ->> 'id')::bigint
+                                               FROM jsonb_array_elements($1::jsonb) AS e))
+                    AND jobs.id = d.id AND jobs.url = d.url
                     AND jobs.status = 'queued' AND jobs.host IS NULL",
             )
             .bind(&admitted)
@@ -165,7 +170,9 @@ impl PostgresStore {
                 "UPDATE jobs
                     SET status = 'failed', error = d.reason, finished_at = now(), updated_at = now()
                    FROM jsonb_to_recordset($1::jsonb) AS d(id bigint, url text, reason text)
-                  WHERE jobs.id = d.id AND jobs.url = d.url
+                  WHERE jobs.id = ANY (ARRAY(SELECT (e ->> 'id')::bigint
+                                               FROM jsonb_array_elements($1::jsonb) AS e))
+                    AND jobs.id = d.id AND jobs.url = d.url
                     AND jobs.status = 'queued' AND jobs.host IS NULL",
             )
             .bind(json(&refused))

@@ -138,7 +138,8 @@ impl PostgresStore {
             "UPDATE jobs SET lease_expires_at = ",
             now_plus!("$1"),
             "  FROM unnest($2::bigint[], $3::text[]) AS l(id, lease)
-              WHERE jobs.id = l.id AND jobs.lease_owner = l.lease AND jobs.status = 'running'"
+              WHERE jobs.id = ANY ($2::bigint[]) AND jobs.id = l.id
+                AND jobs.lease_owner = l.lease AND jobs.status = 'running'"
         ))
         .bind(lease.as_secs_f64())
         .bind(&ids)
