@@ -164,8 +164,9 @@ pub struct DatabaseSettings {
     pub busy_timeout: Duration,
 }
 
-/// Where the database is: `database.url` checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the database is: `database.url` checked. Its `Debug` masks a password, as
+/// [`DatabaseSettings::name`] does.
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseLocation {
     /// A SQLite file (a plain path or a `sqlite:` URL).
     File(PathBuf),
@@ -180,6 +181,18 @@ impl DatabaseSettings {
         match &self.location {
             DatabaseLocation::File(path) => path.display().to_string(),
             DatabaseLocation::Postgres(url) => without_password(url),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseLocation::File(path) => f.debug_tuple("File").field(path).finish(),
+            DatabaseLocation::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&without_password(url))
+                .finish(),
         }
     }
 }
@@ -877,7 +890,7 @@ mod tests {
     }
 
     #[test]
-    fn a_database_is_named_without_its_password() {
+    fn a_database_is_named_and_debugged_without_its_password() {
         let named = |url: &str| {
             DatabaseSettings {
                 location: database_location(url).unwrap(),
@@ -894,5 +907,10 @@ mod tests {
             "postgresql://crawlq@db/crawlq?password=***&sslmode=disable"
         );
         assert_eq!(named("data/crawlq.db"), "data/crawlq.db");
+        let debugged = format!(
+            "{:?}",
+            database_location("postgres://u:s3cret@h/db").unwrap()
+        );
+        assert!(!debugged.contains("s3cret"), "{debugged}");
     }
 }

@@ -67,7 +67,8 @@ CREATE INDEX jobs_claimable ON jobs (host, priority DESC, id) WHERE status = 'qu
 CREATE INDEX jobs_due ON jobs (host, run_after) WHERE status = 'queued' AND host IS NOT NULL;
 -- Expired leases (a crashed daemon) are found without scanning finished jobs.
 CREATE INDEX jobs_leased ON jobs (lease_expires_at) WHERE status = 'running';
-CREATE INDEX jobs_status ON jobs (status);
+-- By status, in id order within each (the oldest due job for `crawlq status` walks it).
+CREATE INDEX jobs_status ON jobs (status, id);
 CREATE INDEX jobs_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 -- Jobs waiting for a retry (recrawls waiting for their next fetch have attempts = 0).
 CREATE INDEX jobs_retrying ON jobs (updated_at) WHERE status = 'queued' AND error IS NOT NULL;
@@ -76,8 +77,9 @@ CREATE UNIQUE INDEX jobs_crawl_url ON jobs (root_id, canonical_url)
     WHERE root_id IS NOT NULL AND canonical_url IS NOT NULL;
 CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
 
--- What users write, kept consistent for the daemon. Each trigger has a WHEN clause, so the
--- daemon's own updates (which set updated_at and never touch url) call no function.
+-- What users write, kept consistent for the daemon. Each trigger has a WHEN clause, so
+-- that most of the daemon's own updates (claims and finishes set updated_at and never touch
+-- url) call no function.
 -- A NULL run_after means now.
 CREATE FUNCTION crawlq_run_after_now() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

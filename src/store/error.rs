@@ -114,6 +114,10 @@ fn postgres_advice(sqlstate: &str) -> &'static str {
             " (the server is shutting down or starting up; the daemon reconnects by itself)"
         }
         "40P01" | "40001" => " (two transactions collided; the daemon tries again by itself)",
+        "55P03" => {
+            " (another session held a lock on these rows for longer than \
+             database.busy_timeout_ms: is a client keeping a transaction open?)"
+        }
         _ => "",
     }
 }

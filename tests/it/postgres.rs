@@ -178,9 +178,23 @@ fn the_server_dying_and_coming_back_mid_crawl_fails_and_loses_no_job() {
             async move { count(&user, "SELECT COUNT(*) FROM jobs WHERE status = 'done'").await == JOBS }
         })
         .await;
+        wait_until("the daemon to hold its advisory lock again", || {
+            let user = user.clone();
+            async move {
+                count(
+                    &user,
+                    "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+                )
+                .await
+                    == 1
+            }
+        })
+        .await;
         trigger.fire();
         let report = runtime::timeout(DEADLINE, handle).await.unwrap().unwrap();
         assert_eq!(report.failed, 0, "{report:?}");
+        // The advisory lock went with the daemon's connection; a heartbeat took it again
+        // (checked before the daemon stopped, above: it lets go of it when it stops).
         assert_eq!(count(&user, "SELECT COUNT(*) FROM jobs").await, JOBS);
         assert_eq!(
             count(&user, "SELECT COUNT(DISTINCT job_id) FROM results").await,

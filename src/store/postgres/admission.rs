@@ -100,7 +100,8 @@ impl PostgresStore {
                          AS d(id bigint, url text, host text, canonical_url text)),
                  candidate AS MATERIALIZED (
                      SELECT DISTINCT ON (COALESCE(j.root_id, j.id), d.canonical_url)
-                            j.id, d.host, d.canonical_url, COALESCE(j.root_id, j.id) AS root_id,
+                            j.id, d.url, d.host, d.canonical_url,
+                            COALESCE(j.root_id, j.id) AS root_id,
                             COALESCE(j.crawl_host,
                                      (SELECT r.crawl_host FROM jobs r WHERE r.id = j.root_id),
                                      d.host) AS crawl_host
@@ -115,7 +116,10 @@ impl PostgresStore {
                     SET host = c.host, canonical_url = c.canonical_url, root_id = c.root_id,
                         crawl_host = c.crawl_host, updated_at = now()
                    FROM candidate c
-                  WHERE jobs.id = c.id
+                  -- The guard again, on the row as it is when locked: under READ COMMITTED
+                  -- an edit committed while this waited is checked here, not in the CTE.
+                  WHERE jobs.id = c.id AND jobs.url = c.url
+                    AND jobs.status = 'queued' AND jobs.host IS NULL
               RETURNING jobs.id, jobs.root_id",
             )
             .bind(&admitted)

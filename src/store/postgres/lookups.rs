@@ -93,9 +93,15 @@ impl PostgresStore {
         if answers.is_empty() {
             return Ok(());
         }
+        // One row per origin, the last answer winning: an upsert may not touch a row twice.
+        let mut last: std::collections::HashMap<&str, &FetchedRobots> =
+            std::collections::HashMap::new();
+        for fetched in answers {
+            last.insert(fetched.origin.as_str(), fetched);
+        }
         // Bodies are bytes, and JSON carries them as hex.
-        let rows: Vec<serde_json::Value> = answers
-            .iter()
+        let rows: Vec<serde_json::Value> = last
+            .into_values()
             .map(|fetched| {
                 let (status, body, error) = match &fetched.answer {
                     RobotsAnswer::Fetched { status, body } => {

@@ -66,7 +66,7 @@ pub struct PostgresStore {
     /// Every operation takes a connection from here for one statement or one short
     /// transaction; a connection the server dropped is replaced by the pool.
     pool: PgPool,
-    /// `LISTEN crawlq_jobs`, on its own connection (see [`open::NewJobsListener`]).
+    /// `LISTEN crawlq_jobs` (see [`open::NewJobsListener`]).
     listener: Arc<NewJobsListener>,
     /// The daemon's advisory lock, on its own connection (see [`open::AdvisoryLock`]).
     lock: Arc<AdvisoryLock>,

@@ -52,6 +52,9 @@ impl PostgresStore {
     ) -> Result<PostgresStore, StoreError> {
         let store = PostgresStore::connect(url, settings, true).await?;
         store.lock.take(&store, me).await?;
+        // LISTEN before the daemon's first look at the queue, so that no INSERT falls
+        // between that look and the first wait.
+        store.listener.connect().await;
         Ok(store)
     }
 
@@ -71,6 +74,13 @@ impl PostgresStore {
             // The server's durability settings stand (synchronous_commit included): a
             // commit crawlq was told of is one a crash keeps. See the README for what a
             // DBA may trade for speed.
+            // A row lock held by a user's open transaction fails the statement after
+            // database.busy_timeout_ms, as SQLite's busy timeout does, and the daemon tries
+            // again: waiting for ever would stall the scheduler, heartbeats included.
+            .options([(
+                "lock_timeout",
+                format!("{}ms", settings.busy_timeout.as_millis()),
+            )])
             // Statements are logged by crawlq's own spans; sqlx's slow-statement warning
             // would print the SQL of every claim that waited on a lock.
             .disable_statement_logging();
@@ -85,6 +95,9 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // No ping before every operation (a round trip each): a connection the server
+            // dropped fails its next statement, and the daemon retries that operation.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(open_error)?;
@@ -158,9 +171,10 @@ impl PostgresStore {
     }
 }
 
-/// `LISTEN crawlq_jobs` on a connection of its own, opened on first use and again after it
-/// was lost. Notifications sent while it was lost are gone: the daemon's polling finds
-/// those jobs.
+/// `LISTEN crawlq_jobs` on a connection it keeps (taken from the pool: one of the pool's
+/// connections is the listener's while a daemon runs), opened before the daemon's first
+/// look at the queue and again after it was lost. Notifications sent while it was lost are
+/// gone: the daemon's polling finds those jobs.
 #[derive(Debug)]
 pub(super) struct NewJobsListener {
     pool: sqlx::postgres::PgPool,
@@ -178,30 +192,42 @@ impl NewJobsListener {
         }
     }
 
-    async fn wait(&self) {
+    /// Opens the listening connection and LISTENs, unless that is done already.
+    async fn connect(&self) {
         let mut held = self.listener.lock().await;
-        if held.is_none() {
-            match PgListener::connect_with(&self.pool).await {
-                Ok(mut listener) => match listener.listen(NEW_JOBS_CHANNEL).await {
-                    Ok(()) => *held = Some(listener),
-                    Err(e) => tracing::debug!(error = %e, "LISTEN crawlq_jobs failed; polling"),
-                },
-                Err(e) => {
-                    tracing::debug!(error = %e, "could not open the LISTEN connection; polling")
-                }
+        if held.is_some() {
+            return;
+        }
+        match PgListener::connect_with(&self.pool).await {
+            Ok(mut listener) => match listener.listen(NEW_JOBS_CHANNEL).await {
+                Ok(()) => *held = Some(listener),
+                Err(e) => tracing::debug!(error = %e, "LISTEN crawlq_jobs failed; polling"),
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "could not open the LISTEN connection; polling")
             }
         }
+    }
+
+    async fn wait(&self) {
+        self.connect().await;
+        let mut held = self.listener.lock().await;
         let Some(listener) = held.as_mut() else {
+            drop(held);
             runtime::sleep(LISTENER_RETRY).await;
             return;
         };
-        // Cancel-safe: when the caller stops waiting (another event came first), no
-        // notification is lost; it is read on the next call.
-        if let Err(e) = listener.recv().await {
-            tracing::debug!(error = %e, "the LISTEN connection was lost; polling until it is back");
-            *held = None;
-            drop(held);
-            runtime::sleep(LISTENER_RETRY).await;
+        // A dropped wait (another event came first) loses no notification: reading the
+        // socket is cancel-safe, and one not read yet is read by the next call.
+        match listener.recv().await {
+            // Many INSERTs in a row are one reason to look: read what came with it.
+            Ok(_) => while listener.next_buffered().is_some() {},
+            Err(e) => {
+                tracing::debug!(error = %e, "the LISTEN connection was lost; polling until it is back");
+                *held = None;
+                drop(held);
+                runtime::sleep(LISTENER_RETRY).await;
+            }
         }
     }
 
@@ -249,6 +275,41 @@ impl AdvisoryLock {
         }
         *self.0.lock().await = Some(connection);
         Ok(())
+    }
+
+    /// At each heartbeat: if the lock's connection was lost (a server restart, a dropped
+    /// connection), the server let go of the lock; take it again. If another daemon took
+    /// it meanwhile, say so loudly at every heartbeat: two daemons now apply the limits.
+    pub(super) async fn keep(&self, store: &PostgresStore) {
+        let mut held = self.0.lock().await;
+        let Some(connection) = held.as_mut() else {
+            return; // not a daemon's store
+        };
+        if connection.ping().await.is_ok() {
+            return;
+        }
+        let Ok(pooled) = store.pool.acquire().await else {
+            return; // the server is still away: next heartbeat
+        };
+        let mut fresh = pooled.detach();
+        match sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+            .bind(DAEMON_LOCK_KEY)
+            .fetch_one(&mut fresh)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(
+                    "the daemon's advisory lock was lost with its connection; taken again"
+                );
+                *held = Some(fresh);
+            }
+            Ok(false) => tracing::error!(
+                database = %store.name,
+                "another daemon took this database's advisory lock while this one's connection \
+                 was down: two daemons now apply the per-host limits; stop one of them"
+            ),
+            Err(e) => tracing::debug!(error = %e, "could not take the advisory lock again yet"),
+        }
     }
 
     async fn release(&self) {

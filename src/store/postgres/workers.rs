@@ -51,6 +51,9 @@ impl PostgresStore {
         .execute(&self.pool)
         .await
         .doing("writing this daemon's heartbeat")?;
+        if !stopped {
+            self.lock.keep(self).await;
+        }
         Ok(())
     }
 

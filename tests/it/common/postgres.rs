@@ -194,12 +194,13 @@ impl PgServer {
                     .map(Stdio::from)
                     .unwrap_or_else(|_| Stdio::null()),
             );
-        // SIGTERM when the thread that started it ends: the starter thread lives as long
-        // as the test program (see `on_keeper_thread`).
+        // Signalled when the thread that started it ends: that thread lives as long as the
+        // test program (see `on_keeper_thread`).
         unsafe {
             use std::os::unix::process::CommandExt;
             command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                // SIGINT: a fast shutdown, which does not wait for clients to leave.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -210,6 +211,18 @@ impl PgServer {
         *self.child.lock().unwrap() = Some(child);
         let started = Instant::now();
         while !self.dir.join(".s.PGSQL.5432").exists() || !self.accepts_connections() {
+            let exited = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Err(format!(
+                    "postgres exited ({status}): {}",
+                    std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+                ));
+            }
             if started.elapsed() > START_DEADLINE {
                 return Err(format!(
                     "postgres did not start within {START_DEADLINE:?}: {}",
