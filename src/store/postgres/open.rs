@@ -24,6 +24,9 @@ const CONNECTIONS: u32 = 6;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The channel the `jobs_inserted` trigger notifies (see migrations/postgres).
 pub(super) const NEW_JOBS_CHANNEL: &str = "crawlq_jobs";
+/// How long a starting daemon asks for the advisory lock before it says another daemon
+/// holds it.
+const LOCK_PATIENCE: Duration = Duration::from_secs(3);
 /// The key of the advisory lock a daemon holds (`hashtext('crawlq daemon')` would do as
 /// well; a constant reads better in `pg_locks`).
 const DAEMON_LOCK_KEY: i64 = 0x6372_6177_6c71; // "crawlq"
@@ -249,11 +252,20 @@ impl AdvisoryLock {
     async fn take(&self, store: &PostgresStore, me: &WorkerIdentity) -> Result<(), StoreError> {
         const DOING: &str = "taking the daemon's advisory lock";
         let mut connection = store.pool.acquire().await.doing(DOING)?.detach();
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(DAEMON_LOCK_KEY)
-            .fetch_one(&mut connection)
-            .await
-            .doing(DOING)?;
+        // A daemon killed a moment ago still holds the lock until the server has noticed
+        // its connection is gone: ask again for a few seconds before refusing.
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        let taken = loop {
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(DAEMON_LOCK_KEY)
+                .fetch_one(&mut connection)
+                .await
+                .doing(DOING)?;
+            if taken || std::time::Instant::now() >= deadline {
+                break taken;
+            }
+            runtime::sleep(Duration::from_millis(200)).await;
+        };
         if !taken {
             let _ = connection.close().await;
             let holder: Option<(String, i64, String)> = sqlx::query_as(
