@@ -11,7 +11,7 @@ use crawlq::daemon::{Daemon, RunOptions};
 use crawlq::follow::{CrawlSpec, QueryFilter};
 use crawlq::job::{self, Status};
 use crawlq::runtime;
-use crawlq::settings::{Overrides, Settings};
+use crawlq::settings::{DatabaseLocation, Overrides, Settings};
 use crawlq::shutdown;
 use crawlq::store::{StatusLimits, StatusReport, Store};
 use crawlq::telemetry;
@@ -140,7 +140,14 @@ fn execute(cli: Cli) -> Result<(), Failure> {
                 store.close().await;
                 let database = settings.database.name();
                 if store.created() {
-                    println!("database {database} created, with every migration applied");
+                    match settings.database.location {
+                        DatabaseLocation::File(_) => {
+                            println!("database {database} created, with every migration applied")
+                        }
+                        DatabaseLocation::Postgres(_) => println!(
+                            "crawlq's tables created in database {database}, with every migration applied"
+                        ),
+                    }
                 } else {
                     println!("database {database} is up to date");
                 }
@@ -195,11 +202,14 @@ async fn add(
     if store.created() {
         // Not an error (adding jobs before the first `run` is fine), but a mistyped path
         // would otherwise queue jobs where no daemon looks.
-        let _ = writeln!(
-            std::io::stderr(),
-            "crawlq: created a new database at {} (it did not exist)",
-            settings.database.name()
-        );
+        let database = settings.database.name();
+        let created = match settings.database.location {
+            DatabaseLocation::File(_) => format!("a new database at {database} (it did not exist)"),
+            DatabaseLocation::Postgres(_) => {
+                format!("crawlq's tables in database {database} (they did not exist)")
+            }
+        };
+        let _ = writeln!(std::io::stderr(), "crawlq: created {created}");
     }
     for url in &urls {
         let id = store

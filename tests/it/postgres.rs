@@ -316,3 +316,62 @@ fn a_crawl_killed_with_sigkill_three_times_ends_complete_with_nothing_lost_or_do
         );
     });
 }
+
+#[test]
+fn every_subcommand_works_with_a_postgres_url() {
+    use crate::common::crawlq;
+
+    runtime::block_on(async {
+        let Some(server) = postgres::shared() else {
+            return;
+        };
+        let database = server.database().await;
+        let site = TestServer::pages("127.0.0.1");
+        let dir = TempDb::new();
+        let run = |args: &[&str]| {
+            let out = crawlq(dir.dir.path())
+                .args(args)
+                .args(["--database", &database.url])
+                .env("CRAWLQ__FETCH__STORE_BODY", "true")
+                .env("CRAWLQ__CRAWL__OBEY_ROBOTS", "false")
+                .output()
+                .expect("crawlq runs");
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let (code, stdout, _) = run(&["migrate"]);
+        assert_eq!(code, Some(0));
+        assert!(
+            stdout.starts_with("crawlq's tables created in database postgres://"),
+            "{stdout}"
+        );
+        let (_, stdout, _) = run(&["migrate"]);
+        assert!(stdout.ends_with("is up to date\n"), "{stdout}");
+        let (code, stdout, stderr) = run(&["add", &site.url("/one"), "--select", "t=title"]);
+        assert_eq!(
+            (code, stdout.as_str(), stderr.as_str()),
+            (Some(0), "1\n", "")
+        );
+        let (code, stdout, _) = run(&["status"]);
+        assert_eq!(code, Some(0));
+        assert!(stdout.contains("queued: 1"), "{stdout}");
+        let (code, stdout, _) = run(&["healthcheck"]);
+        assert_eq!(code, Some(1), "no daemon has run: {stdout}");
+        let (code, _, stderr) = run(&["run", "--exit-when-idle"]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let (code, stdout, _) = run(&["status", "--json"]);
+        assert_eq!(code, Some(0));
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(report["jobs"]["done"], 1);
+        let user = postgres::connect(&database.url).await;
+        let (result_id, data): (i64, serde_json::Value) =
+            sqlx::query_as("SELECT id, data FROM results WHERE job_id = 1")
+                .fetch_one(&user)
+                .await
+                .unwrap();
+        assert_eq!(data, serde_json::json!({"t": ["/one"]}));
+        let (code, stdout, _) = run(&["body", &result_id.to_string()]);
+        assert_eq!(code, Some(0));
+        assert!(stdout.contains("<title>/one</title>"), "{stdout}");
+    });
+}
