@@ -22,6 +22,31 @@
 //! list of methods below, which the compiler checks arm by arm. `Any` would lose the
 //! column types and the dialect, as seafowl found.
 
+// SQL text both backends write the same way (defined before the backends' modules, which
+// use them).
+
+/// The start of an INSERT of one fetch's `results` row (a SELECT follows).
+macro_rules! insert_result {
+    () => {
+        "INSERT INTO results (job_id, fetch_no, url, final_url, http_status, content_type,
+                              title, description, links, data, bytes, elapsed_ms,
+                              not_modified, fetched_at) "
+    };
+}
+
+/// A retried fetch rewrites the row an earlier attempt of the same fetch left.
+macro_rules! result_replaces_earlier_attempt {
+    () => {
+        " ON CONFLICT (job_id, fetch_no) DO UPDATE SET
+             url = excluded.url, final_url = excluded.final_url,
+             http_status = excluded.http_status, content_type = excluded.content_type,
+             title = excluded.title, description = excluded.description,
+             links = excluded.links, data = excluded.data, bytes = excluded.bytes,
+             elapsed_ms = excluded.elapsed_ms, not_modified = excluded.not_modified,
+             fetched_at = excluded.fetched_at"
+    };
+}
+
 mod decisions;
 mod error;
 mod postgres;

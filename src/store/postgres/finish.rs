@@ -14,28 +14,6 @@ use crate::store::{decisions, FinishReport, StoreError};
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
 
-/// The columns of one fetch's `results` row, in the order the INSERTs below give them.
-macro_rules! insert_result {
-    () => {
-        "INSERT INTO results (job_id, fetch_no, url, final_url, http_status, content_type,
-                              title, description, links, data, bytes, elapsed_ms,
-                              not_modified, fetched_at) "
-    };
-}
-
-/// A retried fetch rewrites the row an earlier attempt of the same fetch left.
-macro_rules! result_replaces_earlier_attempt {
-    () => {
-        " ON CONFLICT (job_id, fetch_no) DO UPDATE SET
-             url = excluded.url, final_url = excluded.final_url,
-             http_status = excluded.http_status, content_type = excluded.content_type,
-             title = excluded.title, description = excluded.description,
-             links = excluded.links, data = excluded.data, bytes = excluded.bytes,
-             elapsed_ms = excluded.elapsed_ms, not_modified = excluded.not_modified,
-             fetched_at = excluded.fetched_at"
-    };
-}
-
 /// The lease check shared by every change to a running job: $1 id, $2 lease token,
 /// $3 attempt.
 macro_rules! while_leased {
