@@ -99,10 +99,9 @@ pub struct Daemon {
     settings: Arc<Settings>,
     store: Store,
     crawler: Arc<Crawler>,
-    /// Our lease owner id: unique per process start, so a restarted daemon never mistakes
-    /// a dead one's leases for its own.
-    owner: String,
-    /// Who this daemon is, as its `workers` row says.
+    /// Who this daemon is, as its `workers` row says. Its `id` is also our lease owner id:
+    /// unique per process start, so a restarted daemon never mistakes a dead one's leases
+    /// for its own.
     identity: WorkerIdentity,
 }
 
@@ -111,9 +110,8 @@ impl Daemon {
     /// the HTTP client.
     pub async fn build(settings: Settings) -> Result<Daemon, DaemonError> {
         let settings = Arc::new(settings);
-        let owner = format!("crawlq-{}-{:08x}", std::process::id(), fastrand::u32(..));
         let identity = WorkerIdentity {
-            id: owner.clone(),
+            id: format!("crawlq-{}-{:08x}", std::process::id(), fastrand::u32(..)),
             hostname: this_host(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -135,7 +133,6 @@ impl Daemon {
             settings,
             store,
             crawler,
-            owner,
             identity,
         })
     }
@@ -145,7 +142,7 @@ impl Daemon {
     }
 
     pub fn owner(&self) -> &str {
-        &self.owner
+        &self.identity.id
     }
 
     /// Runs until `shutdown` fires (or, with `exit_when_idle`, until the queue is empty).
@@ -167,7 +164,7 @@ impl Daemon {
             global_rps = s.limits.global_rate.map(|r| r.rps),
             host_overrides = s.limits.hosts.len(),
             config = %s.sources.join(" < "),
-            owner = %self.owner,
+            owner = %self.identity.id,
             "crawlq started"
         );
         self.store
@@ -539,7 +536,7 @@ impl<'d> Scheduler<'d> {
             let counters = self.counters();
             if let Err(e) = self
                 .store()
-                .heartbeat(&self.daemon.owner, &counters, false)
+                .heartbeat(&self.daemon.identity.id, &counters, false)
                 .await
             {
                 self.store_failed(&e);
@@ -614,7 +611,7 @@ impl<'d> Scheduler<'d> {
         }
         let settings = self.daemon.settings.clone();
         self.claims += 1;
-        let token = store::lease_token(&self.daemon.owner, self.claims);
+        let token = store::lease_token(&self.daemon.identity.id, self.claims);
         let claimed = match self
             .store()
             .claim(
@@ -854,11 +851,11 @@ impl<'d> Scheduler<'d> {
         }
         self.store_finished().await;
         self.store_robots().await;
-        let released = self.store().release(&self.daemon.owner).await?;
+        let released = self.store().release(&self.daemon.identity.id).await?;
         self.report.released = released;
         if let Err(e) = self
             .store()
-            .heartbeat(&self.daemon.owner, &self.counters(), true)
+            .heartbeat(&self.daemon.identity.id, &self.counters(), true)
             .await
         {
             tracing::warn!(error = %e, "could not mark this daemon stopped in workers");

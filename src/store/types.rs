@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::follow::CrawlSpec;
-use crate::job::{JobId, Status};
+use crate::job::{ClaimedJob, JobId, Status};
 
 /// A job row nobody has validated yet.
 #[derive(Debug, Clone)]
@@ -36,6 +36,19 @@ pub struct FinishReport {
     /// Attempts (job, attempt number) whose lease was gone by the time they finished;
     /// their results were dropped.
     pub lost: Vec<(JobId, i64)>,
+}
+
+impl FinishReport {
+    /// Records that `job`'s lease was gone when its attempt came to be stored (the user
+    /// cancelled or edited it, or the lease expired): its result is dropped.
+    pub(super) fn lease_lost(&mut self, job: &ClaimedJob) {
+        self.lost.push((job.id, job.attempt));
+        tracing::warn!(
+            job.id = %job.id,
+            url = %job.url,
+            "lease lost before the result was stored (job cancelled, edited or expired); result dropped"
+        );
+    }
 }
 
 /// Jobs per status, for stats lines and `crawlq status`.

@@ -122,7 +122,7 @@ impl PostgresStore {
                 pause_host(&mut tx, host, *how_long, &attempt.verdict).await?;
             }
             if changed == 0 {
-                lease_lost(&mut report, job);
+                report.lease_lost(job);
                 continue;
             }
             if let Some(page) = &attempt.page {
@@ -163,15 +163,6 @@ impl PostgresStore {
     }
 }
 
-fn lease_lost(report: &mut FinishReport, job: &ClaimedJob) {
-    report.lost.push((job.id, job.attempt));
-    tracing::warn!(
-        job.id = %job.id,
-        url = %job.url,
-        "lease lost before the result was stored (job cancelled, edited or expired); result dropped"
-    );
-}
-
 /// Stores a batch of plain first fetches (see [`decisions::is_plain_first_fetch`]) in a
 /// few statements, whatever its size; the same rows as the one-attempt path. Returns how
 /// many results it wrote.
@@ -199,7 +190,7 @@ async fn finish_plain_batch(
         .iter()
         .partition(|a| finished.contains(&a.job.id.0));
     for attempt in lost {
-        lease_lost(report, &attempt.job);
+        report.lease_lost(&attempt.job);
     }
     if stored.is_empty() {
         return Ok(0);

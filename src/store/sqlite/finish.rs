@@ -116,12 +116,7 @@ impl SqliteStore {
                 pause_host(&mut tx, host, *how_long, &attempt.verdict).await?;
             }
             if changed == 0 {
-                report.lost.push((job.id, job.attempt));
-                tracing::warn!(
-                    job.id = %job.id,
-                    url = %job.url,
-                    "lease lost before the result was stored (job cancelled, edited or expired); result dropped"
-                );
+                report.lease_lost(job);
                 continue;
             }
             if let Some(page) = &attempt.page {
@@ -332,12 +327,7 @@ async fn finish_plain_batch(
         .iter()
         .partition(|a| finished.contains(&a.job.id.0));
     for attempt in lost {
-        report.lost.push((attempt.job.id, attempt.job.attempt));
-        tracing::warn!(
-            job.id = %attempt.job.id,
-            url = %attempt.job.url,
-            "lease lost before the result was stored (job cancelled, edited or expired); result dropped"
-        );
+        report.lease_lost(&attempt.job);
     }
     if stored.is_empty() {
         return Ok(());
