@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use crate::fetch::Validators;
 use crate::job::{Attempt, ClaimedJob, KnownVersion, PageRecord, Verdict};
 
+use super::known_links::KnownLinks;
 use super::HostPick;
 
 /// The `lease_owner` a claim writes: the daemon's id and the claim's number. Unique per
@@ -119,8 +120,9 @@ pub(super) type Link<'a> = (i64, i64, &'a str, &'a str);
 /// The links of done pages to queue as child jobs of their crawls, in page order. A URL
 /// linked from two pages of one crawl is queued once, by the first: a second copy would
 /// take a place in the crawl's budget and then lose to the unique index, leaving the crawl
-/// short of `max_pages`.
-pub(super) fn links_to_queue<'a>(pages: &[&'a Attempt]) -> Vec<Link<'a>> {
+/// short of `max_pages`. Links this daemon knows the crawl has (`known`) are left out: the
+/// database would find them and queue nothing.
+pub(super) fn links_to_queue<'a>(pages: &[&'a Attempt], known: &KnownLinks) -> Vec<Link<'a>> {
     let mut linked = HashSet::new();
     pages
         .iter()
@@ -129,7 +131,7 @@ pub(super) fn links_to_queue<'a>(pages: &[&'a Attempt]) -> Vec<Link<'a>> {
                 .iter()
                 .map(|c| (a.job.id.0, a.job.root_id, c.url.as_str(), c.host.as_str()))
         })
-        .filter(|(_, root, url, _)| linked.insert((*root, *url)))
+        .filter(|(_, root, url, _)| linked.insert((*root, *url)) && !known.contains(*root, url))
         .collect()
 }
 
@@ -326,11 +328,24 @@ mod tests {
     fn a_link_is_queued_once_per_crawl_and_runs_group_by_parent_and_host() {
         let first = done(1, 1, &["http://a.test/p", "http://a.test/q"]);
         let second = done(2, 1, &["http://a.test/q", "http://a.test/r"]);
-        let links = links_to_queue(&[&first, &second]);
+        let known = KnownLinks::default();
+        let links = links_to_queue(&[&first, &second], &known);
         let urls: Vec<&str> = links.iter().map(|l| l.2).collect();
         assert_eq!(
             urls,
             ["http://a.test/p", "http://a.test/q", "http://a.test/r"]
+        );
+        // A link the daemon saw queued in this crawl is not sent again; in another it is.
+        known.remember([known.key(1, "http://a.test/q")]);
+        let mut third = done(3, 1, &["http://a.test/q"]);
+        third.job.root_id = 7;
+        let urls: Vec<&str> = links_to_queue(&[&first, &second, &third], &known)
+            .iter()
+            .map(|l| l.2)
+            .collect();
+        assert_eq!(
+            urls,
+            ["http://a.test/p", "http://a.test/r", "http://a.test/q"]
         );
         let runs = link_runs(&links);
         assert_eq!(

@@ -9,6 +9,8 @@
 //! - `decisions.rs` — what is decided in Rust rather than SQL (which attempts of a batch
 //!   take the fast path, which validators to keep, which links to queue,
 //!   how a claim's hosts are split): shared by the backends, unit-tested.
+//! - `known_links.rs` — the links this daemon saw queued, so a link to a page the crawl
+//!   has is dropped before it costs a lookup in the finish transaction.
 //! - `sqlite/`      — SQLite, the embedded default: one file per concern (`open`,
 //!   `admission`, `claim`, `finish`, `lookups`, `workers`, `reports`), each holding that
 //!   concern's SQL.
@@ -49,10 +51,12 @@ macro_rules! result_replaces_earlier_attempt {
 
 mod decisions;
 mod error;
+mod known_links;
 mod postgres;
 mod sqlite;
 mod types;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use decisions::lease_token;
@@ -62,6 +66,7 @@ pub use types::*;
 use crate::job::{Admitted, Attempt, ClaimedJob, JobId};
 use crate::settings::{DatabaseLocation, DatabaseSettings};
 
+use known_links::KnownLinks;
 use postgres::PostgresStore;
 pub use postgres::RESULTS_CHANNEL;
 use sqlite::SqliteStore;
@@ -70,6 +75,8 @@ use sqlite::SqliteStore;
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// Shared by the clones: each finish teaches it what it queued.
+    known_links: Arc<KnownLinks>,
 }
 
 #[derive(Clone, Debug)]
@@ -248,7 +255,10 @@ impl Store {
     /// its lease still holds) and what its fetch brought back. Nothing is acknowledged
     /// before commit.
     pub async fn finish(&self, attempts: &[Attempt]) -> Result<FinishReport, StoreError> {
-        on_backend!(self, db => db.finish(attempts).await)
+        let mut report = on_backend!(self, db => db.finish(attempts, &self.known_links).await)?;
+        // Committed: the links it queued are in `jobs` now.
+        self.known_links.remember(report.queued_links.drain(..));
+        Ok(report)
     }
 
     // ---- What the crawl looks up. ----
@@ -333,6 +343,7 @@ impl From<SqliteStore> for Store {
     fn from(db: SqliteStore) -> Store {
         Store {
             backend: Backend::Sqlite(db),
+            known_links: Arc::default(),
         }
     }
 }
@@ -341,6 +352,7 @@ impl From<PostgresStore> for Store {
     fn from(db: PostgresStore) -> Store {
         Store {
             backend: Backend::Postgres(db),
+            known_links: Arc::default(),
         }
     }
 }

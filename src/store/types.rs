@@ -36,6 +36,8 @@ pub struct FinishReport {
     /// Attempts (job, attempt number) whose lease was gone by the time they finished;
     /// their results were dropped.
     pub lost: Vec<(JobId, i64)>,
+    /// The links the batch queued as new jobs, for [`super::KnownLinks`] once committed.
+    pub(super) queued_links: Vec<super::known_links::LinkKey>,
 }
 
 impl FinishReport {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::{json, text, PostgresStore, RESULTS_CHANNEL};
 use crate::job::{Attempt, ClaimedJob, PageRecord, RedirectTarget, Verdict};
 use crate::store::error::Doing;
+use crate::store::known_links::KnownLinks;
 use crate::store::{decisions, FinishReport, StoreError};
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
@@ -85,7 +86,11 @@ const LINKS_PER_STATEMENT: usize = 20_000;
 impl PostgresStore {
     /// Stores a batch of finished attempts in one transaction. Nothing is acknowledged
     /// before commit.
-    pub async fn finish(&self, attempts: &[Attempt]) -> Result<FinishReport, StoreError> {
+    pub async fn finish(
+        &self,
+        attempts: &[Attempt],
+        known: &KnownLinks,
+    ) -> Result<FinishReport, StoreError> {
         const DOING: &str = "storing results";
         let mut report = FinishReport::default();
         if attempts.is_empty() {
@@ -93,7 +98,7 @@ impl PostgresStore {
         }
         let mut tx = self.pool.begin().await.doing(DOING)?;
         let (plain, others) = decisions::split_batch(attempts);
-        let mut results = finish_plain_batch(&mut tx, &plain, &mut report).await?;
+        let mut results = finish_plain_batch(&mut tx, &plain, known, &mut report).await?;
         for attempt in others {
             let job = &attempt.job;
             let sql = match attempt.verdict {
@@ -146,7 +151,7 @@ impl PostgresStore {
                 }
             }
             if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
-                queue_children(&mut tx, &[attempt]).await?;
+                queue_children(&mut tx, &[attempt], known, &mut report).await?;
             }
             report.stored += 1;
         }
@@ -169,6 +174,7 @@ impl PostgresStore {
 async fn finish_plain_batch(
     tx: &mut Tx<'_>,
     attempts: &[&Attempt],
+    known: &KnownLinks,
     report: &mut FinishReport,
 ) -> Result<usize, StoreError> {
     const DOING: &str = "storing results";
@@ -233,7 +239,7 @@ async fn finish_plain_batch(
         })
         .collect();
     update_validators(tx, &answers).await?;
-    queue_children(tx, &stored).await?;
+    queue_children(tx, &stored, known, report).await?;
     report.stored += stored.len();
     Ok(stored.len())
 }
@@ -398,11 +404,20 @@ async fn update_validators(
     Ok(())
 }
 
-/// Queues the links of done pages as child jobs of their crawls, in page order.
-async fn queue_children(tx: &mut Tx<'_>, pages: &[&Attempt]) -> Result<(), StoreError> {
-    let links = decisions::links_to_queue(pages);
+/// Queues the links of done pages as child jobs of their crawls, in page order; the
+/// report lists those queued.
+async fn queue_children(
+    tx: &mut Tx<'_>,
+    pages: &[&Attempt],
+    known: &KnownLinks,
+    report: &mut FinishReport,
+) -> Result<(), StoreError> {
+    let links = decisions::links_to_queue(pages, known);
     for slice in links.chunks(LINKS_PER_STATEMENT) {
-        queue_children_batch(tx, slice).await?;
+        let queued = queue_children_batch(tx, slice).await?;
+        report
+            .queued_links
+            .extend(queued.iter().map(|(root, url)| known.key(*root, url)));
     }
     Ok(())
 }
@@ -413,10 +428,11 @@ async fn queue_children(tx: &mut Tx<'_>, pages: &[&Attempt]) -> Result<(), Store
 /// locked first (in id order, so two daemons cannot deadlock on them): PostgreSQL does
 /// not serialise writers as SQLite does, and two transactions counting the same budget
 /// at once would both see room for the last page.
+/// Returns the (root id, canonical URL) of each job it queued.
 async fn queue_children_batch(
     tx: &mut Tx<'_>,
     links: &[decisions::Link<'_>],
-) -> Result<(), StoreError> {
+) -> Result<Vec<(i64, String)>, StoreError> {
     const DOING: &str = "queueing links";
     let runs = decisions::link_runs(links);
     let mut roots: Vec<i64> = runs.iter().map(|run| run.1).collect();
@@ -427,7 +443,7 @@ async fn queue_children_batch(
         .execute(&mut **tx)
         .await
         .doing(DOING)?;
-    let queued: Vec<i64> = sqlx::query_scalar(
+    let queued: Vec<(i64, String)> = sqlx::query_as(
         // The LATERAL subqueries with LIMIT keep each lookup an index probe: as joins, the
         // planner (which guesses 100 rows for any JSON array) hashed the whole `jobs`
         // table for every batch, and a crawl got slower with every page it stored.
@@ -469,16 +485,17 @@ async fn queue_children_batch(
           WHERE room IS NULL OR n <= room
           ORDER BY position, n_in_run
          ON CONFLICT DO NOTHING
-         RETURNING root_id",
+         RETURNING root_id, canonical_url",
     )
     .bind(json(&runs))
     .fetch_all(&mut **tx)
     .await
     .doing(DOING)?;
     if queued.is_empty() {
-        return Ok(());
+        return Ok(queued);
     }
-    let (ids, added): (Vec<i64>, Vec<i64>) = decisions::count_per_root(&queued).into_iter().unzip();
+    let roots: Vec<i64> = queued.iter().map(|(root, _)| *root).collect();
+    let (ids, added): (Vec<i64>, Vec<i64>) = decisions::count_per_root(&roots).into_iter().unzip();
     sqlx::query(
         "UPDATE jobs SET crawl_size = crawl_size + q.added
            FROM unnest($1::bigint[], $2::bigint[]) AS q(id, added)
@@ -489,5 +506,5 @@ async fn queue_children_batch(
     .execute(&mut **tx)
     .await
     .doing(DOING)?;
-    Ok(())
+    Ok(queued)
 }

@@ -10,6 +10,7 @@ use sqlx::Connection;
 use super::SqliteStore;
 use crate::job::{Attempt, ClaimedJob, PageRecord, RedirectTarget, Verdict};
 use crate::store::error::Doing;
+use crate::store::known_links::KnownLinks;
 use crate::store::{decisions, FinishReport, StoreError};
 
 /// The lease check shared by every change to a running job: ?1 id, ?2 lease token, ?3 attempt.
@@ -72,7 +73,11 @@ const FINISH_SKIPPED: &str = concat!(fetch_finished!("skipped"), ", error = ?4",
 impl SqliteStore {
     /// Stores a batch of finished attempts in one transaction: each job's new status and,
     /// if a response came back, its `results` row. Nothing is acknowledged before commit.
-    pub async fn finish(&self, attempts: &[Attempt]) -> Result<FinishReport, StoreError> {
+    pub async fn finish(
+        &self,
+        attempts: &[Attempt],
+        known: &KnownLinks,
+    ) -> Result<FinishReport, StoreError> {
         let mut report = FinishReport::default();
         if attempts.is_empty() {
             return Ok(report);
@@ -83,7 +88,7 @@ impl SqliteStore {
         // whole batch in a few statements: each statement is a round trip to SQLite's
         // worker thread, and those trips, not SQLite, were most of a page's cost.
         let (plain, others) = decisions::split_batch(attempts);
-        finish_plain_batch(&mut tx, &plain, &mut report).await?;
+        finish_plain_batch(&mut tx, &plain, known, &mut report).await?;
         for attempt in others {
             let job = &attempt.job;
             let sql = match attempt.verdict {
@@ -139,7 +144,7 @@ impl SqliteStore {
                 }
             }
             if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
-                queue_children(&mut tx, &[attempt]).await?;
+                queue_children(&mut tx, &[attempt], known, &mut report).await?;
             }
 
             report.stored += 1;
@@ -306,6 +311,7 @@ const LINKS_PER_STATEMENT: usize = 20_000;
 async fn finish_plain_batch(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     attempts: &[&Attempt],
+    known: &KnownLinks,
     report: &mut FinishReport,
 ) -> Result<(), StoreError> {
     const DOING: &str = "storing results";
@@ -373,7 +379,7 @@ async fn finish_plain_batch(
         })
         .collect();
     update_validators(tx, &answers).await?;
-    queue_children(tx, &stored).await?;
+    queue_children(tx, &stored, known, report).await?;
     report.stored += stored.len();
     Ok(())
 }
@@ -411,32 +417,39 @@ async fn update_validators(
     Ok(())
 }
 
-/// Queues the links of done pages as child jobs of their crawls, in page order.
+/// Queues the links of done pages as child jobs of their crawls, in page order; the
+/// report lists those queued.
 async fn queue_children(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     pages: &[&Attempt],
+    known: &KnownLinks,
+    report: &mut FinishReport,
 ) -> Result<(), StoreError> {
-    let links = decisions::links_to_queue(pages);
+    let links = decisions::links_to_queue(pages, known);
     // In slices, so that pages with huge numbers of links cannot make one statement's
     // text too big for SQLite; each slice sees the crawl sizes the previous one left.
     for slice in links.chunks(LINKS_PER_STATEMENT) {
-        queue_children_batch(tx, slice).await?;
+        let queued = queue_children_batch(tx, slice).await?;
+        report
+            .queued_links
+            .extend(queued.iter().map(|(root, url)| known.key(*root, url)));
     }
     Ok(())
 }
 
 /// One statement of `queue_children`: each (parent id, root id, URL, host) becomes a job of
 /// the parent's crawl unless the crawl has the URL already, within each crawl's page budget
-/// (`max_pages`, kept on its root job), counted in link order across the slice.
+/// (`max_pages`, kept on its root job), counted in link order across the slice. Returns
+/// the (root id, canonical URL) of each job it queued.
 async fn queue_children_batch(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     links: &[decisions::Link<'_>],
-) -> Result<(), StoreError> {
+) -> Result<Vec<(i64, String)>, StoreError> {
     // Sent as runs of links that share a parent, a crawl and a host, each run's URLs a
     // plain JSON array: SQLite then reads each URL as it walks the array, where taking four
     // fields out of one small JSON array per link cost more than the duplicate lookup.
     let runs = decisions::link_runs(links);
-    let roots: Vec<i64> = sqlx::query_scalar(
+    let queued: Vec<(i64, String)> = sqlx::query_as(
         "INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
                            max_depth, scope, allow, deny, max_pages, parent_id, root_id,
                            depth, crawl_host, recrawl_every)
@@ -466,24 +479,25 @@ async fn queue_children_batch(
           WHERE room IS NULL OR n <= room
           ORDER BY position, n_in_run
          ON CONFLICT DO NOTHING
-         RETURNING root_id",
+         RETURNING root_id, canonical_url",
     )
     .bind(serde_json::to_string(&runs).expect("values serialize"))
     .fetch_all(&mut **tx)
     .await
     .doing("queueing links")?;
-    if roots.is_empty() {
-        return Ok(());
+    if queued.is_empty() {
+        return Ok(queued);
     }
-    let queued = decisions::count_per_root(&roots);
+    let roots: Vec<i64> = queued.iter().map(|(root, _)| *root).collect();
+    let added = decisions::count_per_root(&roots);
     sqlx::query(
         "UPDATE jobs SET crawl_size = crawl_size + (q.value ->> 1)
            FROM json_each(?1) AS q
           WHERE jobs.id = q.value ->> 0",
     )
-    .bind(serde_json::to_string(&queued).expect("values serialize"))
+    .bind(serde_json::to_string(&added).expect("values serialize"))
     .execute(&mut **tx)
     .await
     .doing("queueing links")?;
-    Ok(())
+    Ok(queued)
 }
