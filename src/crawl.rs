@@ -78,6 +78,13 @@ impl Crawler {
         &self.limits
     }
 
+    /// `crawlq unpause HOST` was run: lift the host's pause and forget its origins' failed
+    /// robots.txt answers, as far as this daemon holds them in memory.
+    pub fn lift_pause(&self, host: &str) {
+        self.limits.lift_pause(host);
+        self.robots.forget_failed(host);
+    }
+
     /// Forgets per-host state nobody used lately (limiter cells, robots.txt rules), so
     /// memory does not grow with the number of hosts ever seen.
     pub fn prune(&self) {
@@ -197,18 +204,7 @@ impl Crawler {
         };
         let (final_url, response) = match fetched {
             Ok(found) => found,
-            Err(ending) => {
-                // A host pause is persisted with the job, so claims skip the host and a
-                // restart keeps it.
-                let pause = match &ending {
-                    Ending::HostUnavailable { host, after, .. } => Some((host.clone(), *after)),
-                    _ => None,
-                };
-                return Outcome {
-                    pause,
-                    ..Outcome::ended(ending)
-                };
-            }
+            Err(ending) => return Outcome::ended(ending),
         };
         let status = response.status;
         let pause = self.honour_retry_after(&final_url, &response);
@@ -272,7 +268,6 @@ impl Crawler {
     async fn ask_robots(
         &self,
         url: &Url,
-        host: &str,
         first: bool,
         ticket: &Ticket,
     ) -> Result<Option<Duration>, Ending> {
@@ -299,13 +294,18 @@ impl Crawler {
             Permission::NotAsked(reason) => Err(Ending::Internal(format!(
                 "{via}robots.txt not fetched: {reason}"
             ))),
+            // Nothing answers there: an ordinary failure to connect, retried with the
+            // usual backoff, not a robots.txt to wait for.
+            Permission::NoConnection(reason) => Err(Ending::Transient(format!(
+                "{via}robots.txt not fetched: {reason}"
+            ))),
+            // Only this origin waits (RFC 9309 reads robots.txt per origin): its jobs come
+            // back when its answer is due again; the host's other ports do not wait.
             Permission::Unreachable { wait, reason } => {
-                self.limits.pause(host, wait);
-                tracing::info!(%host, wait_secs = wait.as_secs_f64(), %reason, "robots.txt unreachable; pausing the host");
-                Err(Ending::HostUnavailable {
+                tracing::debug!(wait_secs = wait.as_secs_f64(), %reason, "robots.txt unreachable; the job waits for it");
+                Err(Ending::RobotsUnreachable {
                     after: wait,
                     reason: format!("{via}{reason}"),
-                    host: host.to_owned(),
                 })
             }
         }
@@ -330,6 +330,9 @@ impl Crawler {
                 Ok(response) => response,
                 Err(e) if e.is_internal() => {
                     return RobotsAnswer::NotAsked(format!("GET {url}: {e}"))
+                }
+                Err(e) if e.is_no_connection() => {
+                    return RobotsAnswer::NoConnection(format!("GET {url}: {e}"))
                 }
                 Err(e) => return RobotsAnswer::Failed(format!("GET {url}: {e}")),
             };
@@ -367,9 +370,7 @@ impl Crawler {
         loop {
             let url = chain.last().expect("chain starts non-empty").clone();
             let host = urls::host_key(&url).expect("checked URLs have a host");
-            let crawl_delay = self
-                .ask_robots(&url, &host, chain.len() == 1, ticket)
-                .await?;
+            let crawl_delay = self.ask_robots(&url, chain.len() == 1, ticket).await?;
             // Held until this hop's response is in (dropped with this loop turn).
             let _turn = self.limits.until_ready(&host, crawl_delay, ticket).await;
             let options = GetOptions {

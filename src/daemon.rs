@@ -6,7 +6,7 @@
 //! with each other; attempts run concurrently and report back over a channel. While the
 //! loop commits one batch, the next one accumulates: that is the group commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -267,6 +267,8 @@ struct Scheduler<'d> {
     last_heartbeat: Instant,
     last_database_check: Instant,
     done_at_last_stats: u64,
+    /// The unpauses (host, when) seen at the last heartbeat, each acted on once.
+    pauses_lifted: HashSet<(String, String)>,
 }
 
 impl<'d> Scheduler<'d> {
@@ -296,6 +298,7 @@ impl<'d> Scheduler<'d> {
             last_heartbeat: now,
             last_database_check: now,
             done_at_last_stats: 0,
+            pauses_lifted: HashSet::new(),
         }
     }
 
@@ -540,6 +543,24 @@ impl<'d> Scheduler<'d> {
                 .await
             {
                 self.store_failed(&e);
+            }
+            // Looked at over three heartbeats, so a slow turn does not miss one; each
+            // unpause is acted on once (a pause or failed robots.txt answer that came
+            // after it stands).
+            match self
+                .store()
+                .lifted_pauses(settings.daemon.heartbeat * 3)
+                .await
+            {
+                Ok(lifted) => {
+                    let lifted: HashSet<(String, String)> = lifted.into_iter().collect();
+                    for (host, _) in lifted.difference(&self.pauses_lifted) {
+                        tracing::info!(%host, "pause lifted by crawlq unpause");
+                        self.daemon.crawler.lift_pause(host);
+                    }
+                    self.pauses_lifted = lifted;
+                }
+                Err(e) => self.store_failed(&e),
             }
         }
         if now.duration_since(self.last_prune) >= PRUNE_LIMITER_EVERY {

@@ -63,6 +63,17 @@ impl FetchError {
         )
     }
 
+    /// Whether nothing could be reached at all: the name does not resolve, or no
+    /// connection could be made (refused, unreachable, timed out).
+    pub fn is_no_connection(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Resolve { .. }
+                | FetchError::Connect { .. }
+                | FetchError::ConnectTimeout { .. }
+        )
+    }
+
     /// Whether trying the same request later might work.
     pub fn is_transient(&self) -> bool {
         !matches!(

@@ -166,14 +166,12 @@ pub enum Ending {
     Fatal(String),
     /// Crawl policy says no (robots.txt, a page this crawl already has): not fetched.
     Skipped(String),
-    /// `host` cannot be asked yet (its robots.txt is unreachable): the whole host waits
-    /// `after`, and the job is retried then like after a 503, so a host that never answers
-    /// still ends its jobs after their attempts.
-    HostUnavailable {
-        after: Duration,
-        reason: String,
-        host: String,
-    },
+    /// The job's origin cannot be asked yet (its robots.txt answered 5xx or 429, or did
+    /// not answer in time): the job is retried once the origin's answer is `after` old,
+    /// like after a 503, so a site that never answers still ends its jobs after their
+    /// attempts. Other origins of the same host name (another port, the other scheme) are
+    /// not held back.
+    RobotsUnreachable { after: Duration, reason: String },
     /// crawlq's own fault, not the site's (it ran out of file descriptors, its HTTP
     /// client stopped): the job goes back to the queue without using up an attempt.
     Internal(String),
@@ -238,8 +236,9 @@ pub fn decide(
                 reason: reason.clone(),
             }
         }
-        // The wait itself comes in as `not_before` (the host's pause).
-        Ending::HostUnavailable { reason, .. } => (true, reason.clone()),
+        Ending::RobotsUnreachable { reason, after } => {
+            return retry_or_give_up(reason.clone(), attempt, max_attempts, retry, Some(*after));
+        }
         Ending::Internal(reason) => {
             return Verdict::Requeue {
                 after: INTERNAL_FAULT_PAUSE,
@@ -250,6 +249,18 @@ pub fn decide(
     if !retryable {
         return Verdict::Failed { reason };
     }
+    retry_or_give_up(reason, attempt, max_attempts, retry, not_before)
+}
+
+/// A retryable ending: tried again after the backoff (and at least `not_before`), or
+/// failed once the attempts are used up.
+fn retry_or_give_up(
+    reason: String,
+    attempt: i64,
+    max_attempts: u32,
+    retry: &RetrySettings,
+    not_before: Option<Duration>,
+) -> Verdict {
     if attempt >= i64::from(max_attempts) {
         return Verdict::Failed {
             reason: format!("{reason} (gave up after {attempt} attempts)"),

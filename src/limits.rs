@@ -355,6 +355,11 @@ impl RateLimits {
         *entry = (*entry).max(until);
     }
 
+    /// Lets requests to `host` go again (`crawlq unpause`); its quota still holds.
+    pub fn lift_pause(&self, host: &str) {
+        self.paused.lock().expect("pause map lock").remove(host);
+    }
+
     /// The Crawl-delay state of `host` (when its last request ended) and the delay, made
     /// (or remade, if the delay changed) on first use. None when the delay is not slower
     /// than the host's own quota.

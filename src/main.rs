@@ -75,6 +75,13 @@ enum Command {
         /// The `results.id` whose body to print.
         result_id: i64,
     },
+    /// Let a host be crawled again now: lift its Retry-After pause, forget its failed
+    /// robots.txt answers (every scheme and port), and make its jobs waiting for a retry
+    /// due now. A running daemon honours it within daemon.heartbeat_secs.
+    Unpause {
+        /// A host name (example.com), or a URL or origin whose host is meant.
+        host: String,
+    },
 }
 
 /// A failure with the exit code it deserves.
@@ -132,6 +139,7 @@ fn execute(cli: Cli) -> Result<(), Failure> {
             } => add(settings, urls, priority, selectors).await,
             Command::Status { json } => status(settings, json).await,
             Command::Body { result_id } => body(settings, result_id).await,
+            Command::Unpause { host } => unpause(settings, &host).await,
             Command::Healthcheck => healthcheck(settings).await,
             Command::Migrate => {
                 let store = Store::open(&settings.database)
@@ -305,6 +313,35 @@ async fn body(settings: Settings, result_id: i64) -> Result<(), Failure> {
     std::io::stdout()
         .write_all(&page)
         .map_err(|e| Failure::runtime(format!("writing the body: {e}")))
+}
+
+async fn unpause(settings: Settings, target: &str) -> Result<(), Failure> {
+    // A host as `status` shows it, or a URL/origin pasted from a job or a log line.
+    let host = if target.contains("://") {
+        url::Url::parse(target)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
+            .ok_or_else(|| Failure::config(format!("{target:?} is not a URL with a host")))?
+    } else {
+        target.trim().to_ascii_lowercase()
+    };
+    if host.is_empty() || host.contains(['/', ' ']) {
+        return Err(Failure::config(format!("{target:?} is not a host name")));
+    }
+    let store = open_existing(&settings).await?;
+    let unpaused = store.unpause(&host).await;
+    store.close().await;
+    let unpaused = unpaused.map_err(Failure::runtime)?;
+    let pause = if unpaused.pause_lifted {
+        "its Retry-After pause lifted"
+    } else {
+        "it had no Retry-After pause"
+    };
+    println!(
+        "{host}: {pause}; {} failed robots.txt answer(s) forgotten (asked again by the next job); {} job(s) waiting for a retry due now",
+        unpaused.robots_forgotten, unpaused.jobs_due_now
+    );
+    Ok(())
 }
 
 /// The longest lists `crawlq status` shows.

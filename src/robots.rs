@@ -9,9 +9,12 @@
 //! How an answer is read (RFC 9309 §2.3.1):
 //! - 2xx: the rules in the body (the first 512 KiB), for our product token or else `*`;
 //! - 4xx other than 429, or a redirect chain that goes nowhere: no rules, all allowed;
-//! - 5xx, 429, or no answer: everything disallowed until `robots_unreachable_wait_secs`
-//!   has passed and robots.txt is tried again. The host's jobs wait meanwhile; they are not
-//!   failed or skipped for it.
+//! - 5xx, 429, or no answer in time: everything disallowed until
+//!   `robots_unreachable_wait_secs` has passed and robots.txt is tried again. The origin's
+//!   jobs wait meanwhile (each wait counts as one of their attempts, so a site that never
+//!   answers ends them); other origins of the same host name do not;
+//! - no connection at all (refused, no such host): nothing is kept, and the job fails or
+//!   retries as any request that cannot connect.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,6 +47,8 @@ pub enum Permission {
     /// robots.txt was not asked for, through a fault of crawlq's own: nothing is known
     /// (or kept) about the site.
     NotAsked(String),
+    /// Nothing answered there (refused, no such host): nothing is kept about the site.
+    NoConnection(String),
 }
 
 /// How an answer reads in a log line.
@@ -52,7 +57,9 @@ fn describe(answer: &RobotsAnswer) -> String {
         RobotsAnswer::Fetched { status, body } => {
             format!("HTTP {status}, {} bytes", body.len())
         }
-        RobotsAnswer::Failed(reason) | RobotsAnswer::NotAsked(reason) => reason.clone(),
+        RobotsAnswer::Failed(reason)
+        | RobotsAnswer::NotAsked(reason)
+        | RobotsAnswer::NoConnection(reason) => reason.clone(),
     }
 }
 
@@ -63,6 +70,8 @@ enum Policy {
     Unreachable(String),
     /// Not asked (crawlq's fault): never cached.
     NotAsked(String),
+    /// Nothing answered: never cached.
+    NoConnection(String),
 }
 
 struct Cached {
@@ -126,6 +135,7 @@ impl Robots {
                 self.agent
             )),
             Policy::NotAsked(reason) => Permission::NotAsked(reason.clone()),
+            Policy::NoConnection(reason) => Permission::NoConnection(reason.clone()),
             Policy::Unreachable(reason) => Permission::Unreachable {
                 wait: expires
                     .saturating_duration_since(Instant::now())
@@ -159,8 +169,14 @@ impl Robots {
                 self.fetch_and_keep(origin, fetch_robots).await
             }
         };
-        if let RobotsAnswer::NotAsked(reason) = answer {
-            return (Arc::new(Policy::NotAsked(reason)), Instant::now());
+        match answer {
+            RobotsAnswer::NotAsked(reason) => {
+                return (Arc::new(Policy::NotAsked(reason)), Instant::now())
+            }
+            RobotsAnswer::NoConnection(reason) => {
+                return (Arc::new(Policy::NoConnection(reason)), Instant::now())
+            }
+            _ => {}
         }
         let agent = self.agent.clone();
         let origin_owned = origin.to_owned();
@@ -189,7 +205,7 @@ impl Robots {
         let robots_url = Url::parse(&format!("{origin}/robots.txt"))
             .expect("an http(s) origin plus a path is a URL");
         let answer = fetch_robots(robots_url).await;
-        if let RobotsAnswer::NotAsked(_) = answer {
+        if let RobotsAnswer::NotAsked(_) | RobotsAnswer::NoConnection(_) = answer {
             return (answer, Duration::ZERO);
         }
         let fresh_for = match &answer {
@@ -247,6 +263,30 @@ impl Robots {
         }
     }
 
+    /// Forgets the failed answers of `host`'s origins held in memory (`crawlq unpause`
+    /// deleted them from the table): the next job there asks robots.txt again. A slot in
+    /// use right now is left alone; its answer is about to be replaced anyway.
+    pub fn forget_failed(&self, host: &str) {
+        let slots = self.slots.lock().expect("robots slots lock");
+        for (origin, slot) in slots.iter() {
+            let of_host = Url::parse(origin)
+                .ok()
+                .and_then(|url| crate::urls::host_key(&url))
+                .is_some_and(|h| h == host);
+            if !of_host {
+                continue;
+            }
+            if let Some(mut cached) = slot.try_lock() {
+                if cached
+                    .as_ref()
+                    .is_some_and(|c| matches!(*c.policy, Policy::Unreachable(_)))
+                {
+                    *cached = None;
+                }
+            }
+        }
+    }
+
     /// Origins whose rules are in memory (for tests and stats).
     pub fn cached_origins(&self) -> usize {
         self.slots.lock().expect("robots slots lock").len()
@@ -282,6 +322,7 @@ fn policy_of(answer: &RobotsAnswer, agent: &str, origin: &str) -> Policy {
             Policy::Unreachable(format!("robots.txt unreachable ({reason})"))
         }
         RobotsAnswer::NotAsked(reason) => Policy::NotAsked(reason.clone()),
+        RobotsAnswer::NoConnection(reason) => Policy::NoConnection(reason.clone()),
     }
 }
 
@@ -314,7 +355,7 @@ mod tests {
         match policy {
             Policy::AllowAll => true,
             Policy::Rules(robot) => robot.allowed(&format!("http://a.example{path}")),
-            Policy::Unreachable(_) | Policy::NotAsked(_) => false,
+            Policy::Unreachable(_) | Policy::NotAsked(_) | Policy::NoConnection(_) => false,
         }
     }
 

@@ -72,18 +72,13 @@ impl HostSchedule {
         self.ready.push_back(host.to_owned());
     }
 
-    /// `host` has work that is due at `due` (a retry's backoff). A waiting host waits no
-    /// longer than that; a host that is ready, full, or waiting for less keeps its place,
-    /// and comes back at `due` if it has left the index by then.
+    /// `host` has work that is due at `due` (a retry's backoff, an origin's robots.txt
+    /// wait): the host joins the index then, if it is not in it already. Only a reminder:
+    /// it holds no place, so work on the same host that is due now (a new job, another
+    /// port's) is not held back by it.
     pub fn add_at(&mut self, host: &str, due: Instant) {
-        match self.places.get(host) {
-            Some(Place::Waiting(at)) if due <= *at => self.wait(host, due),
-            Some(_) if self.reminders.len() < self.capacity => {
-                self.reminders.push(Reverse((due, host.to_owned())));
-            }
-            Some(_) => {}
-            None if self.places.len() < self.capacity => self.wait(host, due),
-            None => {}
+        if self.reminders.len() < self.capacity {
+            self.reminders.push(Reverse((due, host.to_owned())));
         }
     }
 
@@ -205,25 +200,24 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_moves_a_waiting_host_sooner_and_a_later_one_is_remembered() {
+    fn work_due_later_brings_its_host_back_then_without_holding_it_back_now() {
         let t0 = Instant::now();
         let later = t0 + Duration::from_secs(10);
         let sooner = t0 + Duration::from_secs(1);
         let mut s = HostSchedule::new(100);
         s.add_at("a", later);
         s.add_at("a", sooner);
+        assert!(s.is_empty(), "a reminder holds no place");
         assert_eq!(s.next_wake(), Some(sooner));
+        assert_eq!(s.next_due(t0), None);
         assert_eq!(s.next_due(sooner).as_deref(), Some("a"));
-        // The stale heap entry for `later` does not bring it back by itself...
-        assert_eq!(s.next_due(later), None);
-        assert_eq!(s.next_wake(), None);
-        // ...but work due later than a host's place is remembered.
-        s.add_at("b", sooner);
-        s.add_at("b", later);
-        assert_eq!(s.next_due(sooner).as_deref(), Some("b"));
         assert_eq!(s.next_wake(), Some(later));
-        assert_eq!(s.next_due(later).as_deref(), Some("b"));
+        assert_eq!(s.next_due(later).as_deref(), Some("a"));
         assert_eq!(s.next_wake(), None);
+        // New work due now on a host with a retry due later goes now.
+        s.add_at("b", later + Duration::from_secs(600));
+        s.add("b");
+        assert_eq!(s.next_due(later).as_deref(), Some("b"));
     }
 
     #[test]

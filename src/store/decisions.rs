@@ -180,6 +180,20 @@ pub(super) fn with_known_version(mut job: ClaimedJob, known: Option<&[u8]>) -> C
     job
 }
 
+/// The origins among `origins` ('http://h', 'https://h:8443') whose host is `host`:
+/// `crawlq unpause HOST` forgets robots.txt answers for every scheme and port of it.
+pub(super) fn origins_of_host(origins: Vec<String>, host: &str) -> Vec<String> {
+    origins
+        .into_iter()
+        .filter(|origin| {
+            url::Url::parse(origin)
+                .ok()
+                .and_then(|url| crate::urls::host_key(&url))
+                .is_some_and(|h| h == host)
+        })
+        .collect()
+}
+
 /// Bytes as lower-case hex: how bytes (a robots.txt body) travel in a JSON batch, for
 /// SQLite's `unhex()` and PostgreSQL's `decode(…, 'hex')`.
 pub(super) fn hex(bytes: &[u8]) -> String {
@@ -322,6 +336,22 @@ mod tests {
             [("http://a.test/x", &with.validators.etag, &None, 2)]
         );
         assert_eq!(changes.forget, ["http://a.test/z"]);
+    }
+
+    #[test]
+    fn a_host_has_the_origins_of_every_scheme_and_port() {
+        let origins = [
+            "http://a.test",
+            "https://a.test:8443",
+            "http://a.test.example",
+            "http://b.a.test",
+            "http://[::1]:80",
+            "not an origin",
+        ];
+        let of = |host| origins_of_host(origins.iter().map(|o| o.to_string()).collect(), host);
+        assert_eq!(of("a.test"), ["http://a.test", "https://a.test:8443"]);
+        assert_eq!(of("[::1]"), ["http://[::1]:80"]);
+        assert!(of("test").is_empty());
     }
 
     #[test]

@@ -263,6 +263,21 @@ impl Store {
 
     // ---- What the crawl looks up. ----
 
+    /// `crawlq unpause HOST`: see [`Unpaused`].
+    pub async fn unpause(&self, host: &str) -> Result<Unpaused, StoreError> {
+        on_backend!(self, db => db.unpause(host).await)
+    }
+
+    /// Hosts `crawlq unpause` lifted within the last `within`, each with when (an opaque
+    /// text that differs for each unpause): a running daemon lifts what it holds in
+    /// memory for them, once per unpause.
+    pub async fn lifted_pauses(
+        &self,
+        within: Duration,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        on_backend!(self, db => db.lifted_pauses(within).await)
+    }
+
     /// Hosts still paused (Retry-After), with how long is left.
     pub async fn active_pauses(&self) -> Result<Vec<(String, Duration)>, StoreError> {
         on_backend!(self, db => db.active_pauses().await)

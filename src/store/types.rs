@@ -198,6 +198,22 @@ pub struct WorkerSummary {
     pub in_flight: i64,
 }
 
+/// What `crawlq unpause HOST` changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unpaused {
+    /// A Retry-After pause was in force and is lifted.
+    pub pause_lifted: bool,
+    /// Failed robots.txt answers forgotten, one per origin (scheme and port) of the host:
+    /// robots.txt is asked again by the next job there.
+    pub robots_forgotten: u64,
+    /// Queued jobs of the host that were waiting for a retry and are due now.
+    pub jobs_due_now: u64,
+}
+
+/// What the `hosts` table says after `crawlq unpause`, for daemons to lift a pause they
+/// hold in memory: `paused_until` NULL with this reason.
+pub const UNPAUSED_REASON: &str = "lifted by crawlq unpause";
+
 /// What fetching an origin's robots.txt came to (redirects already followed), as the
 /// `robots` table keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -209,6 +225,10 @@ pub enum RobotsAnswer {
     /// Not asked, through a fault of crawlq's own (see `robots::Permission::NotAsked`);
     /// never cached or stored.
     NotAsked(String),
+    /// Nothing to ask: the host name does not resolve or no connection could be made.
+    /// The job fails (or retries) as any request that cannot connect; never cached or
+    /// stored, so a site that comes up is asked at once.
+    NoConnection(String),
 }
 
 /// A robots.txt answer to be stored (see `robots::Robots::take_unsaved`).

@@ -1,6 +1,7 @@
 //! robots.txt through the real daemon: disallowed pages skipped, one fetch per site (kept
 //! across a restart), Crawl-delay seen in the server's arrival times, and an unreachable
-//! robots.txt holding the whole host back (RFC 9309), within the job's attempts.
+//! robots.txt holding its origin back (RFC 9309), within the job's attempts, while a port
+//! where nothing listens is an ordinary failure to connect.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -177,7 +178,7 @@ fn a_crawl_delay_never_speeds_up_a_slower_quota() {
 }
 
 #[test]
-fn an_unreachable_robots_txt_holds_the_host_back_until_it_answers() {
+fn an_unreachable_robots_txt_holds_its_origin_back_until_it_answers() {
     block_on(async {
         // robots.txt fails twice (503, then 500), then says everything is allowed.
         let robots_asked = Arc::new(AtomicUsize::new(0));
@@ -215,12 +216,14 @@ fn an_unreachable_robots_txt_holds_the_host_back_until_it_answers() {
             }
         })
         .await;
-        let reason: String =
-            sqlx::query_scalar("SELECT pause_reason FROM hosts WHERE host = '127.0.0.3'")
-                .fetch_one(&daemon.sql)
-                .await
-                .expect("the host's pause is recorded");
-        assert!(reason.contains("robots.txt unreachable"), "{reason}");
+        let host_pauses: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hosts")
+            .fetch_one(&daemon.sql)
+            .await
+            .unwrap();
+        assert_eq!(
+            host_pauses, 0,
+            "the wait is the origin's, not a pause of the host"
+        );
 
         let job = daemon.wait_finished(held).await;
         assert_eq!(job.status, "done", "{:?}", job.error);
@@ -305,6 +308,165 @@ fn a_robots_txt_that_never_answers_ends_the_job_after_its_attempts() {
         );
         assert!(server.page_hits().is_empty(), "{:?}", server.hits());
         assert_eq!(server.hits_for("/robots.txt").len(), 2);
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn an_unreachable_robots_txt_holds_back_its_origin_only() {
+    block_on(async {
+        // Two origins of one host name: robots.txt on the first always answers 503.
+        let down = TestServer::start("127.0.0.5", |request| {
+            if request.path == "/robots.txt" {
+                Reply::status(503)
+            } else {
+                Reply::html("<title>never fetched</title>")
+            }
+        });
+        let up = site("127.0.0.5", "User-agent: *\nAllow: /\n");
+        let daemon = RunningDaemon::start(|s| {
+            obey_robots(s);
+            s.crawl.robots_unreachable_wait = Duration::from_secs(600);
+        })
+        .await;
+        let held = daemon.insert(&down.url("/held")).await;
+        let sql = daemon.sql.clone();
+        wait_until("the first origin's job to wait for its robots.txt", || {
+            let sql = sql.clone();
+            async move {
+                let row = common::job_row(&sql, held).await;
+                row.status == "queued"
+                    && row
+                        .error
+                        .is_some_and(|e| e.contains("robots.txt unreachable"))
+            }
+        })
+        .await;
+        // The other port of the same host name is crawled at once, not ten minutes later.
+        let free = daemon.insert(&up.url("/free")).await;
+        daemon.wait_all_done(&[free]).await;
+        assert_eq!(daemon.job(held).await.status, "queued");
+        assert!(down.page_hits().is_empty(), "{:?}", down.hits());
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_port_where_nothing_listens_fails_with_the_usual_backoff_and_holds_nothing_back() {
+    block_on(async {
+        let up = site("127.0.0.6", "User-agent: *\nAllow: /\n");
+        // A port that was free a moment ago: connecting to it is refused.
+        let dead_port = std::net::TcpListener::bind("127.0.0.6:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let daemon = RunningDaemon::start(|s| {
+            obey_robots(s);
+            s.crawl.robots_unreachable_wait = Duration::from_secs(600);
+            s.retry.max_attempts = 3.try_into().unwrap();
+            s.retry.backoff_initial = Duration::from_millis(200);
+        })
+        .await;
+        let dead = daemon
+            .insert(&format!("http://127.0.0.6:{dead_port}/page"))
+            .await;
+        let free = daemon.insert(&up.url("/free")).await;
+        daemon.wait_all_done(&[free]).await;
+        // Failed after three attempts a backoff apart, not three ten-minute waits.
+        let job = daemon.wait_finished(dead).await;
+        assert_eq!(job.status, "failed");
+        assert_eq!(job.attempts, 3);
+        let error = job.error.unwrap_or_default();
+        assert!(
+            error.contains("could not connect") && error.contains("gave up after 3 attempts"),
+            "{error}"
+        );
+        assert!(!error.contains("robots.txt unreachable"), "{error}");
+        let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM robots WHERE origin = ?1")
+            .bind(format!("http://127.0.0.6:{dead_port}"))
+            .fetch_one(&daemon.sql)
+            .await
+            .unwrap();
+        assert_eq!(kept, 0, "nothing is kept about a site that is not there");
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn crawlq_unpause_lets_a_host_be_crawled_again_at_once() {
+    block_on(async {
+        // One host whose robots.txt fails and one that asks to wait an hour, until fixed.
+        let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let robots_fixed = fixed.clone();
+        let robots_down = TestServer::start("127.0.0.7", move |request| {
+            match (request.path.as_str(), robots_fixed.load(Ordering::SeqCst)) {
+                ("/robots.txt", false) => Reply::status(503),
+                ("/robots.txt", true) => Reply::bytes("text/plain", b"User-agent: *\n".to_vec()),
+                _ => Reply::html("<title>page</title>"),
+            }
+        });
+        let waits_fixed = fixed.clone();
+        let asks_to_wait = TestServer::start("127.0.0.8", move |request| {
+            match (request.path.as_str(), waits_fixed.load(Ordering::SeqCst)) {
+                ("/robots.txt", _) => Reply::bytes("text/plain", b"User-agent: *\n".to_vec()),
+                (_, false) => Reply::status(429).with_header("Retry-After", "3600"),
+                (_, true) => Reply::html("<title>page</title>"),
+            }
+        });
+        let daemon = RunningDaemon::start(|s| {
+            obey_robots(s);
+            s.crawl.robots_unreachable_wait = Duration::from_secs(600);
+            s.daemon.heartbeat = Duration::from_millis(200);
+        })
+        .await;
+        let first = daemon.insert(&robots_down.url("/page")).await;
+        let second = daemon.insert(&asks_to_wait.url("/page")).await;
+        let sql = daemon.sql.clone();
+        wait_until("both jobs to wait (robots.txt, Retry-After)", || {
+            let sql = sql.clone();
+            async move {
+                let a = common::job_row(&sql, first).await;
+                let b = common::job_row(&sql, second).await;
+                a.error
+                    .is_some_and(|e| e.contains("robots.txt unreachable"))
+                    && b.error.is_some_and(|e| e.contains("HTTP 429"))
+            }
+        })
+        .await;
+        fixed.store(true, Ordering::SeqCst);
+
+        for (host, said) in [
+            (
+                "127.0.0.7",
+                "127.0.0.7: it had no Retry-After pause; 1 failed robots.txt answer(s) forgotten",
+            ),
+            (
+                // A URL names its host.
+                &*asks_to_wait.url("/page"),
+                "127.0.0.8: its Retry-After pause lifted; 0 failed robots.txt answer(s) forgotten",
+            ),
+        ] {
+            let output = common::crawlq(daemon.db.dir.path())
+                .arg("--database")
+                .arg(&daemon.db.path)
+                .args(["unpause", host])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "{stdout} {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(stdout.contains(said), "{stdout}");
+            assert!(
+                stdout.contains("1 job(s) waiting for a retry due now"),
+                "{stdout}"
+            );
+        }
+        // Crawled now, not in ten minutes or an hour.
+        daemon.wait_all_done(&[first, second]).await;
         daemon.stop().await;
     });
 }

@@ -1,5 +1,5 @@
-//! What the crawl asks while it runs: paused hosts, a URL in a crawl, robots.txt answers
-//! (read and kept), a stored body.
+//! What the crawl asks while it runs: paused hosts (and lifting a pause), a URL in a crawl,
+//! robots.txt answers (read and kept), a stored body.
 
 use std::time::Duration;
 
@@ -7,9 +7,10 @@ use sqlx::Row;
 
 use super::{json, PostgresStore};
 use crate::job::{ClaimedJob, JobId};
+use crate::store::decisions;
 use crate::store::decisions::hex;
 use crate::store::error::Doing;
-use crate::store::{FetchedRobots, RobotsAnswer, StoreError};
+use crate::store::{FetchedRobots, RobotsAnswer, StoreError, Unpaused, UNPAUSED_REASON};
 
 impl PostgresStore {
     /// Hosts still paused (Retry-After), with how long is left.
@@ -25,6 +26,81 @@ impl PostgresStore {
             .into_iter()
             .map(|(host, secs)| (host, Duration::from_secs_f64(secs.max(0.0))))
             .collect())
+    }
+
+    /// `crawlq unpause HOST`: lifts the host's Retry-After pause, forgets the failed
+    /// robots.txt answers of its origins, and makes its jobs waiting for a retry due now.
+    /// The `hosts` row is left saying so ([`UNPAUSED_REASON`]), for running daemons.
+    pub async fn unpause(&self, host: &str) -> Result<Unpaused, StoreError> {
+        const DOING: &str = "lifting a pause";
+        let mut tx = self.pool.begin().await.doing(DOING)?;
+        // The row locked first, so two unpauses (or a finish pausing the host) take turns.
+        let paused: bool = sqlx::query_scalar(
+            "INSERT INTO hosts (host, paused_until, pause_reason, updated_at)
+             VALUES ($1, NULL, $2, now())
+             ON CONFLICT (host) DO UPDATE SET pause_reason = hosts.pause_reason
+             RETURNING COALESCE(paused_until > now(), false)",
+        )
+        .bind(host)
+        .bind(UNPAUSED_REASON)
+        .fetch_one(&mut *tx)
+        .await
+        .doing(DOING)?;
+        sqlx::query(
+            "UPDATE hosts SET paused_until = NULL, pause_reason = $2, updated_at = now()
+              WHERE host = $1",
+        )
+        .bind(host)
+        .bind(UNPAUSED_REASON)
+        .execute(&mut *tx)
+        .await
+        .doing(DOING)?;
+        let failed: Vec<String> = sqlx::query_scalar(
+            "SELECT origin FROM robots
+              WHERE http_status IS NULL OR http_status >= 500 OR http_status = 429",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .doing(DOING)?;
+        let origins = decisions::origins_of_host(failed, host);
+        let robots_forgotten = sqlx::query("DELETE FROM robots WHERE origin = ANY($1::text[])")
+            .bind(&origins)
+            .execute(&mut *tx)
+            .await
+            .doing(DOING)?
+            .rows_affected();
+        let jobs_due_now = sqlx::query(
+            "UPDATE jobs SET run_after = now()
+              WHERE status = 'queued' AND host = $1 AND error IS NOT NULL AND run_after > now()",
+        )
+        .bind(host)
+        .execute(&mut *tx)
+        .await
+        .doing(DOING)?
+        .rows_affected();
+        tx.commit().await.doing(DOING)?;
+        Ok(Unpaused {
+            pause_lifted: paused,
+            robots_forgotten,
+            jobs_due_now,
+        })
+    }
+
+    /// Hosts `crawlq unpause` lifted within the last `within`, each with when.
+    pub async fn lifted_pauses(
+        &self,
+        within: Duration,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as(
+            "SELECT host, updated_at::text FROM hosts
+              WHERE paused_until IS NULL AND pause_reason = $1
+                AND updated_at > now() - make_interval(secs => $2)",
+        )
+        .bind(UNPAUSED_REASON)
+        .bind(within.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading lifted pauses")
     }
 
     /// The job of `asking`'s crawl whose URL is `canonical_url`, other than `asking` itself
@@ -107,10 +183,11 @@ impl PostgresStore {
                     RobotsAnswer::Fetched { status, body } => {
                         (Some(*status), Some(hex(body)), None)
                     }
-                    // NotAsked never reaches here (it is not kept); stored, it reads as Failed.
-                    RobotsAnswer::Failed(reason) | RobotsAnswer::NotAsked(reason) => {
-                        (None, None, Some(reason.as_str()))
-                    }
+                    // NotAsked and NoConnection never reach here (they are not kept);
+                    // stored, they would read as Failed.
+                    RobotsAnswer::Failed(reason)
+                    | RobotsAnswer::NotAsked(reason)
+                    | RobotsAnswer::NoConnection(reason) => (None, None, Some(reason.as_str())),
                 };
                 serde_json::json!({
                     "origin": fetched.origin, "status": status, "body": body,

@@ -1,15 +1,16 @@
-//! What the crawl asks while it runs: paused hosts, a URL in a crawl, robots.txt answers
-//! (read and kept), a stored body.
+//! What the crawl asks while it runs: paused hosts (and lifting a pause), a URL in a crawl,
+//! robots.txt answers (read and kept), a stored body.
 
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
 use super::{lossy_text, SqliteStore};
 use crate::job::{ClaimedJob, JobId};
+use crate::store::decisions;
 use crate::store::decisions::hex;
 use crate::store::error::Doing;
-use crate::store::{FetchedRobots, RobotsAnswer, StoreError};
+use crate::store::{FetchedRobots, RobotsAnswer, StoreError, Unpaused, UNPAUSED_REASON};
 
 impl SqliteStore {
     /// Hosts still paused (Retry-After), with how long is left: the limiter is told at
@@ -27,6 +28,84 @@ impl SqliteStore {
             .into_iter()
             .map(|(host, secs)| (host, Duration::from_secs_f64(secs.max(0.0))))
             .collect())
+    }
+
+    /// `crawlq unpause HOST`: lifts the host's Retry-After pause, forgets the failed
+    /// robots.txt answers of its origins, and makes its jobs waiting for a retry due now.
+    /// The `hosts` row is left saying so ([`UNPAUSED_REASON`]), for running daemons.
+    pub async fn unpause(&self, host: &str) -> Result<Unpaused, StoreError> {
+        const DOING: &str = "lifting a pause";
+        let mut writer = self.writer().await.doing(DOING)?;
+        let mut tx = writer.begin().await.doing(DOING)?;
+        let paused: i64 = sqlx::query_scalar(concat!(
+            "SELECT COUNT(*) FROM hosts WHERE host = ?1 AND paused_until > ",
+            now!()
+        ))
+        .bind(host)
+        .fetch_one(&mut *tx)
+        .await
+        .doing(DOING)?;
+        sqlx::query(concat!(
+            "INSERT INTO hosts (host, paused_until, pause_reason, updated_at)
+             VALUES (?1, NULL, ?2, ",
+            now!(),
+            ") ON CONFLICT (host) DO UPDATE SET paused_until = NULL,
+                 pause_reason = excluded.pause_reason, updated_at = excluded.updated_at"
+        ))
+        .bind(host)
+        .bind(UNPAUSED_REASON)
+        .execute(&mut *tx)
+        .await
+        .doing(DOING)?;
+        let failed: Vec<String> = sqlx::query_scalar(
+            "SELECT origin FROM robots
+              WHERE http_status IS NULL OR http_status >= 500 OR http_status = 429",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .doing(DOING)?;
+        let origins = decisions::origins_of_host(failed, host);
+        let robots_forgotten =
+            sqlx::query("DELETE FROM robots WHERE origin IN (SELECT value FROM json_each(?1))")
+                .bind(serde_json::to_string(&origins).expect("strings serialize"))
+                .execute(&mut *tx)
+                .await
+                .doing(DOING)?
+                .rows_affected();
+        let jobs_due_now = sqlx::query(concat!(
+            "UPDATE jobs SET run_after = ",
+            now!(),
+            " WHERE status = 'queued' AND host = ?1 AND error IS NOT NULL AND run_after > ",
+            now!()
+        ))
+        .bind(host)
+        .execute(&mut *tx)
+        .await
+        .doing(DOING)?
+        .rows_affected();
+        tx.commit().await.doing(DOING)?;
+        Ok(Unpaused {
+            pause_lifted: paused > 0,
+            robots_forgotten,
+            jobs_due_now,
+        })
+    }
+
+    /// Hosts `crawlq unpause` lifted within the last `within`, each with when.
+    pub async fn lifted_pauses(
+        &self,
+        within: Duration,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as(
+            "SELECT host, updated_at FROM hosts
+              WHERE paused_until IS NULL AND pause_reason = ?1
+                AND updated_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ?2 || ' seconds')",
+        )
+        .bind(UNPAUSED_REASON)
+        .bind(within.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await
+        .doing("reading lifted pauses")
     }
 
     /// The job of `asking`'s crawl whose URL is `canonical_url`, if it has one other than
@@ -107,10 +186,11 @@ impl SqliteStore {
                     RobotsAnswer::Fetched { status, body } => {
                         (Some(*status), Some(hex(body)), None)
                     }
-                    // NotAsked never reaches here (it is not kept); stored, it reads as Failed.
-                    RobotsAnswer::Failed(reason) | RobotsAnswer::NotAsked(reason) => {
-                        (None, None, Some(reason.as_str()))
-                    }
+                    // NotAsked and NoConnection never reach here (they are not kept);
+                    // stored, they would read as Failed.
+                    RobotsAnswer::Failed(reason)
+                    | RobotsAnswer::NotAsked(reason)
+                    | RobotsAnswer::NoConnection(reason) => (None, None, Some(reason.as_str())),
                 };
                 serde_json::json!([
                     fetched.origin,
