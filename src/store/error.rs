@@ -67,9 +67,15 @@ pub enum StoreError {
 /// machine rather than from crawlq (the databases' own messages say what, not why).
 fn advice(error: &sqlx::Error) -> &'static str {
     match error {
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+        sqlx::Error::Io(_) => {
             return " (the connection to the database server failed: is it running, and do \
                     the host, port and sslmode in database.url match it?)";
+        }
+        sqlx::Error::Tls(_) => {
+            return " (TLS to the database server failed: with sslmode=verify-ca or \
+                    verify-full, sslrootcert in database.url must name the CA that signed \
+                    the server's certificate, and verify-full needs the host to be a name \
+                    that certificate holds)";
         }
         sqlx::Error::PoolTimedOut => {
             return " (no connection to the database came free or could be opened in time: \

@@ -25,6 +25,7 @@ mod dockerfile;
 mod hostile;
 mod many_hosts;
 mod postgres;
+mod postgres_tls;
 mod properties;
 mod refetch;
 mod robots;

@@ -12,7 +12,7 @@
 //! Without the binaries: under CI (`CI` set) that is a failure; elsewhere each test that
 //! needed the server says loudly that it was skipped, and the count is printed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +34,10 @@ pub struct PgServer {
     bin: PathBuf,
     /// The postmaster, while it runs (`stop` and `start` change it).
     child: Mutex<Option<Child>>,
+    /// The port in the socket's name (and on TCP, when a test listens there).
+    port: u16,
+    /// Settings (`name=value`) a test asked for, passed to each start.
+    settings: Vec<String>,
 }
 
 /// A database of its own for one test, on a server.
@@ -119,6 +123,16 @@ fn as_server_user(program: PathBuf) -> Result<Command, String> {
 impl PgServer {
     /// A new cluster in a temp dir, started.
     pub fn start_new() -> Result<PgServer, String> {
+        PgServer::start_new_with(5432, |_| Ok(Vec::new()))
+    }
+
+    /// A new cluster whose data directory `setup` prepares (certificates, pg_hba.conf)
+    /// before the first start, returning settings (`name=value`) for every start; the
+    /// server's socket (and TCP port, if a setting listens on TCP) is `port`.
+    pub fn start_new_with(
+        port: u16,
+        setup: impl FnOnce(&Path) -> Result<Vec<String>, String>,
+    ) -> Result<PgServer, String> {
         let bin = server_binaries()?;
         let dir = std::env::temp_dir().join(format!(
             "crawlq-test-pg-{}-{}",
@@ -153,10 +167,22 @@ impl PgServer {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        let settings = setup(&dir.join("data"))?;
+        if is_root() {
+            // What setup wrote must be the server user's (it refuses a key others can read).
+            let (uid, gid) = postgres_user()?;
+            for entry in std::fs::read_dir(dir.join("data")).map_err(|e| e.to_string())? {
+                let path = entry.map_err(|e| e.to_string())?.path();
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {}: {e}", path.display()))?;
+            }
+        }
         let server = PgServer {
             dir,
             bin,
             child: Mutex::new(None),
+            port,
+            settings,
         };
         server.start()?;
         Ok(server)
@@ -183,17 +209,20 @@ impl PgServer {
                 "full_page_writes=off",
                 "-c",
                 "max_connections=300",
+                "-c",
             ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.join("server.log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            );
+            .arg(format!("port={}", self.port));
+        for setting in &self.settings {
+            command.arg("-c").arg(setting);
+        }
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("server.log"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        );
         // Signalled when the thread that started it ends: that thread lives as long as the
         // test program (see `on_keeper_thread`).
         unsafe {
@@ -210,7 +239,8 @@ impl PgServer {
             .map_err(|e| format!("starting postgres: {e}"))?;
         *self.child.lock().unwrap() = Some(child);
         let started = Instant::now();
-        while !self.dir.join(".s.PGSQL.5432").exists() || !self.accepts_connections() {
+        let socket = self.dir.join(format!(".s.PGSQL.{}", self.port));
+        while !socket.exists() || !self.accepts_connections() {
             let exited = self
                 .child
                 .lock()
@@ -238,6 +268,8 @@ impl PgServer {
         Command::new(self.bin.join("pg_isready"))
             .arg("-h")
             .arg(&self.dir)
+            .arg("-p")
+            .arg(self.port.to_string())
             .args(["-U", "postgres", "-q"])
             .status()
             .is_ok_and(|s| s.success())
@@ -256,8 +288,9 @@ impl PgServer {
     /// The URL of database `name` on this server.
     pub fn url(&self, name: &str) -> String {
         format!(
-            "postgres://postgres@localhost/{name}?host={}&port=5432",
-            self.dir.display()
+            "postgres://postgres@localhost/{name}?host={}&port={}",
+            self.dir.display(),
+            self.port
         )
     }
 
@@ -322,17 +355,23 @@ pub fn shared() -> Option<&'static PgServer> {
     match SHARED.get_or_init(PgServer::start_new) {
         Ok(server) => Some(server),
         Err(why) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("PostgreSQL is needed for the tests under CI: {why}");
-            }
-            let skipped = SKIPPED.fetch_add(1, Ordering::SeqCst) + 1;
-            eprintln!(
-                "SKIPPED a PostgreSQL test ({skipped} so far): {why} \
-                 (install the postgresql package to run them)"
-            );
+            cannot_run(why);
             None
         }
     }
+}
+
+/// A PostgreSQL test cannot run here: under CI that fails it; elsewhere it is skipped,
+/// loudly and counted.
+pub fn cannot_run(why: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("PostgreSQL is needed for the tests under CI: {why}");
+    }
+    let skipped = SKIPPED.fetch_add(1, Ordering::SeqCst) + 1;
+    eprintln!(
+        "SKIPPED a PostgreSQL test ({skipped} so far): {why} \
+         (install the postgresql package to run them)"
+    );
 }
 
 /// A pool for the test's own SQL, as a user's client would have.
