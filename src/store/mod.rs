@@ -221,13 +221,20 @@ impl Store {
     }
 
     /// Pushes back the expiry of the leases we hold (only those), so anything the
-    /// scheduler lost track of expires and comes back.
+    /// scheduler lost track of expires and comes back. Returns the leases of `held` that
+    /// are no longer ours (job id and lease token): the user cancelled the job or edited
+    /// its URL, or the lease expired and was taken back. Nothing those attempts bring
+    /// back can be stored, so they can stop.
     pub async fn renew_leases(
         &self,
         lease: Duration,
         held: &[&ClaimedJob],
-    ) -> Result<u64, StoreError> {
-        on_backend!(self, db => db.renew_leases(lease, held).await)
+    ) -> Result<Vec<(JobId, String)>, StoreError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let renewed = on_backend!(self, db => db.renew_leases(lease, held).await)?;
+        Ok(decisions::leases_lost(held, &renewed))
     }
 
     /// Jobs whose lease ran out go back to `queued`, or to `failed` after their last

@@ -172,6 +172,55 @@ fn jobs_still_running_after_the_grace_period_go_back_to_the_queue() {
 }
 
 #[test]
+fn sigterm_does_not_wait_for_a_job_cancelled_while_it_runs() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |req| match req.path.as_str() {
+            "/robots.txt" => Reply::status(404),
+            _ => Reply::html("far too late").with_delay(Duration::from_secs(120)),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        // A grace period far longer than the test's deadline: waiting it out fails the test.
+        let mut daemon = KillOnDrop(
+            crawlq(dir.path())
+                .args(["run", "--database"])
+                .arg(&db)
+                .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "60")
+                .env("CRAWLQ__DAEMON__LEASE_SECS", "300")
+                .env("CRAWLQ__FETCH__TIMEOUT_SECS", "300")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_database(&db).await;
+        let sql = user_connection(&db).await;
+        let id = insert_job(&sql, &server.url("/slow")).await;
+        wait_until("the request to arrive", || async {
+            !server.page_hits().is_empty()
+        })
+        .await;
+        sqlx::query("UPDATE jobs SET status = 'cancelled' WHERE id = ?1")
+            .bind(id)
+            .execute(&sql)
+            .await
+            .unwrap();
+        let signalled = Instant::now();
+        sigterm(&daemon.0);
+        let status = exit_status(&mut daemon.0).await;
+        let log = stderr_of(&mut daemon.0);
+        assert!(status.success(), "{status:?}\n{log}");
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "took {:?} to stop\n{log}",
+            signalled.elapsed()
+        );
+        assert!(log.contains("stopped an attempt"), "{log}");
+        assert_eq!(job_row(&sql, id).await.status, "cancelled");
+        assert!(common::result_row(&sql, id).await.is_none());
+    });
+}
+
+#[test]
 fn add_status_and_migrate_subcommands() {
     let dir = tempfile::tempdir().unwrap();
     let out = output(crawlq(dir.path()).args(["migrate", "--database", "x.db"]));
