@@ -57,6 +57,27 @@ pub enum SettingsError {
         reason: &'static str,
         origin: Option<String>,
     },
+    /// The database file's directory cannot be made: a file stands where a directory must.
+    #[error(
+        "configuration: `database.url` = {value:?}{}: cannot create database {path}: {}",
+        set_by(origin),
+        blocked_by(path, in_the_way)
+    )]
+    DatabaseDirectory {
+        value: String,
+        path: String,
+        in_the_way: String,
+        origin: Option<String>,
+    },
+}
+
+fn blocked_by(path: &str, in_the_way: &str) -> String {
+    let parent = Path::new(path).parent().map(Path::to_path_buf);
+    if parent.as_deref() == Some(Path::new(in_the_way)) {
+        format!("its parent {in_the_way} is a file, not a directory")
+    } else {
+        format!("{in_the_way}, on its path, is a file, not a directory")
+    }
 }
 
 fn set_by(origin: &Option<String>) -> String {
@@ -103,6 +124,9 @@ impl SettingsError {
                     overrides,
                     &["limits", "hosts", host.as_str(), field],
                 )
+            }
+            SettingsError::DatabaseDirectory { origin, .. } => {
+                *origin = layer_of(config, overrides, &["database", "url"])
             }
             SettingsError::Load(_) | SettingsError::Unreadable { .. } => {}
         }
@@ -509,8 +533,19 @@ fn seconds(key: &'static str, value: f64) -> Result<Duration, SettingsError> {
 
 impl RawSettings {
     fn check(self, sources: Vec<String>) -> Result<Settings, SettingsError> {
+        let location = database_location(&self.database.url)?;
+        if let DatabaseLocation::File(path) = &location {
+            if let Some(file) = file_in_the_way(path) {
+                return Err(SettingsError::DatabaseDirectory {
+                    value: self.database.url.clone(),
+                    path: path.display().to_string(),
+                    in_the_way: file.display().to_string(),
+                    origin: None,
+                });
+            }
+        }
         let database = DatabaseSettings {
-            location: database_location(&self.database.url)?,
+            location,
             busy_timeout: Duration::from_millis(self.database.busy_timeout_ms),
         };
 
@@ -787,6 +822,21 @@ fn database_location(url: &str) -> Result<DatabaseLocation, SettingsError> {
         ));
     }
     Ok(DatabaseLocation::File(PathBuf::from(path)))
+}
+
+/// The nearest existing directory above `database`, if it is a file instead: the
+/// database (and its lock file) could not be created, and SQLite and the lock would each
+/// report it in words of their own ("Not a directory" about the lock file).
+fn file_in_the_way(database: &Path) -> Option<PathBuf> {
+    database
+        .ancestors()
+        .skip(1)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .find_map(|dir| match std::fs::metadata(dir) {
+            Ok(meta) => Some((!meta.is_dir()).then(|| dir.to_owned())),
+            Err(_) => None,
+        })
+        .flatten()
 }
 
 #[cfg(test)]

@@ -341,6 +341,31 @@ fn add_status_and_migrate_subcommands() {
 }
 
 #[test]
+fn a_database_path_through_a_file_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes"), "a file, not a directory").unwrap();
+    let stderr = refused(crawlq(dir.path()).args(["run", "--database", "notes/q.db"]));
+    assert!(
+        stderr.contains(
+            "`database.url` = \"notes/q.db\" (set by --database): cannot create database \
+             notes/q.db: its parent notes is a file, not a directory"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("lock"), "{stderr}");
+    let stderr = refused(
+        crawlq(dir.path())
+            .args(["add", "http://127.0.0.1/"])
+            .env("CRAWLQ__DATABASE__URL", "notes/deeper/q.db"),
+    );
+    assert!(
+        stderr.contains("(set by environment variable CRAWLQ__DATABASE__URL)")
+            && stderr.contains("notes, on its path, is a file, not a directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_bad_setting_stops_start_up_naming_the_key_the_value_and_where_it_was_set() {
     let dir = tempfile::tempdir().unwrap();
     let run = || {
