@@ -221,6 +221,66 @@ fn sigterm_does_not_wait_for_a_job_cancelled_while_it_runs() {
 }
 
 #[test]
+fn a_slow_database_and_a_refused_connection_are_each_one_line_of_our_own() {
+    block_on(async {
+        // A port nothing listens on: connections to it are refused.
+        let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        let mut daemon = KillOnDrop(
+            crawlq(dir.path())
+                .args(["run", "--database"])
+                .arg(&db)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_database(&db).await;
+        let sql = user_connection(&db).await;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO jobs (url, max_attempts) VALUES (?1, 1) RETURNING id")
+                .bind(format!("http://127.0.0.1:{refused_port}/"))
+                .fetch_one(&sql)
+                .await
+                .unwrap();
+        wait_until("the job to fail", || {
+            let sql = sql.clone();
+            async move { job_row(&sql, id).await.status == "failed" }
+        })
+        .await;
+        // A client holding the write lock makes the daemon's writes wait, twice.
+        common::hold_write_lock(&db, Duration::from_millis(2500)).await;
+        common::hold_write_lock(&db, Duration::from_millis(2500)).await;
+        sigterm(&daemon.0);
+        let status = exit_status(&mut daemon.0).await;
+        let log = stderr_of(&mut daemon.0);
+        assert!(status.success(), "{status:?}\n{log}");
+        assert!(!log.contains("slow statement"), "{log}");
+        assert!(
+            !log.contains("SELECT") && !log.contains("UPDATE"),
+            "no SQL in the log\n{log}"
+        );
+        assert_eq!(
+            log.matches("the database took").count(),
+            1,
+            "one line, said once\n{log}"
+        );
+        assert!(
+            !log.contains("request completed with error"),
+            "the HTTP client's own warning\n{log}"
+        );
+        assert!(
+            log.contains("could not connect to 127.0.0.1: connection refused"),
+            "{log}"
+        );
+    });
+}
+
+#[test]
 fn add_status_and_migrate_subcommands() {
     let dir = tempfile::tempdir().unwrap();
     let out = output(crawlq(dir.path()).args(["migrate", "--database", "x.db"]));
