@@ -289,6 +289,13 @@ impl Store {
         on_backend!(self, db => db.save_robots(answers).await)
     }
 
+    /// For a `304 Not Modified` result, the result holding the version it confirmed: the
+    /// newest full (2xx) fetch of the same URL before it, which is where the validators
+    /// it sent came from. None for any other result.
+    pub async fn confirmed_version(&self, result_id: i64) -> Result<Option<i64>, StoreError> {
+        on_backend!(self, db => db.confirmed_version(result_id).await)
+    }
+
     /// A stored body (`fetch.store_body`) as kept: gzip bytes. None if there is none.
     pub async fn gzipped_body(&self, result_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
         on_backend!(self, db => db.gzipped_body(result_id).await)

@@ -536,6 +536,48 @@ fn body_prints_a_stored_page_exactly_as_fetched() {
 }
 
 #[test]
+fn body_of_a_304_prints_the_version_it_confirmed() {
+    let page = "<!doctype html><title>v1</title>\n".repeat(20);
+    let served = page.clone();
+    let server = TestServer::start("127.0.0.1", move |request| {
+        if request.header("If-None-Match") == Some("\"v1\"") {
+            return Reply::status(304).with_header("ETag", "\"v1\"");
+        }
+        Reply::html(served.clone()).with_header("ETag", "\"v1\"")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // The same URL twice, one after the other: the second fetch is conditional.
+    for _ in 0..2 {
+        let out = output(crawlq(dir.path()).args(["add", "--database", "q.db", &server.url("/p")]));
+        assert!(out.status.success());
+        let out = output(
+            crawlq(dir.path())
+                .args(["run", "--database", "q.db", "--exit-when-idle"])
+                .env("CRAWLQ__FETCH__STORE_BODY", "true"),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = output(crawlq(dir.path()).args(["--database", "q.db", "status"]));
+    assert!(
+        text(&out.stdout).contains("done: 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = output(crawlq(dir.path()).args(["body", "--database", "q.db", "2"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        page,
+        "the confirmed version's body, alone on stdout"
+    );
+    assert!(
+        text(&out.stderr).contains("result 2 is a 304 Not Modified, which stores no body: printing the version it confirmed, result 1"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn json_logs_carry_stats_and_each_job_step() {
     let server = TestServer::start("127.0.0.1", |_| {
         Reply::html("<title>t</title>").with_delay(Duration::from_millis(1300))
