@@ -426,6 +426,58 @@ fn a_database_path_through_a_file_is_refused_naming_the_file() {
 }
 
 #[test]
+fn per_host_overrides_can_come_from_one_json_environment_variable() {
+    block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("c.toml"),
+            "[limits.hosts.\"a.example\"]\nrps = 0.5\n",
+        )
+        .unwrap();
+        let hosts = r#"{"b.example": {"rps": 0.2, "in_flight": 1}, "c.example.com": {"burst": 3}}"#;
+        let mut daemon = KillOnDrop(
+            crawlq(dir.path())
+                .args(["run", "--database", "q.db", "--config", "c.toml"])
+                .env("CRAWLQ__LIMITS__HOSTS", hosts)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_database(&dir.path().join("q.db")).await;
+        sigterm(&daemon.0);
+        let status = exit_status(&mut daemon.0).await;
+        let log = stderr_of(&mut daemon.0);
+        assert!(status.success(), "{status:?}\n{log}");
+        assert!(
+            log.contains("host_overrides=3"),
+            "the file's host and the variable's two\n{log}"
+        );
+
+        let stderr = refused(
+            crawlq(dir.path())
+                .args(["run", "--database", "q.db"])
+                .env("CRAWLQ__LIMITS__HOSTS", r#"{"b.example": {"burst": 0}}"#),
+        );
+        assert!(
+            stderr.contains(
+                "`limits.hosts.\"b.example\".burst` = 0 (set by environment variable CRAWLQ__LIMITS__HOSTS)"
+            ),
+            "{stderr}"
+        );
+        let stderr = refused(
+            crawlq(dir.path())
+                .args(["run", "--database", "q.db"])
+                .env("CRAWLQ__LIMITS__HOSTS", "b.example=2"),
+        );
+        assert!(
+            stderr
+                .contains("CRAWLQ__LIMITS__HOSTS must be a JSON object of host name to overrides"),
+            "{stderr}"
+        );
+    });
+}
+
+#[test]
 fn a_bad_setting_stops_start_up_naming_the_key_the_value_and_where_it_was_set() {
     let dir = tempfile::tempdir().unwrap();
     let run = || {
