@@ -182,7 +182,7 @@ insert_here() { # page numbers: this machine's sqlite3 on the volume's file
 }
 insert_exec() { # page numbers: the sqlite3 shell inside the image, as the README shows
     for i in "$@"; do
-        podman exec "$container" sqlite3 /data/crawlq.db \
+        podman exec "$container" sqlite3 -cmd '.timeout 30000' /data/crawlq.db \
             "INSERT INTO jobs (url, selectors) VALUES ('http://127.0.0.1:$port/page$i.html', '$selectors')"
     done
 }
@@ -212,7 +212,7 @@ insert_here 3 4 5
 insert_exec 6 7
 wait_for 60 "7 jobs done" done_count_is 7
 result_ms=$(($(date +%s%3N) - insert_ms))
-podman exec "$container" sqlite3 /data/crawlq.db \
+podman exec "$container" sqlite3 -cmd '.timeout 30000' /data/crawlq.db \
     "SELECT j.status, r.http_status, r.title FROM jobs j JOIN latest_results r ON r.job_id = j.id"
 prices=$(sql "SELECT group_concat(price, ' ') FROM (SELECT json_extract(r.data, '$.price[0]') AS price
                                                       FROM latest_results r ORDER BY r.job_id)")

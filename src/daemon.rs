@@ -35,6 +35,9 @@ const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// beyond the ones kept): often enough that a crawl of thousands of small hosts does not
 /// hold them all.
 const PRUNE_LIMITER_EVERY: Duration = Duration::from_secs(10);
+/// While shutting down, how often the leases of the attempts still running are checked,
+/// so that one the user cancelled meanwhile is not waited for.
+const LEASE_CHECK_WHILE_DRAINING: Duration = Duration::from_secs(1);
 /// How often the daemon checks that its database was not deleted or replaced.
 const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// After a database error, the loop turns this often until a turn succeeds.
@@ -200,8 +203,16 @@ impl Daemon {
 /// attempt and a new one of the same job can be in flight together.
 #[derive(Debug, Default)]
 struct InFlight {
-    attempts: HashMap<(JobId, String), ClaimedJob>,
+    attempts: HashMap<(JobId, String), Running>,
     by_host: HashMap<String, usize>,
+}
+
+/// An attempt in flight: its job, and its task, to stop it once the job is no longer
+/// ours (cancelled by the user, its URL edited).
+#[derive(Debug)]
+struct Running {
+    job: ClaimedJob,
+    task: runtime::JoinHandle<()>,
 }
 
 impl InFlight {
@@ -209,24 +220,31 @@ impl InFlight {
         self.attempts.len()
     }
 
-    fn add(&mut self, job: &ClaimedJob) {
+    fn add(&mut self, job: &ClaimedJob, task: runtime::JoinHandle<()>) {
         let key = (job.id, job.lease.clone());
-        if self.attempts.insert(key, job.clone()).is_none() {
+        let running = Running {
+            job: job.clone(),
+            task,
+        };
+        if self.attempts.insert(key, running).is_none() {
             *self.by_host.entry(job.host.clone()).or_default() += 1;
         }
     }
 
-    fn remove(&mut self, job: &ClaimedJob) {
-        let Some(ClaimedJob { host, .. }) = self.attempts.remove(&(job.id, job.lease.clone()))
-        else {
-            return;
-        };
-        if let Some(n) = self.by_host.get_mut(&host) {
+    fn contains(&self, job: &ClaimedJob) -> bool {
+        self.attempts.contains_key(&(job.id, job.lease.clone()))
+    }
+
+    /// Takes the attempt out; None if it was not in flight (already taken out).
+    fn remove(&mut self, id: JobId, lease: &str) -> Option<Running> {
+        let running = self.attempts.remove(&(id, lease.to_owned()))?;
+        if let Some(n) = self.by_host.get_mut(&running.job.host) {
             *n -= 1;
             if *n == 0 {
-                self.by_host.remove(&host);
+                self.by_host.remove(&running.job.host);
             }
         }
+        Some(running)
     }
 
     fn on_host(&self, host: &str) -> usize {
@@ -234,7 +252,7 @@ impl InFlight {
     }
 
     fn jobs(&self) -> Vec<&ClaimedJob> {
-        self.attempts.values().collect()
+        self.attempts.values().map(|running| &running.job).collect()
     }
 }
 
@@ -434,14 +452,22 @@ impl<'d> Scheduler<'d> {
         let stored = self.store().finish(&self.unstored).instrument(span).await;
         match stored {
             Ok(report) => {
-                self.report.lost += report.lost.len() as u64;
                 for attempt in std::mem::take(&mut self.unstored) {
-                    if !report.lost.contains(&(attempt.job.id, attempt.job.attempt)) {
+                    // An attempt stopped for a lost lease may have finished just before:
+                    // it was counted and its slot freed then.
+                    let in_flight = self
+                        .in_flight
+                        .remove(attempt.job.id, &attempt.job.lease)
+                        .is_some();
+                    if report.lost.contains(&(attempt.job.id, attempt.job.attempt)) {
+                        self.report.lost += u64::from(in_flight);
+                    } else {
                         self.count(&attempt);
                         self.schedule_after(&attempt);
                     }
-                    self.in_flight.remove(&attempt.job);
-                    self.hosts.attempt_ended(&attempt.job.host);
+                    if in_flight {
+                        self.hosts.attempt_ended(&attempt.job.host);
+                    }
                 }
             }
             Err(e) => self.store_failed(&e),
@@ -510,12 +536,8 @@ impl<'d> Scheduler<'d> {
         // may have lapsed, and they must be renewed before they could be taken back.
         if !self.store_healthy || now.duration_since(self.last_renewal) >= settings.daemon.lease / 3
         {
-            match self
-                .store()
-                .renew_leases(settings.daemon.lease, &self.in_flight.jobs())
-                .await
-            {
-                Ok(_) => self.last_renewal = now,
+            match self.renew_leases().await {
+                Ok(()) => self.last_renewal = now,
                 Err(e) => self.store_failed(&e),
             }
         }
@@ -573,6 +595,44 @@ impl<'d> Scheduler<'d> {
                 self.last_stats = now;
             }
         }
+    }
+
+    /// Renews the leases of the attempts in flight, and stops those whose job is no longer
+    /// ours (the user cancelled it or edited its URL): nothing they bring back could be
+    /// stored, and they would hold a slot, and at shutdown the grace period, for nothing.
+    async fn renew_leases(&mut self) -> Result<(), StoreError> {
+        let lease = self.settings().daemon.lease;
+        let lost = self
+            .store()
+            .renew_leases(lease, &self.in_flight.jobs())
+            .await?;
+        if lost.is_empty() {
+            return Ok(());
+        }
+        // One that finished meanwhile is stored as usual (and found to have lost its lease).
+        self.collect_finished();
+        for (id, token) in lost {
+            if self
+                .unstored
+                .iter()
+                .any(|a| a.job.id == id && a.job.lease == token)
+            {
+                continue;
+            }
+            let Some(running) = self.in_flight.remove(id, &token) else {
+                continue;
+            };
+            runtime::abort(running.task).await;
+            self.report.lost += 1;
+            self.hosts.attempt_ended(&running.job.host);
+            tracing::info!(
+                job.id = %id,
+                url = %running.job.url,
+                "stopped an attempt: its job is no longer ours (cancelled, its URL edited, or \
+                 its lease taken back); nothing it fetches would be stored"
+            );
+        }
+        Ok(())
     }
 
     fn counters(&self) -> WorkerCounters {
@@ -805,11 +865,11 @@ impl<'d> Scheduler<'d> {
 
     fn start(&mut self, job: ClaimedJob, ticket: Ticket) {
         self.report.claimed += 1;
-        self.in_flight.add(&job);
+        let claimed = job.clone();
         let crawler = self.daemon.crawler.clone();
         let finished = self.finished_tx.clone();
         let network = crawler.network_phase();
-        runtime::spawn(async move {
+        let task = runtime::spawn(async move {
             // Every claimed job must report back, or its slot leaks and its lease is renewed
             // forever: a panic (say, in the HTTP client on a hostile response) fails the job.
             let fallback = job.clone();
@@ -836,6 +896,7 @@ impl<'d> Scheduler<'d> {
             // The receiver lives until the daemon exits; after that the job is released.
             let _ = finished.send(attempt).await;
         });
+        self.in_flight.add(&claimed, task);
     }
 
     async fn is_idle(&self) -> Result<bool, StoreError> {
@@ -843,6 +904,16 @@ impl<'d> Scheduler<'d> {
             return Ok(false);
         }
         Ok(!self.store().has_unfinished_jobs().await?)
+    }
+
+    /// Attempts in flight whose result has not come back yet.
+    fn still_running(&self) -> usize {
+        let back = self
+            .unstored
+            .iter()
+            .filter(|a| self.in_flight.contains(&a.job))
+            .count();
+        self.in_flight.total() - back
     }
 
     /// Shutdown: give in-flight jobs the grace period, store what finished, and hand the
@@ -857,17 +928,32 @@ impl<'d> Scheduler<'d> {
                 "shutting down: waiting for in-flight jobs"
             );
         }
-        while self.in_flight.total() > self.unstored.len() {
+        // Jobs the user cancelled (or edited) while they ran are not waited for: the
+        // lease check finds them at once, and again every LEASE_CHECK_WHILE_DRAINING.
+        let mut next_lease_check = Instant::now();
+        while self.still_running() > 0 {
+            let now = Instant::now();
+            if now >= next_lease_check {
+                next_lease_check = now + LEASE_CHECK_WHILE_DRAINING;
+                if let Err(e) = self.renew_leases().await {
+                    tracing::debug!(error = %e, "could not check leases while shutting down");
+                }
+                if self.still_running() == 0 {
+                    break;
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            match runtime::timeout(left, self.finished_rx.recv()).await {
+            let wait = left.min(next_lease_check.saturating_duration_since(Instant::now()));
+            match runtime::timeout(wait, self.finished_rx.recv()).await {
                 Ok(Ok(attempt)) => {
                     self.unstored.push(attempt);
                     self.collect_finished();
                 }
-                _ => break,
+                Ok(Err(_)) => break,
+                Err(runtime::Elapsed) => {}
             }
         }
         self.store_finished().await;

@@ -298,17 +298,19 @@ async fn body(settings: Settings, result_id: i64) -> Result<(), Failure> {
     use std::io::Write;
 
     let store = open_existing(&settings).await?;
-    let stored = store.gzipped_body(result_id).await;
+    let found = stored_body(&store, result_id).await;
     store.close().await;
-    let Some(gzipped) = stored.map_err(Failure::runtime)? else {
-        return Err(Failure::runtime(format!(
-            "result {result_id} has no stored body (is fetch.store_body on, and does the result exist?)"
-        )));
-    };
+    let (from, gzipped) = found?;
+    if from != result_id {
+        // Said on stderr, so that `crawlq body 12 > page.html` still gets the page alone.
+        let _ = writeln!(
+            std::io::stderr(),
+            "crawlq: result {result_id} is a 304 Not Modified, which stores no body: \
+             printing the version it confirmed, result {from}"
+        );
+    }
     let page = crawlq::body::gunzip(&gzipped).map_err(|e| {
-        Failure::runtime(format!(
-            "the stored body of result {result_id} is damaged: {e}"
-        ))
+        Failure::runtime(format!("the stored body of result {from} is damaged: {e}"))
     })?;
     std::io::stdout()
         .write_all(&page)
@@ -342,6 +344,38 @@ async fn unpause(settings: Settings, target: &str) -> Result<(), Failure> {
         unpaused.robots_forgotten, unpaused.jobs_due_now
     );
     Ok(())
+}
+
+/// The stored body of `result_id` (gzipped), or for a 304, of the version it confirmed;
+/// with the result it was stored for.
+async fn stored_body(store: &Store, result_id: i64) -> Result<(i64, Vec<u8>), Failure> {
+    if let Some(gzipped) = store
+        .gzipped_body(result_id)
+        .await
+        .map_err(Failure::runtime)?
+    {
+        return Ok((result_id, gzipped));
+    }
+    let confirmed = store
+        .confirmed_version(result_id)
+        .await
+        .map_err(Failure::runtime)?;
+    let Some(version) = confirmed else {
+        return Err(Failure::runtime(format!(
+            "result {result_id} has no stored body (is fetch.store_body on, and does the result exist?)"
+        )));
+    };
+    match store
+        .gzipped_body(version)
+        .await
+        .map_err(Failure::runtime)?
+    {
+        Some(gzipped) => Ok((version, gzipped)),
+        None => Err(Failure::runtime(format!(
+            "result {result_id} is a 304 Not Modified, which stores no body; the version it \
+             confirmed, result {version}, has no stored body either (was fetch.store_body on?)"
+        ))),
+    }
 }
 
 /// The longest lists `crawlq status` shows.

@@ -29,6 +29,12 @@ where
     async_std::task::spawn(future)
 }
 
+/// Stops a spawned task at its next await (its future is dropped, and with it whatever
+/// it held) and returns once it has stopped.
+pub async fn abort<T>(task: JoinHandle<T>) {
+    task.cancel().await;
+}
+
 /// Runs CPU-bound work (HTML parsing, robots.txt rules) off the threads that drive I/O,
 /// at most one piece per core at a time: more would only share the cores, and each piece
 /// holds its page's DOM (tens of MB for a page of 100 000 links) while it runs.

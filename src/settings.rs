@@ -57,6 +57,27 @@ pub enum SettingsError {
         reason: &'static str,
         origin: Option<String>,
     },
+    /// The database file's directory cannot be made: a file stands where a directory must.
+    #[error(
+        "configuration: `database.url` = {value:?}{}: cannot create database {path}: {}",
+        set_by(origin),
+        blocked_by(path, in_the_way)
+    )]
+    DatabaseDirectory {
+        value: String,
+        path: String,
+        in_the_way: String,
+        origin: Option<String>,
+    },
+}
+
+fn blocked_by(path: &str, in_the_way: &str) -> String {
+    let parent = Path::new(path).parent().map(Path::to_path_buf);
+    if parent.as_deref() == Some(Path::new(in_the_way)) {
+        format!("its parent {in_the_way} is a file, not a directory")
+    } else {
+        format!("{in_the_way}, on its path, is a file, not a directory")
+    }
 }
 
 fn set_by(origin: &Option<String>) -> String {
@@ -104,6 +125,9 @@ impl SettingsError {
                     &["limits", "hosts", host.as_str(), field],
                 )
             }
+            SettingsError::DatabaseDirectory { origin, .. } => {
+                *origin = layer_of(config, overrides, &["database", "url"])
+            }
             SettingsError::Load(_) | SettingsError::Unreadable { .. } => {}
         }
         self
@@ -122,6 +146,7 @@ fn layer_of(config: &Config, overrides: &Overrides, path: &[&str]) -> Option<Str
                 .unwrap_or(wanted);
             format!("environment variable {variable}")
         }
+        Some(variable) if variable.starts_with("environment variable ") => variable,
         Some(file) => format!("--config {file}"),
         // Built-in and override values are recorded without an origin.
         None if path == ["database", "url"] && overrides.database.is_some() => {
@@ -336,19 +361,26 @@ impl Settings {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
             sources.push(path.display().to_string());
         }
-        let env_keys: Vec<String> = std::env::vars()
-            .map(|(key, _)| key)
-            .filter(|key| key.starts_with(&format!("{ENV_PREFIX}__")))
+        let mut environment: config::Map<String, String> = std::env::vars()
+            .filter(|(key, _)| key.starts_with(&format!("{ENV_PREFIX}__")))
             .collect();
-        if !env_keys.is_empty() {
-            sources.push(format!("environment ({})", env_keys.join(", ")));
+        if !environment.is_empty() {
+            let names: Vec<&str> = environment.keys().map(String::as_str).collect();
+            sources.push(format!("environment ({})", names.join(", ")));
         }
+        // Host names have dots, which no variable name can hold: the per-host overrides
+        // come from one variable holding them all as JSON.
+        let hosts = environment.remove(HOSTS_VARIABLE);
         builder = builder.add_source(
             Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(environment)),
         );
+        if let Some(json) = hosts {
+            builder = builder.add_source(HostsFromJson(json));
+        }
         if let Some(database) = &overrides.database {
             builder = builder.set_override("database.url", database.as_str())?;
             sources.push("--database".to_owned());
@@ -383,6 +415,64 @@ impl Settings {
             "inline".to_owned(),
         ])
     }
+}
+
+/// The variable holding every per-host override as one JSON object, for the places where
+/// only the environment can be set (`docker run -e`):
+/// `{"example.com": {"rps": 0.5, "in_flight": 1}}`.
+pub const HOSTS_VARIABLE: &str = "CRAWLQ__LIMITS__HOSTS";
+
+/// [`HOSTS_VARIABLE`]'s JSON as a configuration layer: `limits.hosts`, host by host, over
+/// the file's (a host named in both takes the variable's keys over the file's).
+#[derive(Debug, Clone)]
+struct HostsFromJson(String);
+
+impl config::Source for HostsFromJson {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        let origin = format!("environment variable {HOSTS_VARIABLE}");
+        let hosts: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&self.0)
+            .map_err(|e| {
+                config::ConfigError::Message(format!(
+                    "{origin} must be a JSON object of host name to overrides, as in \
+                     {{\"example.com\": {{\"rps\": 0.5, \"in_flight\": 1}}}}: {e}"
+                ))
+            })?;
+        let hosts = config_value(serde_json::Value::Object(hosts), &origin);
+        let limits: config::Map<String, config::Value> = [("hosts".to_owned(), hosts)].into();
+        Ok([(
+            "limits".to_owned(),
+            config::Value::new(Some(&origin), limits),
+        )]
+        .into())
+    }
+}
+
+fn config_value(json: serde_json::Value, origin: &String) -> config::Value {
+    use config::ValueKind;
+    use serde_json::Value as Json;
+    let kind = match json {
+        Json::Null => ValueKind::Nil,
+        Json::Bool(b) => ValueKind::Boolean(b),
+        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => ValueKind::I64(i),
+            (None, Some(u)) => ValueKind::U64(u),
+            _ => ValueKind::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(text) => ValueKind::String(text),
+        Json::Array(items) => {
+            ValueKind::Array(items.into_iter().map(|v| config_value(v, origin)).collect())
+        }
+        Json::Object(map) => ValueKind::Table(
+            map.into_iter()
+                .map(|(key, v)| (key, config_value(v, origin)))
+                .collect(),
+        ),
+    };
+    config::Value::new(Some(origin), kind)
 }
 
 // ---- The raw layer: exactly what the TOML / environment says. ----
@@ -509,8 +599,19 @@ fn seconds(key: &'static str, value: f64) -> Result<Duration, SettingsError> {
 
 impl RawSettings {
     fn check(self, sources: Vec<String>) -> Result<Settings, SettingsError> {
+        let location = database_location(&self.database.url)?;
+        if let DatabaseLocation::File(path) = &location {
+            if let Some(file) = file_in_the_way(path) {
+                return Err(SettingsError::DatabaseDirectory {
+                    value: self.database.url.clone(),
+                    path: path.display().to_string(),
+                    in_the_way: file.display().to_string(),
+                    origin: None,
+                });
+            }
+        }
         let database = DatabaseSettings {
-            location: database_location(&self.database.url)?,
+            location,
             busy_timeout: Duration::from_millis(self.database.busy_timeout_ms),
         };
 
@@ -787,6 +888,21 @@ fn database_location(url: &str) -> Result<DatabaseLocation, SettingsError> {
         ));
     }
     Ok(DatabaseLocation::File(PathBuf::from(path)))
+}
+
+/// The nearest existing directory above `database`, if it is a file instead: the
+/// database (and its lock file) could not be created, and SQLite and the lock would each
+/// report it in words of their own ("Not a directory" about the lock file).
+fn file_in_the_way(database: &Path) -> Option<PathBuf> {
+    database
+        .ancestors()
+        .skip(1)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .find_map(|dir| match std::fs::metadata(dir) {
+            Ok(meta) => Some((!meta.is_dir()).then(|| dir.to_owned())),
+            Err(_) => None,
+        })
+        .flatten()
 }
 
 #[cfg(test)]

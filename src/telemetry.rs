@@ -35,16 +35,20 @@ pub fn init(log: &LogSettings) -> Result<(), BadLogLevel> {
     // sqlx's own info lines are the driver talking to itself (PostgreSQL's NOTICE
     // "relation _sqlx_migrations already exists, skipping" at every start, the pool's
     // failed pings while a server restarts, which crawlq reports in its own words):
-    // shown only when a filter names sqlx.
-    let filter = if spec.contains("sqlx") {
-        filter
-    } else {
-        ["sqlx::postgres::notice=warn", "sqlx_core::pool=warn"]
-            .into_iter()
-            .fold(filter, |filter, directive| {
-                filter.add_directive(directive.parse().expect("a static directive parses"))
-            })
-    };
+    // shown only when a filter names sqlx. Likewise the HTTP client's warning on every
+    // failed request ("request completed with error: ConnectFailed"), which the job's
+    // own error and log line already say in words: shown only when a filter names isahc.
+    let quiet: &[(&str, &str)] = &[
+        ("sqlx", "sqlx::postgres::notice=warn"),
+        ("sqlx", "sqlx_core::pool=warn"),
+        ("isahc", "isahc::handler=error"),
+    ];
+    let filter = quiet
+        .iter()
+        .filter(|(named, _)| !spec.contains(named))
+        .fold(filter, |filter, (_, directive)| {
+            filter.add_directive(directive.parse().expect("a static directive parses"))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Scrubbed(std::io::stderr()))

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::fetch::Validators;
-use crate::job::{Attempt, ClaimedJob, KnownVersion, PageRecord, Verdict};
+use crate::job::{Attempt, ClaimedJob, JobId, KnownVersion, PageRecord, Verdict};
 
 use super::known_links::KnownLinks;
 use super::HostPick;
@@ -16,6 +16,17 @@ use super::HostPick;
 /// match the lease of a later claim, whatever the user did to `attempts`.
 pub fn lease_token(owner: &str, claim: u64) -> String {
     format!("{owner}/{claim}")
+}
+
+/// The leases of `held` that a renewal did not push back (`renewed` lists the ones it
+/// did, as job id and lease token): those jobs are no longer ours (the user cancelled one
+/// or edited its URL, or its lease expired and was taken back), so their attempts can stop.
+pub(super) fn leases_lost(held: &[&ClaimedJob], renewed: &[(i64, String)]) -> Vec<(JobId, String)> {
+    let renewed: HashSet<(i64, &str)> = renewed.iter().map(|(id, l)| (*id, l.as_str())).collect();
+    held.iter()
+        .filter(|job| !renewed.contains(&(job.id.0, job.lease.as_str())))
+        .map(|job| (job.id, job.lease.clone()))
+        .collect()
 }
 
 /// A claim's picks, split: the hosts given one job each (the usual case with many hosts at
@@ -211,7 +222,17 @@ mod tests {
 
     use super::*;
     use crate::follow::{Child, CrawlSpec};
-    use crate::job::JobId;
+
+    #[test]
+    fn leases_not_renewed_are_lost() {
+        let (a, b, c) = (job(1, 1), job(2, 1), job(3, 1));
+        let renewed = [(1, "d/1".to_owned()), (3, "d/other".to_owned())];
+        assert_eq!(
+            leases_lost(&[&a, &b, &c], &renewed),
+            [(JobId(2), "d/2".to_owned()), (JobId(3), "d/3".to_owned())]
+        );
+        assert!(leases_lost(&[&a], &renewed).is_empty());
+    }
 
     fn job(id: i64, attempt: i64) -> ClaimedJob {
         ClaimedJob {

@@ -228,13 +228,20 @@ impl Store {
     }
 
     /// Pushes back the expiry of the leases we hold (only those), so anything the
-    /// scheduler lost track of expires and comes back.
+    /// scheduler lost track of expires and comes back. Returns the leases of `held` that
+    /// are no longer ours (job id and lease token): the user cancelled the job or edited
+    /// its URL, or the lease expired and was taken back. Nothing those attempts bring
+    /// back can be stored, so they can stop.
     pub async fn renew_leases(
         &self,
         lease: Duration,
         held: &[&ClaimedJob],
-    ) -> Result<u64, StoreError> {
-        on_backend!(self, db => db.renew_leases(lease, held).await)
+    ) -> Result<Vec<(JobId, String)>, StoreError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let renewed = on_backend!(self, db => db.renew_leases(lease, held).await)?;
+        Ok(decisions::leases_lost(held, &renewed))
     }
 
     /// Jobs whose lease ran out go back to `queued`, or to `failed` after their last
@@ -305,6 +312,13 @@ impl Store {
     /// Keeps robots.txt answers, each for its `fresh_for`, replacing older ones.
     pub async fn save_robots(&self, answers: &[FetchedRobots]) -> Result<(), StoreError> {
         on_backend!(self, db => db.save_robots(answers).await)
+    }
+
+    /// For a `304 Not Modified` result, the result holding the version it confirmed: the
+    /// newest full (2xx) fetch of the same URL before it, which is where the validators
+    /// it sent came from. None for any other result.
+    pub async fn confirmed_version(&self, result_id: i64) -> Result<Option<i64>, StoreError> {
+        on_backend!(self, db => db.confirmed_version(result_id).await)
     }
 
     /// A stored body (`fetch.store_body`) as kept: gzip bytes. None if there is none.

@@ -172,6 +172,115 @@ fn jobs_still_running_after_the_grace_period_go_back_to_the_queue() {
 }
 
 #[test]
+fn sigterm_does_not_wait_for_a_job_cancelled_while_it_runs() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |req| match req.path.as_str() {
+            "/robots.txt" => Reply::status(404),
+            _ => Reply::html("far too late").with_delay(Duration::from_secs(120)),
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        // A grace period far longer than the test's deadline: waiting it out fails the test.
+        let mut daemon = KillOnDrop(
+            crawlq(dir.path())
+                .args(["run", "--database"])
+                .arg(&db)
+                .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "60")
+                .env("CRAWLQ__DAEMON__LEASE_SECS", "300")
+                .env("CRAWLQ__FETCH__TIMEOUT_SECS", "300")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_database(&db).await;
+        let sql = user_connection(&db).await;
+        let id = insert_job(&sql, &server.url("/slow")).await;
+        wait_until("the request to arrive", || async {
+            !server.page_hits().is_empty()
+        })
+        .await;
+        sqlx::query("UPDATE jobs SET status = 'cancelled' WHERE id = ?1")
+            .bind(id)
+            .execute(&sql)
+            .await
+            .unwrap();
+        let signalled = Instant::now();
+        sigterm(&daemon.0);
+        let status = exit_status(&mut daemon.0).await;
+        let log = stderr_of(&mut daemon.0);
+        assert!(status.success(), "{status:?}\n{log}");
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "took {:?} to stop\n{log}",
+            signalled.elapsed()
+        );
+        assert!(log.contains("stopped an attempt"), "{log}");
+        assert_eq!(job_row(&sql, id).await.status, "cancelled");
+        assert!(common::result_row(&sql, id).await.is_none());
+    });
+}
+
+#[test]
+fn a_slow_database_and_a_refused_connection_are_each_one_line_of_our_own() {
+    block_on(async {
+        // A port nothing listens on: connections to it are refused.
+        let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        let mut daemon = KillOnDrop(
+            crawlq(dir.path())
+                .args(["run", "--database"])
+                .arg(&db)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_database(&db).await;
+        let sql = user_connection(&db).await;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO jobs (url, max_attempts) VALUES (?1, 1) RETURNING id")
+                .bind(format!("http://127.0.0.1:{refused_port}/"))
+                .fetch_one(&sql)
+                .await
+                .unwrap();
+        wait_until("the job to fail", || {
+            let sql = sql.clone();
+            async move { job_row(&sql, id).await.status == "failed" }
+        })
+        .await;
+        // A client holding the write lock makes the daemon's writes wait, twice.
+        common::hold_write_lock(&db, Duration::from_millis(2500)).await;
+        common::hold_write_lock(&db, Duration::from_millis(2500)).await;
+        sigterm(&daemon.0);
+        let status = exit_status(&mut daemon.0).await;
+        let log = stderr_of(&mut daemon.0);
+        assert!(status.success(), "{status:?}\n{log}");
+        assert!(!log.contains("slow statement"), "{log}");
+        assert!(
+            !log.contains("SELECT") && !log.contains("UPDATE"),
+            "no SQL in the log\n{log}"
+        );
+        assert_eq!(
+            log.matches("the database took").count(),
+            1,
+            "one line, said once\n{log}"
+        );
+        assert!(
+            !log.contains("request completed with error"),
+            "the HTTP client's own warning\n{log}"
+        );
+        assert!(
+            log.contains("could not connect to 127.0.0.1: connection refused"),
+            "{log}"
+        );
+    });
+}
+
+#[test]
 fn add_status_and_migrate_subcommands() {
     let dir = tempfile::tempdir().unwrap();
     let out = output(crawlq(dir.path()).args(["migrate", "--database", "x.db"]));
@@ -292,6 +401,83 @@ fn add_status_and_migrate_subcommands() {
 }
 
 #[test]
+fn a_database_path_through_a_file_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes"), "a file, not a directory").unwrap();
+    let stderr = refused(crawlq(dir.path()).args(["run", "--database", "notes/q.db"]));
+    assert!(
+        stderr.contains(
+            "`database.url` = \"notes/q.db\" (set by --database): cannot create database \
+             notes/q.db: its parent notes is a file, not a directory"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("lock"), "{stderr}");
+    let stderr = refused(
+        crawlq(dir.path())
+            .args(["add", "http://127.0.0.1/"])
+            .env("CRAWLQ__DATABASE__URL", "notes/deeper/q.db"),
+    );
+    assert!(
+        stderr.contains("(set by environment variable CRAWLQ__DATABASE__URL)")
+            && stderr.contains("notes, on its path, is a file, not a directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn per_host_overrides_can_come_from_one_json_environment_variable() {
+    block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("c.toml"),
+            "[limits.hosts.\"a.example\"]\nrps = 0.5\n",
+        )
+        .unwrap();
+        let hosts = r#"{"b.example": {"rps": 0.2, "in_flight": 1}, "c.example.com": {"burst": 3}}"#;
+        let mut daemon = KillOnDrop(
+            crawlq(dir.path())
+                .args(["run", "--database", "q.db", "--config", "c.toml"])
+                .env("CRAWLQ__LIMITS__HOSTS", hosts)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_database(&dir.path().join("q.db")).await;
+        sigterm(&daemon.0);
+        let status = exit_status(&mut daemon.0).await;
+        let log = stderr_of(&mut daemon.0);
+        assert!(status.success(), "{status:?}\n{log}");
+        assert!(
+            log.contains("host_overrides=3"),
+            "the file's host and the variable's two\n{log}"
+        );
+
+        let stderr = refused(
+            crawlq(dir.path())
+                .args(["run", "--database", "q.db"])
+                .env("CRAWLQ__LIMITS__HOSTS", r#"{"b.example": {"burst": 0}}"#),
+        );
+        assert!(
+            stderr.contains(
+                "`limits.hosts.\"b.example\".burst` = 0 (set by environment variable CRAWLQ__LIMITS__HOSTS)"
+            ),
+            "{stderr}"
+        );
+        let stderr = refused(
+            crawlq(dir.path())
+                .args(["run", "--database", "q.db"])
+                .env("CRAWLQ__LIMITS__HOSTS", "b.example=2"),
+        );
+        assert!(
+            stderr
+                .contains("CRAWLQ__LIMITS__HOSTS must be a JSON object of host name to overrides"),
+            "{stderr}"
+        );
+    });
+}
+
+#[test]
 fn a_bad_setting_stops_start_up_naming_the_key_the_value_and_where_it_was_set() {
     let dir = tempfile::tempdir().unwrap();
     let run = || {
@@ -396,6 +582,48 @@ fn body_prints_a_stored_page_exactly_as_fetched() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("result 99 has no stored body"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn body_of_a_304_prints_the_version_it_confirmed() {
+    let page = "<!doctype html><title>v1</title>\n".repeat(20);
+    let served = page.clone();
+    let server = TestServer::start("127.0.0.1", move |request| {
+        if request.header("If-None-Match") == Some("\"v1\"") {
+            return Reply::status(304).with_header("ETag", "\"v1\"");
+        }
+        Reply::html(served.clone()).with_header("ETag", "\"v1\"")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // The same URL twice, one after the other: the second fetch is conditional.
+    for _ in 0..2 {
+        let out = output(crawlq(dir.path()).args(["add", "--database", "q.db", &server.url("/p")]));
+        assert!(out.status.success());
+        let out = output(
+            crawlq(dir.path())
+                .args(["run", "--database", "q.db", "--exit-when-idle"])
+                .env("CRAWLQ__FETCH__STORE_BODY", "true"),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = output(crawlq(dir.path()).args(["--database", "q.db", "status"]));
+    assert!(
+        text(&out.stdout).contains("done: 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = output(crawlq(dir.path()).args(["body", "--database", "q.db", "2"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        page,
+        "the confirmed version's body, alone on stdout"
+    );
+    assert!(
+        text(&out.stderr).contains("result 2 is a 304 Not Modified, which stores no body: printing the version it confirmed, result 1"),
         "{}",
         text(&out.stderr)
     );

@@ -279,12 +279,16 @@ async fn claims_are_host_fair_and_leases_are_renewed_expired_and_released(backen
         second.iter().map(|j| j.url.as_str()).collect::<Vec<_>>(),
         ["http://a.test/low"]
     );
-    // Renewal touches only the leases named, and only while they hold.
+    // Renewal touches only the leases named, and only while they hold; it names those
+    // that no longer do.
     let held: Vec<&ClaimedJob> = first.iter().collect();
-    assert_eq!(store.renew_leases(lease, &held).await.unwrap(), 3);
+    assert_eq!(store.renew_leases(lease, &held).await.unwrap(), []);
     let mut stale = first[0].clone();
     stale.lease = "d/999".into();
-    assert_eq!(store.renew_leases(lease, &[&stale]).await.unwrap(), 0);
+    assert_eq!(
+        store.renew_leases(lease, &[&stale, held[1]]).await.unwrap(),
+        [(stale.id, stale.lease.clone())]
+    );
     // A lease that ran out brings its job back (not its last attempt yet).
     db.user
         .execute(&format!(

@@ -674,6 +674,42 @@ fn cancelling_a_running_job_wins_over_its_result() {
 }
 
 #[test]
+fn a_job_cancelled_while_it_runs_gives_up_its_slot_at_the_next_renewal() {
+    block_on(async {
+        let server = TestServer::start("127.0.0.1", |req| match req.path.as_str() {
+            "/slow" => Reply::html("<title>late</title>").with_delay(Duration::from_secs(60)),
+            _ => Reply::html("<title>next</title>"),
+        });
+        // One job at a time on the host, and a lease renewed every second.
+        let daemon = RunningDaemon::start(|s| {
+            s.limits.per_host.in_flight = std::num::NonZeroUsize::MIN;
+            s.daemon.lease = Duration::from_secs(3);
+            s.daemon.shutdown_grace = Duration::from_secs(1);
+            s.fetch.timeout = Duration::from_secs(120);
+        })
+        .await;
+        let slow = daemon.insert(&server.url("/slow")).await;
+        wait_until("the slow request to arrive", || async {
+            !server.hits().is_empty()
+        })
+        .await;
+        let next = daemon.insert(&server.url("/next")).await;
+        execute(
+            &daemon.sql,
+            "UPDATE jobs SET status = 'cancelled' WHERE id = 1",
+        )
+        .await;
+        // Well before the slow answer would free the host's only slot.
+        assert_eq!(daemon.wait_finished(next).await.status, "done");
+        assert_eq!(daemon.job(slow).await.status, "cancelled");
+        let sql = daemon.sql.clone();
+        let report = daemon.stop().await;
+        assert_eq!(report.lost, 1);
+        assert!(common::result_row(&sql, slow).await.is_none());
+    });
+}
+
+#[test]
 fn jobs_inserted_while_running_are_all_crawled() {
     block_on(async {
         let server = TestServer::pages("127.0.0.1");

@@ -373,5 +373,23 @@ fn every_subcommand_works_with_a_postgres_url() {
         let (code, stdout, _) = run(&["body", &result_id.to_string()]);
         assert_eq!(code, Some(0));
         assert!(stdout.contains("<title>/one</title>"), "{stdout}");
+        // A 304 row (as a recrawl stores it) has no body: the version it confirmed is shown.
+        let confirming: i64 = sqlx::query_scalar(
+            "INSERT INTO results (job_id, fetch_no, url, final_url, http_status, bytes,
+                                  elapsed_ms, not_modified)
+             SELECT job_id, 2, url, final_url, 304, 0, 1, 1 FROM results WHERE id = $1
+             RETURNING id",
+        )
+        .bind(result_id)
+        .fetch_one(&user)
+        .await
+        .unwrap();
+        let (code, stdout, stderr) = run(&["body", &confirming.to_string()]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains("<title>/one</title>"), "{stdout}");
+        assert!(
+            stderr.contains(&format!("the version it confirmed, result {result_id}")),
+            "{stderr}"
+        );
     });
 }

@@ -123,31 +123,29 @@ impl PostgresStore {
         Ok(claimed)
     }
 
-    /// Pushes back the expiry of the leases we hold, and only those.
+    /// Pushes back the expiry of the leases we hold, and only those. Returns the leases
+    /// renewed (job id, lease token).
     pub async fn renew_leases(
         &self,
         lease: Duration,
         held: &[&ClaimedJob],
-    ) -> Result<u64, StoreError> {
-        if held.is_empty() {
-            return Ok(0);
-        }
+    ) -> Result<Vec<(i64, String)>, StoreError> {
         let ids: Vec<i64> = held.iter().map(|j| j.id.0).collect();
         let leases: Vec<&str> = held.iter().map(|j| j.lease.as_str()).collect();
-        let done = sqlx::query(concat!(
+        sqlx::query_as(concat!(
             "UPDATE jobs SET lease_expires_at = ",
             now_plus!("$1"),
             "  FROM unnest($2::bigint[], $3::text[]) AS l(id, lease)
               WHERE jobs.id = ANY ($2::bigint[]) AND jobs.id = l.id
-                AND jobs.lease_owner = l.lease AND jobs.status = 'running'"
+                AND jobs.lease_owner = l.lease AND jobs.status = 'running'
+          RETURNING jobs.id, jobs.lease_owner"
         ))
         .bind(lease.as_secs_f64())
         .bind(&ids)
         .bind(&leases)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .doing("renewing leases")?;
-        Ok(done.rows_affected())
+        .doing("renewing leases")
     }
 
     /// Jobs whose lease ran out go back to `queued`, or to `failed` after their last

@@ -110,28 +110,26 @@ impl SqliteStore {
 
     /// Pushes back the expiry of the leases we hold. Only the attempts the scheduler is
     /// actually running are renewed, so anything it lost track of expires and comes back.
+    /// Returns the leases renewed (job id, lease token).
     pub async fn renew_leases(
         &self,
         lease: Duration,
         held: &[&ClaimedJob],
-    ) -> Result<u64, StoreError> {
-        if held.is_empty() {
-            return Ok(0);
-        }
+    ) -> Result<Vec<(i64, String)>, StoreError> {
         let leases: Vec<(i64, &str)> = held.iter().map(|j| (j.id.0, j.lease.as_str())).collect();
         let leases = serde_json::to_string(&leases).expect("ids and strings serialize");
-        let done = sqlx::query(concat!(
+        sqlx::query_as(concat!(
             "UPDATE jobs SET lease_expires_at = ",
             now_plus!("?1"),
             " WHERE status = 'running'
-                AND (id, lease_owner) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?2))"
+                AND (id, lease_owner) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?2))
+             RETURNING id, lease_owner"
         ))
         .bind(lease.as_secs_f64())
         .bind(leases)
-        .execute(&mut *self.writer().await.doing("renewing leases")?)
+        .fetch_all(&mut *self.writer().await.doing("renewing leases")?)
         .await
-        .doing("renewing leases")?;
-        Ok(done.rows_affected())
+        .doing("renewing leases")
     }
 
     /// Jobs whose lease ran out (their daemon died) go back to `queued`, or to `failed` if

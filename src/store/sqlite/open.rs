@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
@@ -25,20 +26,53 @@ const READER_CACHE: &str = "-1024";
 /// to at random (its URLs, its validators).
 const WRITER_CACHE: &str = "-8192";
 
+/// An operation that holds the writer connection this long is worth telling the user
+/// about: it was most likely waiting for another connection's write lock. sqlx's own
+/// warning is off (see [`SqliteStore::open`]): it printed the SQL over many lines.
+const SLOW_OPERATION: Duration = Duration::from_secs(1);
+/// Said once, then again only after this long, so a lock held for minutes is one line.
+const SLOW_NOTICE_EVERY: Duration = Duration::from_secs(3600);
+
 /// The scheduler's connection (see [`SqliteStore`]), opened again after it was given up.
 #[derive(Debug)]
 pub(super) struct Writer {
     options: SqliteConnectOptions,
     connection: AsyncMutex<Option<SqliteConnection>>,
+    /// When a slow operation was last reported.
+    slow_noticed: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Writer {
+    fn took(&self, elapsed: Duration) {
+        if elapsed < SLOW_OPERATION {
+            return;
+        }
+        let mut noticed = self.slow_noticed.lock().unwrap_or_else(|e| e.into_inner());
+        if noticed.is_some_and(|at| at.elapsed() < SLOW_NOTICE_EVERY) {
+            return;
+        }
+        *noticed = Some(Instant::now());
+        tracing::warn!(
+            took_secs = elapsed.as_secs_f64(),
+            "the database took {:.1} s to answer: another connection probably held its write \
+             lock (a transaction left open in a client?), or its disk is slow; crawlq waits up \
+             to database.busy_timeout_ms, then retries (said at most once an hour)",
+            elapsed.as_secs_f64()
+        );
+    }
 }
 
 /// The writer connection, held for one operation.
-pub(super) struct WriterGuard<'a>(AsyncMutexGuard<'a, Option<SqliteConnection>>);
+pub(super) struct WriterGuard<'a> {
+    connection: AsyncMutexGuard<'a, Option<SqliteConnection>>,
+    writer: &'a Writer,
+    since: Instant,
+}
 
 impl std::ops::Deref for WriterGuard<'_> {
     type Target = SqliteConnection;
     fn deref(&self) -> &SqliteConnection {
-        self.0
+        self.connection
             .as_ref()
             .expect("a WriterGuard always holds a connection")
     }
@@ -46,9 +80,15 @@ impl std::ops::Deref for WriterGuard<'_> {
 
 impl std::ops::DerefMut for WriterGuard<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        self.0
+        self.connection
             .as_mut()
             .expect("a WriterGuard always holds a connection")
+    }
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        self.writer.took(self.since.elapsed());
     }
 }
 
@@ -144,7 +184,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(settings.busy_timeout)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // sqlx's slow-statement warning printed the statement's SQL over many lines,
+            // each time; the writer says it once, in words (see [`Writer::took`]).
+            .disable_statement_logging();
         // The file is created here, once. The pool's connections never create it, so a
         // database deleted under the daemon is an error rather than a new, empty file.
         let open_error = |source| StoreError::Open {
@@ -176,6 +219,7 @@ impl SqliteStore {
         let writer = Writer {
             connection: AsyncMutex::new(Some(writer_options.connect().await.map_err(open_error)?)),
             options: writer_options,
+            slow_noticed: std::sync::Mutex::new(None),
         };
         first.close().await.map_err(open_error)?;
         let file = DatabaseFile {
@@ -217,7 +261,11 @@ impl SqliteStore {
         if held.is_none() {
             *held = Some(self.writer.options.connect().await?);
         }
-        Ok(WriterGuard(held))
+        Ok(WriterGuard {
+            connection: held,
+            writer: &self.writer,
+            since: Instant::now(),
+        })
     }
 
     /// Fails if the database file was deleted or replaced (e.g. by a restore) since it was
