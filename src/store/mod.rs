@@ -9,6 +9,8 @@
 //! - `decisions.rs` — what is decided in Rust rather than SQL (which attempts of a batch
 //!   take the fast path, which validators to keep, which links to queue,
 //!   how a claim's hosts are split): shared by the backends, unit-tested.
+//! - `finish_steps.rs` — the steps of finishing one attempt and their order, written once:
+//!   each backend supplies the steps (its SQL) on its transaction.
 //! - `known_links.rs` — the links this daemon saw queued, so a link to a page the crawl
 //!   has is dropped before it costs a lookup in the finish transaction.
 //! - `sqlite/`      — SQLite, the embedded default: one file per concern (`open`,
@@ -51,6 +53,7 @@ macro_rules! result_replaces_earlier_attempt {
 
 mod decisions;
 mod error;
+mod finish_steps;
 mod known_links;
 mod postgres;
 mod sqlite;

@@ -10,6 +10,7 @@ use sqlx::Connection;
 use super::SqliteStore;
 use crate::job::{Attempt, ClaimedJob, PageRecord, RedirectTarget, Verdict};
 use crate::store::error::Doing;
+use crate::store::finish_steps::{self, FinishSteps};
 use crate::store::known_links::KnownLinks;
 use crate::store::{decisions, FinishReport, StoreError};
 
@@ -90,203 +91,212 @@ impl SqliteStore {
         let (plain, others) = decisions::split_batch(attempts);
         finish_plain_batch(&mut tx, &plain, known, &mut report).await?;
         for attempt in others {
-            let job = &attempt.job;
-            let sql = match attempt.verdict {
-                Verdict::Done => FINISH_DONE,
-                Verdict::Retry { .. } => FINISH_RETRY,
-                Verdict::Requeue { .. } => FINISH_REQUEUE,
-                Verdict::Failed { .. } => FINISH_FAILED,
-                Verdict::Skipped { .. } => FINISH_SKIPPED,
-            };
-            let mut query = sqlx::query(sql)
-                .bind(job.id.0)
-                .bind(job.lease.as_str())
-                .bind(job.attempt);
-            match &attempt.verdict {
-                Verdict::Done => {}
-                Verdict::Retry { after, reason } | Verdict::Requeue { after, reason } => {
-                    query = query.bind(reason).bind(after.as_secs_f64());
-                }
-                Verdict::Failed { reason } | Verdict::Skipped { reason } => {
-                    query = query.bind(reason)
-                }
-            }
-            let changed = query
-                .execute(&mut *tx)
-                .await
-                .doing("storing results")?
-                .rows_affected();
-            // The host's request to wait stands even if this job's lease was lost.
-            if let Some((host, how_long)) = &attempt.pause {
-                pause_host(&mut tx, host, *how_long, &attempt.verdict).await?;
-            }
-            if changed == 0 {
-                report.lease_lost(job);
-                continue;
-            }
-            if let Some(page) = &attempt.page {
-                let result_id = upsert_result(&mut tx, job, page).await?;
-                if job.attempt > 1 {
-                    // A retry may have replaced an earlier attempt's row: drop what hung
-                    // off it before attaching this answer's.
-                    forget_replaced_result(&mut tx, result_id).await?;
-                }
-                if page.gzipped_body.is_some() {
-                    store_body(&mut tx, result_id, page).await?;
-                }
-                if let Some(url) = &job.canonical_url {
-                    update_validators(&mut tx, &[(url.as_str(), page, result_id)]).await?;
-                }
-            }
-            if let (Verdict::Done, Some(page)) = (&attempt.verdict, &attempt.page) {
-                if let Some(target) = &page.redirect_target {
-                    mark_redirect_target(&mut tx, job, page, target).await?;
-                }
-            }
-            if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
-                queue_children(&mut tx, &[attempt], known, &mut report).await?;
-            }
-
-            report.stored += 1;
+            finish_steps::finish_one(&mut tx, attempt, known, &mut report).await?;
         }
         tx.commit().await.doing("storing results")?;
         Ok(report)
     }
 }
 
-/// Records where a crawl's redirect led as a `skipped` row of the crawl, so the unique
-/// (root, canonical URL) index keeps links to that page from being fetched again.
-async fn mark_redirect_target(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    job: &ClaimedJob,
-    page: &PageRecord,
-    target: &RedirectTarget,
-) -> Result<(), StoreError> {
-    sqlx::query(concat!(
-        "INSERT INTO jobs (url, status, host, canonical_url, error, parent_id, root_id, depth,
-                           max_depth, scope, crawl_host, finished_at)
-         SELECT ?2, 'skipped', ?3, ?4, 'fetched as the redirect target of job ' || p.id, p.id,
-                ?5, p.depth, p.max_depth, p.scope, COALESCE(p.crawl_host, p.host), ",
-        now!(),
-        "
-           FROM jobs p WHERE p.id = ?1
-         ON CONFLICT DO NOTHING"
-    ))
-    .bind(job.id.0)
-    .bind(&page.final_url)
-    .bind(&target.host)
-    .bind(&target.canonical_url)
-    .bind(job.root_id)
-    .execute(&mut **tx)
-    .await
-    .doing("recording a redirect target")?;
-    Ok(())
-}
-
-/// Records a host's pause (a longer one already recorded wins).
-async fn pause_host(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    host: &str,
-    how_long: Duration,
-    verdict: &Verdict,
-) -> Result<(), StoreError> {
-    let reason = decisions::pause_reason(verdict);
-    sqlx::query(concat!(
-        "INSERT INTO hosts (host, paused_until, pause_reason, updated_at)
-         VALUES (?1, ",
-        now_plus!("?2"),
-        ", ?3, ",
-        now!(),
-        ")
-         ON CONFLICT (host) DO UPDATE SET
-             paused_until = MAX(COALESCE(hosts.paused_until, ''), excluded.paused_until),
-             pause_reason = excluded.pause_reason,
-             updated_at = excluded.updated_at"
-    ))
-    .bind(host)
-    .bind(how_long.as_secs_f64())
-    .bind(reason)
-    .execute(&mut **tx)
-    .await
-    .doing("recording a host pause")?;
-    Ok(())
-}
-
-/// Writes the `results` row of this fetch (a retry of the same fetch replaces it) and
-/// returns its id. A 304 copies the content of the result it confirmed.
-async fn upsert_result(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    job: &ClaimedJob,
-    page: &PageRecord,
-) -> Result<i64, StoreError> {
-    let copied = page.unchanged_since.is_some();
-    let links = (!copied).then(|| serde_json::to_string(&page.links).expect("strings serialize"));
-    let data = (!copied).then(|| serde_json::to_string(&page.data).expect("strings serialize"));
-    sqlx::query_scalar(concat!(
-        insert_result!(),
-        "SELECT ?1, ?2, ?3, ?4, ?5, COALESCE(?6, old.content_type), COALESCE(?7, old.title),
-                COALESCE(?8, old.description), COALESCE(?9, old.links, '[]'),
-                COALESCE(?10, old.data, '{}'), ?11, ?12, ?13, ",
-        now!(),
-        "
-           FROM (SELECT 1) LEFT JOIN results old ON old.id = ?14
-          WHERE true",
-        result_replaces_earlier_attempt!(),
-        " RETURNING id"
-    ))
-    .bind(job.id.0)
-    .bind(job.fetch_no)
-    .bind(&page.url)
-    .bind(&page.final_url)
-    .bind(page.http_status)
-    .bind(&page.content_type)
-    .bind(&page.title)
-    .bind(&page.description)
-    .bind(links)
-    .bind(data)
-    .bind(page.bytes as i64)
-    .bind(page.elapsed.as_millis() as i64)
-    .bind(copied)
-    .bind(page.unchanged_since)
-    .fetch_one(&mut **tx)
-    .await
-    .doing("storing results")
-}
-
-/// A retried fetch rewrote result `result_id`: a body or validators stored for the
-/// earlier attempt's answer no longer describe it.
-async fn forget_replaced_result(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    result_id: i64,
-) -> Result<(), StoreError> {
-    for sql in [
-        "DELETE FROM bodies WHERE result_id = ?1",
-        "DELETE FROM validators WHERE result_id = ?1",
-    ] {
-        sqlx::query(sql)
-            .bind(result_id)
-            .execute(&mut **tx)
+impl FinishSteps for sqlx::Transaction<'_, sqlx::Sqlite> {
+    async fn set_status(&mut self, attempt: &Attempt) -> Result<bool, StoreError> {
+        let job = &attempt.job;
+        let sql = match attempt.verdict {
+            Verdict::Done => FINISH_DONE,
+            Verdict::Retry { .. } => FINISH_RETRY,
+            Verdict::Requeue { .. } => FINISH_REQUEUE,
+            Verdict::Failed { .. } => FINISH_FAILED,
+            Verdict::Skipped { .. } => FINISH_SKIPPED,
+        };
+        let mut query = sqlx::query(sql)
+            .bind(job.id.0)
+            .bind(job.lease.as_str())
+            .bind(job.attempt);
+        match &attempt.verdict {
+            Verdict::Done => {}
+            Verdict::Retry { after, reason } | Verdict::Requeue { after, reason } => {
+                query = query.bind(reason).bind(after.as_secs_f64());
+            }
+            Verdict::Failed { reason } | Verdict::Skipped { reason } => query = query.bind(reason),
+        }
+        let changed = query
+            .execute(&mut **self)
             .await
-            .doing("storing results")?;
+            .doing("storing results")?
+            .rows_affected();
+        Ok(changed > 0)
     }
-    Ok(())
-}
 
-async fn store_body(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    result_id: i64,
-    page: &PageRecord,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO bodies (result_id, body) VALUES (?1, ?2)
-         ON CONFLICT (result_id) DO UPDATE SET body = excluded.body",
-    )
-    .bind(result_id)
-    .bind(page.gzipped_body.as_deref())
-    .execute(&mut **tx)
-    .await
-    .doing("storing a body")?;
-    Ok(())
+    async fn mark_redirect_target(
+        &mut self,
+        job: &ClaimedJob,
+        page: &PageRecord,
+        target: &RedirectTarget,
+    ) -> Result<(), StoreError> {
+        sqlx::query(concat!(
+            "INSERT INTO jobs (url, status, host, canonical_url, error, parent_id, root_id, depth,
+                               max_depth, scope, crawl_host, finished_at)
+             SELECT ?2, 'skipped', ?3, ?4, 'fetched as the redirect target of job ' || p.id, p.id,
+                    ?5, p.depth, p.max_depth, p.scope, COALESCE(p.crawl_host, p.host), ",
+            now!(),
+            "
+               FROM jobs p WHERE p.id = ?1
+             ON CONFLICT DO NOTHING"
+        ))
+        .bind(job.id.0)
+        .bind(&page.final_url)
+        .bind(&target.host)
+        .bind(&target.canonical_url)
+        .bind(job.root_id)
+        .execute(&mut **self)
+        .await
+        .doing("recording a redirect target")?;
+        Ok(())
+    }
+
+    async fn pause_host(
+        &mut self,
+        host: &str,
+        how_long: Duration,
+        verdict: &Verdict,
+    ) -> Result<(), StoreError> {
+        let reason = decisions::pause_reason(verdict);
+        sqlx::query(concat!(
+            "INSERT INTO hosts (host, paused_until, pause_reason, updated_at)
+             VALUES (?1, ",
+            now_plus!("?2"),
+            ", ?3, ",
+            now!(),
+            ")
+             ON CONFLICT (host) DO UPDATE SET
+                 paused_until = MAX(COALESCE(hosts.paused_until, ''), excluded.paused_until),
+                 pause_reason = excluded.pause_reason,
+                 updated_at = excluded.updated_at"
+        ))
+        .bind(host)
+        .bind(how_long.as_secs_f64())
+        .bind(reason)
+        .execute(&mut **self)
+        .await
+        .doing("recording a host pause")?;
+        Ok(())
+    }
+
+    async fn upsert_result(
+        &mut self,
+        job: &ClaimedJob,
+        page: &PageRecord,
+    ) -> Result<i64, StoreError> {
+        let copied = page.unchanged_since.is_some();
+        let links =
+            (!copied).then(|| serde_json::to_string(&page.links).expect("strings serialize"));
+        let data = (!copied).then(|| serde_json::to_string(&page.data).expect("strings serialize"));
+        sqlx::query_scalar(concat!(
+            insert_result!(),
+            "SELECT ?1, ?2, ?3, ?4, ?5, COALESCE(?6, old.content_type), COALESCE(?7, old.title),
+                    COALESCE(?8, old.description), COALESCE(?9, old.links, '[]'),
+                    COALESCE(?10, old.data, '{}'), ?11, ?12, ?13, ",
+            now!(),
+            "
+               FROM (SELECT 1) LEFT JOIN results old ON old.id = ?14
+              WHERE true",
+            result_replaces_earlier_attempt!(),
+            " RETURNING id"
+        ))
+        .bind(job.id.0)
+        .bind(job.fetch_no)
+        .bind(&page.url)
+        .bind(&page.final_url)
+        .bind(page.http_status)
+        .bind(&page.content_type)
+        .bind(&page.title)
+        .bind(&page.description)
+        .bind(links)
+        .bind(data)
+        .bind(page.bytes as i64)
+        .bind(page.elapsed.as_millis() as i64)
+        .bind(copied)
+        .bind(page.unchanged_since)
+        .fetch_one(&mut **self)
+        .await
+        .doing("storing results")
+    }
+
+    async fn forget_replaced_result(&mut self, result_id: i64) -> Result<(), StoreError> {
+        for sql in [
+            "DELETE FROM bodies WHERE result_id = ?1",
+            "DELETE FROM validators WHERE result_id = ?1",
+        ] {
+            sqlx::query(sql)
+                .bind(result_id)
+                .execute(&mut **self)
+                .await
+                .doing("storing results")?;
+        }
+        Ok(())
+    }
+
+    async fn store_body(&mut self, result_id: i64, page: &PageRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO bodies (result_id, body) VALUES (?1, ?2)
+             ON CONFLICT (result_id) DO UPDATE SET body = excluded.body",
+        )
+        .bind(result_id)
+        .bind(page.gzipped_body.as_deref())
+        .execute(&mut **self)
+        .await
+        .doing("storing a body")?;
+        Ok(())
+    }
+
+    async fn update_validators(
+        &mut self,
+        answers: &[(&str, &PageRecord, i64)],
+    ) -> Result<(), StoreError> {
+        let decisions::ValidatorChanges { keep, forget } = decisions::validator_changes(answers);
+        if !keep.is_empty() {
+            sqlx::query(
+                "INSERT INTO validators (url, etag, last_modified, result_id)
+                 SELECT v.value ->> 0, v.value ->> 1, v.value ->> 2, v.value ->> 3
+                   FROM json_each(?1) AS v
+                  WHERE true
+                 ON CONFLICT (url) DO UPDATE SET
+                     etag = excluded.etag, last_modified = excluded.last_modified,
+                     result_id = excluded.result_id",
+            )
+            .bind(serde_json::to_string(&keep).expect("values serialize"))
+            .execute(&mut **self)
+            .await
+            .doing("remembering validators")?;
+        }
+        if !forget.is_empty() {
+            sqlx::query("DELETE FROM validators WHERE url IN (SELECT value FROM json_each(?1))")
+                .bind(serde_json::to_string(&forget).expect("values serialize"))
+                .execute(&mut **self)
+                .await
+                .doing("remembering validators")?;
+        }
+
+        Ok(())
+    }
+
+    async fn queue_children(
+        &mut self,
+        pages: &[&Attempt],
+        known: &KnownLinks,
+        report: &mut FinishReport,
+    ) -> Result<(), StoreError> {
+        let links = decisions::links_to_queue(pages, known);
+        // In slices, so that pages with huge numbers of links cannot make one statement's
+        // text too big for SQLite; each slice sees the crawl sizes the previous one left.
+        for slice in links.chunks(LINKS_PER_STATEMENT) {
+            let queued = queue_children_batch(self, slice).await?;
+            report
+                .queued_links
+                .extend(queued.iter().map(|(root, url)| known.key(*root, url)));
+        }
+        Ok(())
+    }
 }
 
 /// [`FINISH_DONE`] for a batch: ?1 is a JSON array of [id, lease, attempt]. Returns the
@@ -378,62 +388,9 @@ async fn finish_plain_batch(
             Some((url, decisions::plain_page(a), result_id))
         })
         .collect();
-    update_validators(tx, &answers).await?;
-    queue_children(tx, &stored, known, report).await?;
+    tx.update_validators(&answers).await?;
+    tx.queue_children(&stored, known, report).await?;
     report.stored += stored.len();
-    Ok(())
-}
-
-/// Keeps or forgets validators as the batch's answers decide (see
-/// [`decisions::validator_changes`]); each answer is (canonical URL, page, result id).
-async fn update_validators(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    answers: &[(&str, &PageRecord, i64)],
-) -> Result<(), StoreError> {
-    let decisions::ValidatorChanges { keep, forget } = decisions::validator_changes(answers);
-    if !keep.is_empty() {
-        sqlx::query(
-            "INSERT INTO validators (url, etag, last_modified, result_id)
-             SELECT v.value ->> 0, v.value ->> 1, v.value ->> 2, v.value ->> 3
-               FROM json_each(?1) AS v
-              WHERE true
-             ON CONFLICT (url) DO UPDATE SET
-                 etag = excluded.etag, last_modified = excluded.last_modified,
-                 result_id = excluded.result_id",
-        )
-        .bind(serde_json::to_string(&keep).expect("values serialize"))
-        .execute(&mut **tx)
-        .await
-        .doing("remembering validators")?;
-    }
-    if !forget.is_empty() {
-        sqlx::query("DELETE FROM validators WHERE url IN (SELECT value FROM json_each(?1))")
-            .bind(serde_json::to_string(&forget).expect("values serialize"))
-            .execute(&mut **tx)
-            .await
-            .doing("remembering validators")?;
-    }
-
-    Ok(())
-}
-
-/// Queues the links of done pages as child jobs of their crawls, in page order; the
-/// report lists those queued.
-async fn queue_children(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    pages: &[&Attempt],
-    known: &KnownLinks,
-    report: &mut FinishReport,
-) -> Result<(), StoreError> {
-    let links = decisions::links_to_queue(pages, known);
-    // In slices, so that pages with huge numbers of links cannot make one statement's
-    // text too big for SQLite; each slice sees the crawl sizes the previous one left.
-    for slice in links.chunks(LINKS_PER_STATEMENT) {
-        let queued = queue_children_batch(tx, slice).await?;
-        report
-            .queued_links
-            .extend(queued.iter().map(|(root, url)| known.key(*root, url)));
-    }
     Ok(())
 }
 
