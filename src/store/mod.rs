@@ -34,7 +34,7 @@ macro_rules! insert_result {
     () => {
         "INSERT INTO results (job_id, fetch_no, url, final_url, http_status, content_type,
                               title, description, links, data, bytes, elapsed_ms,
-                              not_modified, fetched_at) "
+                              not_modified, fetched_at, confirms_result_id) "
     };
 }
 
@@ -47,7 +47,7 @@ macro_rules! result_replaces_earlier_attempt {
              title = excluded.title, description = excluded.description,
              links = excluded.links, data = excluded.data, bytes = excluded.bytes,
              elapsed_ms = excluded.elapsed_ms, not_modified = excluded.not_modified,
-             fetched_at = excluded.fetched_at"
+             fetched_at = excluded.fetched_at, confirms_result_id = excluded.confirms_result_id"
     };
 }
 
@@ -317,9 +317,8 @@ impl Store {
         on_backend!(self, db => db.save_robots(answers).await)
     }
 
-    /// For a `304 Not Modified` result, the result holding the version it confirmed: the
-    /// newest full (2xx) fetch of the same URL before it, which is where the validators
-    /// it sent came from. None for any other result.
+    /// For a `304 Not Modified` result, the result holding the version it confirmed
+    /// (`confirms_result_id`). None for any other result.
     pub async fn confirmed_version(&self, result_id: i64) -> Result<Option<i64>, StoreError> {
         on_backend!(self, db => db.confirmed_version(result_id).await)
     }

@@ -160,7 +160,9 @@ impl FinishSteps for Tx<'_> {
             insert_result!(),
             "SELECT $1, $2, $3, $4, $5, COALESCE($6, old.content_type), COALESCE($7, old.title),
                     COALESCE($8, old.description), COALESCE($9::jsonb, old.links, '[]'),
-                    COALESCE($10::jsonb, old.data, '{}'), $11, $12, $13, now()
+                    COALESCE($10::jsonb, old.data, '{}'), $11, $12, $13, now(),
+                    -- A 304 of a 304 confirms the full fetch the first one confirmed.
+                    COALESCE(old.confirms_result_id, old.id)
                FROM (SELECT 1) AS one LEFT JOIN results old ON old.id = $14",
             result_replaces_earlier_attempt!(),
             " RETURNING id"
@@ -365,7 +367,7 @@ async fn finish_plain_batch(
     let result_ids: std::collections::HashMap<i64, i64> = sqlx::query_as(concat!(
         insert_result!(),
         "SELECT r.job, r.fetch_no, r.url, r.final_url, r.status, r.content_type, r.title,
-                r.description, r.links, r.data, r.bytes, r.ms, 0, now()
+                r.description, r.links, r.data, r.bytes, r.ms, 0, now(), NULL::bigint
            FROM jsonb_to_recordset($1::jsonb)
                 AS r(job bigint, fetch_no bigint, url text, final_url text, status bigint,
                      content_type text, title text, description text, links jsonb,

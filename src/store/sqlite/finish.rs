@@ -197,7 +197,9 @@ impl FinishSteps for sqlx::Transaction<'_, sqlx::Sqlite> {
                     COALESCE(?8, old.description), COALESCE(?9, old.links, '[]'),
                     COALESCE(?10, old.data, '{}'), ?11, ?12, ?13, ",
             now!(),
-            "
+            ",
+                    -- A 304 of a 304 confirms the full fetch the first one confirmed.
+                    COALESCE(old.confirms_result_id, old.id)
                FROM (SELECT 1) LEFT JOIN results old ON old.id = ?14
               WHERE true",
             result_replaces_earlier_attempt!(),
@@ -367,7 +369,7 @@ async fn finish_plain_batch(
                 r.value ->> 'title', r.value ->> 'description', r.value ->> 'links',
                 r.value ->> 'data', r.value ->> 'bytes', r.value ->> 'ms', 0, ",
         now!(),
-        "
+        ", NULL
            FROM json_each(?1) AS r
           WHERE true",
         result_replaces_earlier_attempt!(),

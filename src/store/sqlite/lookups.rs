@@ -221,16 +221,18 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// For a `304 Not Modified` result, the result holding the version it confirmed: the
-    /// newest full (2xx) fetch of the same URL before it, which is where the validators
-    /// it sent came from. None for any other result.
+    /// For a `304 Not Modified` result, the result holding the version it confirmed
+    /// (`confirms_result_id`). None for any other result.
     pub async fn confirmed_version(&self, result_id: i64) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(
-            "SELECT v.id FROM results r JOIN results v
-                 ON v.url = r.url AND v.id < r.id AND v.not_modified = 0
-                AND v.http_status BETWEEN 200 AND 299
-              WHERE r.id = ?1 AND r.not_modified = 1
-              ORDER BY v.id DESC LIMIT 1",
+        let version: Option<Option<i64>> = sqlx::query_scalar(
+            // Rows stored before `confirms_result_id` existed: the newest full fetch of the
+            // same URL before it, where the validators it sent came from.
+            "SELECT COALESCE(r.confirms_result_id,
+                            (SELECT v.id FROM results v
+                              WHERE v.url = r.url AND v.id < r.id AND v.not_modified = 0
+                                AND v.http_status BETWEEN 200 AND 299
+                              ORDER BY v.id DESC LIMIT 1))
+               FROM results r WHERE r.id = ?1 AND r.not_modified = 1",
         )
         .bind(result_id)
         .fetch_optional(
@@ -240,7 +242,8 @@ impl SqliteStore {
                 .doing("looking up the version a 304 confirmed")?,
         )
         .await
-        .doing("looking up the version a 304 confirmed")
+        .doing("looking up the version a 304 confirmed")?;
+        Ok(version.flatten())
     }
 
     /// A stored body (`fetch.store_body`) as kept: gzip bytes. None if there is none.

@@ -1,0 +1,8 @@
+-- On a 304 Not Modified row, the full fetch whose content it confirmed (and copied): what
+-- `crawlq body` prints for it, and what to join to. NULL on every other row.
+ALTER TABLE results ADD COLUMN confirms_result_id BIGINT REFERENCES results (id) ON DELETE SET NULL;
+
+-- The view shows every column of `results`, as SQLite's does (which expands `*` when read).
+CREATE OR REPLACE VIEW latest_results AS
+SELECT r.* FROM results r
+ WHERE r.fetch_no = (SELECT MAX(l.fetch_no) FROM results l WHERE l.job_id = r.job_id);

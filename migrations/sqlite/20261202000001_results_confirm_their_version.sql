@@ -1,0 +1,4 @@
+-- On a 304 Not Modified row, the full fetch whose content it confirmed (and copied): what
+-- `crawlq body` prints for it, and what to join to. NULL on every other row, and on 304
+-- rows stored before this migration.
+ALTER TABLE results ADD COLUMN confirms_result_id INTEGER REFERENCES results (id) ON DELETE SET NULL;
