@@ -334,6 +334,12 @@ async fn unpause(settings: Settings, target: &str) -> Result<(), Failure> {
     let unpaused = store.unpause(&host).await;
     store.close().await;
     let unpaused = unpaused.map_err(Failure::runtime)?;
+    if !unpaused.pause_lifted && unpaused.robots_forgotten == 0 && unpaused.jobs_due_now == 0 {
+        println!(
+            "{host}: nothing was waiting there (no Retry-After pause, no failed robots.txt answer, no job waiting for a retry)"
+        );
+        return Ok(());
+    }
     let pause = if unpaused.pause_lifted {
         "its Retry-After pause lifted"
     } else {
