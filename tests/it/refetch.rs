@@ -39,7 +39,7 @@ async fn fetches(daemon: &RunningDaemon, job: i64) -> Vec<FetchRow> {
           WHERE job_id = ?1 ORDER BY fetch_no",
     )
     .bind(job)
-    .fetch_all(&daemon.sql)
+    .fetch_all(daemon.sql.sqlite())
     .await
     .unwrap()
 }
@@ -52,7 +52,7 @@ fn a_recrawled_job_keeps_one_result_per_fetch_and_asks_only_for_changes() {
         let job: i64 =
             sqlx::query_scalar("INSERT INTO jobs (url, recrawl_every) VALUES (?1, 1) RETURNING id")
                 .bind(server.url("/watched"))
-                .fetch_one(&daemon.sql)
+                .fetch_one(daemon.sql.sqlite())
                 .await
                 .unwrap();
         wait_until("three fetches", || async {
@@ -97,7 +97,7 @@ fn a_recrawled_job_keeps_one_result_per_fetch_and_asks_only_for_changes() {
         let (status, fetch_no, attempts): (String, i64, i64) =
             sqlx::query_as("SELECT status, fetch_no, attempts FROM jobs WHERE id = ?1")
                 .bind(job)
-                .fetch_one(&daemon.sql)
+                .fetch_one(daemon.sql.sqlite())
                 .await
                 .unwrap();
         // (It may already be running its next fetch: recrawl_every is one second.)
@@ -109,7 +109,7 @@ fn a_recrawled_job_keeps_one_result_per_fetch_and_asks_only_for_changes() {
                     (SELECT MAX(fetch_no) FROM results WHERE job_id = ?1)",
         )
         .bind(job)
-        .fetch_one(&daemon.sql)
+        .fetch_one(daemon.sql.sqlite())
         .await
         .unwrap();
         assert_eq!(latest, stored);
@@ -189,7 +189,7 @@ fn a_pdf_is_stored_with_its_type_and_size_and_its_body_kept_when_asked() {
               WHERE r.job_id = ?1",
         )
         .bind(id)
-        .fetch_one(&daemon.sql)
+        .fetch_one(daemon.sql.sqlite())
         .await
         .expect("the body is kept");
         assert_eq!(encoding, "gzip");
@@ -206,7 +206,7 @@ fn bodies_are_not_kept_by_default() {
         let id = daemon.insert(&server.url("/p")).await;
         daemon.wait_all_done(&[id]).await;
         let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM bodies")
-            .fetch_one(&daemon.sql)
+            .fetch_one(daemon.sql.sqlite())
             .await
             .unwrap();
         assert_eq!(kept, 0);
@@ -222,7 +222,7 @@ fn recrawl_every_must_be_a_number_of_seconds() {
             let sql =
                 format!("INSERT INTO jobs (url, recrawl_every) VALUES ('http://a.test/', {bad})");
             let refused = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&daemon.sql)
+                .execute(daemon.sql.sqlite())
                 .await;
             assert!(refused.is_err(), "recrawl_every = {bad} was accepted");
         }
@@ -244,7 +244,7 @@ fn a_version_is_reused_only_for_the_same_selectors_and_never_for_a_page_whose_li
             r#"INSERT INTO jobs (url, selectors) VALUES (?1, '{"t": "title"}') RETURNING id"#,
         )
         .bind(&url)
-        .fetch_one(&daemon.sql)
+        .fetch_one(daemon.sql.sqlite())
         .await
         .unwrap();
         daemon.wait_all_done(&[other_selectors]).await;
@@ -252,13 +252,13 @@ fn a_version_is_reused_only_for_the_same_selectors_and_never_for_a_page_whose_li
         let crawl: i64 =
             sqlx::query_scalar("INSERT INTO jobs (url, max_depth) VALUES (?1, 1) RETURNING id")
                 .bind(&url)
-                .fetch_one(&daemon.sql)
+                .fetch_one(daemon.sql.sqlite())
                 .await
                 .unwrap();
         daemon.wait_all_done(&[crawl]).await;
         let child: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE parent_id = ?1")
             .bind(crawl)
-            .fetch_one(&daemon.sql)
+            .fetch_one(daemon.sql.sqlite())
             .await
             .expect("the crawl followed the page's link");
         daemon.wait_finished(child).await;

@@ -1,15 +1,23 @@
 //! robots.txt through the real daemon: disallowed pages skipped, one fetch per site (kept
 //! across a restart), Crawl-delay seen in the server's arrival times, and an unreachable
-//! robots.txt holding the whole host back (RFC 9309), within the job's attempts.
+//! robots.txt holding the whole host back (RFC 9309), within the job's attempts. What the
+//! database keeps (the cached answers, the host held back) is tested on both backends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::server::{Reply, TestServer};
-use crate::common::{self, assert_spaced, gaps, wait_until, RunningDaemon};
+use crate::common::{assert_spaced, gaps, on_both_backends, wait_until, Backend, RunningDaemon};
 use crawlq::runtime::block_on;
 use crawlq::settings::Settings;
+
+on_both_backends!(
+    disallowed_pages_are_skipped_and_robots_txt_is_fetched_once,
+    the_robots_cache_survives_a_restart,
+    an_unreachable_robots_txt_holds_the_host_back_until_it_answers,
+    a_robots_txt_that_never_answers_ends_the_job_after_its_attempts,
+);
 
 fn obey_robots(s: &mut Settings) {
     s.crawl.obey_robots = true;
@@ -26,78 +34,74 @@ fn site(ip: &str, robots: &'static str) -> TestServer {
     })
 }
 
-#[test]
-fn disallowed_pages_are_skipped_and_robots_txt_is_fetched_once() {
-    block_on(async {
-        let server = site(
-            "127.0.0.1",
-            "User-agent: *\nAllow: /\n\nUser-agent: crawlq\nDisallow: /private\n",
+async fn disallowed_pages_are_skipped_and_robots_txt_is_fetched_once(backend: Backend) {
+    let server = site(
+        "127.0.0.1",
+        "User-agent: *\nAllow: /\n\nUser-agent: crawlq\nDisallow: /private\n",
+    );
+    let daemon = RunningDaemon::on(backend, obey_robots).await;
+    let mut allowed = Vec::new();
+    let mut disallowed = Vec::new();
+    for i in 0..6 {
+        allowed.push(daemon.insert(&server.url(&format!("/public/{i}"))).await);
+        disallowed.push(daemon.insert(&server.url(&format!("/private/{i}"))).await);
+    }
+    daemon.wait_all_done(&allowed).await;
+    for &id in &disallowed {
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "skipped", "job {id}");
+        let error = job.error.unwrap_or_default();
+        assert!(error.contains("disallowed by robots.txt"), "{error}");
+        assert!(
+            error.contains("\"crawlq\""),
+            "names the group used: {error}"
         );
-        let daemon = RunningDaemon::start(obey_robots).await;
-        let mut allowed = Vec::new();
-        let mut disallowed = Vec::new();
-        for i in 0..6 {
-            allowed.push(daemon.insert(&server.url(&format!("/public/{i}"))).await);
-            disallowed.push(daemon.insert(&server.url(&format!("/private/{i}"))).await);
-        }
-        daemon.wait_all_done(&allowed).await;
-        for &id in &disallowed {
-            let job = daemon.wait_finished(id).await;
-            assert_eq!(job.status, "skipped", "job {id}");
-            let error = job.error.unwrap_or_default();
-            assert!(error.contains("disallowed by robots.txt"), "{error}");
-            assert!(
-                error.contains("\"crawlq\""),
-                "names the group used: {error}"
-            );
-            assert!(daemon.result(id).await.is_none());
-        }
-        assert_eq!(
-            server.hits_for("/robots.txt").len(),
-            1,
-            "{:?}",
-            server.hits()
-        );
-        let pages = server.page_hits();
-        assert_eq!(pages.len(), 6);
-        assert!(pages.iter().all(|h| h.path.starts_with("/public/")));
-        let first_page = pages.iter().map(|h| h.at).min().unwrap();
-        assert!(server.hits_for("/robots.txt")[0].at <= first_page);
+        assert!(daemon.result(id).await.is_none());
+    }
+    assert_eq!(
+        server.hits_for("/robots.txt").len(),
+        1,
+        "{:?}",
+        server.hits()
+    );
+    let pages = server.page_hits();
+    assert_eq!(pages.len(), 6);
+    assert!(pages.iter().all(|h| h.path.starts_with("/public/")));
+    let first_page = pages.iter().map(|h| h.at).min().unwrap();
+    assert!(server.hits_for("/robots.txt")[0].at <= first_page);
 
-        let (status, fresh): (i64, bool) = sqlx::query_as(
-            "SELECT http_status, expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+23 hours')
-               FROM robots WHERE origin = ?1",
-        )
+    let cached = daemon
+        .sql
+        .query(format!(
+            "SELECT COUNT(*) FROM robots
+              WHERE origin = $1 AND http_status = 200 AND expires_at > {}",
+            daemon.sql.seconds_from_now(23 * 3600)
+        ))
         .bind(server.url("/").trim_end_matches('/'))
-        .fetch_one(&daemon.sql)
-        .await
-        .unwrap();
-        assert_eq!((status, fresh), (200, true), "cached for a day");
-        daemon.stop().await;
-    });
+        .int()
+        .await;
+    assert_eq!(cached, 1, "a 200, cached for a day");
+    daemon.stop().await;
 }
 
-#[test]
-fn the_robots_cache_survives_a_restart() {
-    block_on(async {
-        let server = site("127.0.0.1", "User-agent: *\nDisallow: /no\n");
-        let daemon = RunningDaemon::start(obey_robots).await;
-        let id = daemon.insert(&server.url("/yes")).await;
-        daemon.wait_all_done(&[id]).await;
-        let db = daemon.stop_keeping_db().await;
+async fn the_robots_cache_survives_a_restart(backend: Backend) {
+    let server = site("127.0.0.1", "User-agent: *\nDisallow: /no\n");
+    let daemon = RunningDaemon::on(backend, obey_robots).await;
+    let id = daemon.insert(&server.url("/yes")).await;
+    daemon.wait_all_done(&[id]).await;
+    let db = daemon.stop_keeping_db().await;
 
-        let daemon = RunningDaemon::start_on(db, obey_robots, |_| async {}).await;
-        let yes = daemon.insert(&server.url("/yes/again")).await;
-        let no = daemon.insert(&server.url("/no/thanks")).await;
-        daemon.wait_all_done(&[yes]).await;
-        assert_eq!(daemon.wait_finished(no).await.status, "skipped");
-        assert_eq!(
-            server.hits_for("/robots.txt").len(),
-            1,
-            "the second daemon used the stored answer"
-        );
-        daemon.stop().await;
-    });
+    let daemon = RunningDaemon::start_on(db, obey_robots, |_| async {}).await;
+    let yes = daemon.insert(&server.url("/yes/again")).await;
+    let no = daemon.insert(&server.url("/no/thanks")).await;
+    daemon.wait_all_done(&[yes]).await;
+    assert_eq!(daemon.wait_finished(no).await.status, "skipped");
+    assert_eq!(
+        server.hits_for("/robots.txt").len(),
+        1,
+        "the second daemon used the stored answer"
+    );
+    daemon.stop().await;
 }
 
 #[test]
@@ -176,71 +180,64 @@ fn a_crawl_delay_never_speeds_up_a_slower_quota() {
     });
 }
 
-#[test]
-fn an_unreachable_robots_txt_holds_the_host_back_until_it_answers() {
-    block_on(async {
-        // robots.txt fails twice (503, then 500), then says everything is allowed.
-        let robots_asked = Arc::new(AtomicUsize::new(0));
-        let asked = robots_asked.clone();
-        let server = TestServer::start("127.0.0.3", move |request| {
-            if request.path != "/robots.txt" {
-                return Reply::html("<title>page</title>");
-            }
-            match asked.fetch_add(1, Ordering::SeqCst) {
-                0 => Reply::status(503),
-                1 => Reply::status(500),
-                _ => Reply::bytes("text/plain", b"User-agent: *\nAllow: /\n".to_vec()),
-            }
-        });
-        let other = site("127.0.0.4", "");
-        let daemon = RunningDaemon::start(|s| {
-            obey_robots(s);
-            s.crawl.robots_unreachable_wait = Duration::from_secs(1);
-            s.retry.max_attempts = 3.try_into().unwrap();
-        })
-        .await;
-        let held = daemon.insert(&server.url("/held")).await;
-        let free = daemon.insert(&other.url("/free")).await;
-        daemon.wait_all_done(&[free]).await;
-
-        let sql = daemon.sql.clone();
-        wait_until("the held job to say why it waits", || {
-            let sql = sql.clone();
-            async move {
-                let row = common::job_row(&sql, held).await;
-                row.status == "queued"
-                    && row
-                        .error
-                        .is_some_and(|e| e.contains("robots.txt unreachable"))
-            }
-        })
-        .await;
-        let reason: String =
-            sqlx::query_scalar("SELECT pause_reason FROM hosts WHERE host = '127.0.0.3'")
-                .fetch_one(&daemon.sql)
-                .await
-                .expect("the host's pause is recorded");
-        assert!(reason.contains("robots.txt unreachable"), "{reason}");
-
-        let job = daemon.wait_finished(held).await;
-        assert_eq!(job.status, "done", "{:?}", job.error);
-        assert_eq!(job.attempts, 3, "each wait ended one attempt");
-        assert_eq!(robots_asked.load(Ordering::SeqCst), 3);
-        // No page request went out before robots.txt answered 200, and robots.txt was
-        // asked again only after each wait.
-        let robots = server.hits_for("/robots.txt");
-        let pages = server.page_hits();
-        assert_eq!(pages.len(), 1);
-        assert!(pages[0].at >= robots[2].at);
-        for pair in robots.windows(2) {
-            assert!(
-                pair[1].at - pair[0].at >= Duration::from_millis(950),
-                "robots.txt asked again too soon: {:?}",
-                pair[1].at - pair[0].at
-            );
+async fn an_unreachable_robots_txt_holds_the_host_back_until_it_answers(backend: Backend) {
+    // robots.txt fails twice (503, then 500), then says everything is allowed.
+    let robots_asked = Arc::new(AtomicUsize::new(0));
+    let asked = robots_asked.clone();
+    let server = TestServer::start("127.0.0.3", move |request| {
+        if request.path != "/robots.txt" {
+            return Reply::html("<title>page</title>");
         }
-        daemon.stop().await;
+        match asked.fetch_add(1, Ordering::SeqCst) {
+            0 => Reply::status(503),
+            1 => Reply::status(500),
+            _ => Reply::bytes("text/plain", b"User-agent: *\nAllow: /\n".to_vec()),
+        }
     });
+    let other = site("127.0.0.4", "");
+    let daemon = RunningDaemon::on(backend, |s| {
+        obey_robots(s);
+        s.crawl.robots_unreachable_wait = Duration::from_secs(1);
+        s.retry.max_attempts = 3.try_into().unwrap();
+    })
+    .await;
+    let held = daemon.insert(&server.url("/held")).await;
+    let free = daemon.insert(&other.url("/free")).await;
+    daemon.wait_all_done(&[free]).await;
+
+    wait_until("the held job to say why it waits", || async {
+        let row = daemon.job(held).await;
+        row.status == "queued"
+            && row
+                .error
+                .is_some_and(|e| e.contains("robots.txt unreachable"))
+    })
+    .await;
+    let reason = daemon
+        .sql
+        .text("SELECT pause_reason FROM hosts WHERE host = '127.0.0.3'")
+        .await
+        .expect("the host's pause is recorded");
+    assert!(reason.contains("robots.txt unreachable"), "{reason}");
+
+    let job = daemon.wait_finished(held).await;
+    assert_eq!(job.status, "done", "{:?}", job.error);
+    assert_eq!(job.attempts, 3, "each wait ended one attempt");
+    assert_eq!(robots_asked.load(Ordering::SeqCst), 3);
+    // No page request went out before robots.txt answered 200, and robots.txt was
+    // asked again only after each wait.
+    let robots = server.hits_for("/robots.txt");
+    let pages = server.page_hits();
+    assert_eq!(pages.len(), 1);
+    assert!(pages[0].at >= robots[2].at);
+    for pair in robots.windows(2) {
+        assert!(
+            pair[1].at - pair[0].at >= Duration::from_millis(950),
+            "robots.txt asked again too soon: {:?}",
+            pair[1].at - pair[0].at
+        );
+    }
+    daemon.stop().await;
 }
 
 #[test]
@@ -279,32 +276,29 @@ fn with_obey_robots_off_robots_txt_is_not_fetched() {
     });
 }
 
-#[test]
-fn a_robots_txt_that_never_answers_ends_the_job_after_its_attempts() {
-    block_on(async {
-        let server = TestServer::start("127.0.0.3", |request| {
-            if request.path == "/robots.txt" {
-                Reply::status(503)
-            } else {
-                Reply::html("<title>never fetched</title>")
-            }
-        });
-        let daemon = RunningDaemon::start(|s| {
-            obey_robots(s);
-            s.crawl.robots_unreachable_wait = Duration::from_secs(1);
-            s.retry.max_attempts = 2.try_into().unwrap();
-        })
-        .await;
-        let id = daemon.insert(&server.url("/page")).await;
-        let job = daemon.wait_finished(id).await;
-        assert_eq!(job.status, "failed");
-        let error = job.error.unwrap_or_default();
-        assert!(
-            error.contains("robots.txt unreachable") && error.contains("gave up after 2 attempts"),
-            "{error}"
-        );
-        assert!(server.page_hits().is_empty(), "{:?}", server.hits());
-        assert_eq!(server.hits_for("/robots.txt").len(), 2);
-        daemon.stop().await;
+async fn a_robots_txt_that_never_answers_ends_the_job_after_its_attempts(backend: Backend) {
+    let server = TestServer::start("127.0.0.3", |request| {
+        if request.path == "/robots.txt" {
+            Reply::status(503)
+        } else {
+            Reply::html("<title>never fetched</title>")
+        }
     });
+    let daemon = RunningDaemon::on(backend, |s| {
+        obey_robots(s);
+        s.crawl.robots_unreachable_wait = Duration::from_secs(1);
+        s.retry.max_attempts = 2.try_into().unwrap();
+    })
+    .await;
+    let id = daemon.insert(&server.url("/page")).await;
+    let job = daemon.wait_finished(id).await;
+    assert_eq!(job.status, "failed");
+    let error = job.error.unwrap_or_default();
+    assert!(
+        error.contains("robots.txt unreachable") && error.contains("gave up after 2 attempts"),
+        "{error}"
+    );
+    assert!(server.page_hits().is_empty(), "{:?}", server.hits());
+    assert_eq!(server.hits_for("/robots.txt").len(), 2);
+    daemon.stop().await;
 }
