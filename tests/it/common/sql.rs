@@ -12,7 +12,7 @@ use sqlx::postgres::{PgPool, PgRow, Postgres};
 use sqlx::sqlite::{Sqlite, SqlitePool, SqliteRow};
 use sqlx::{Decode, FromRow, Row, Type};
 
-use super::wait_until;
+use super::{wait_until, Backend};
 
 /// A connection to the test's database, as a user's client would have.
 #[derive(Clone, Debug)]
@@ -186,6 +186,13 @@ impl UserSql {
         UserSql::Postgres(super::postgres::connect(url).await)
     }
 
+    pub fn backend(&self) -> Backend {
+        match self {
+            UserSql::Sqlite(_) => Backend::Sqlite,
+            UserSql::Postgres(_) => Backend::Postgres,
+        }
+    }
+
     /// The SQLite pool, for a test that is about SQLite itself.
     pub fn sqlite(&self) -> &SqlitePool {
         match self {
@@ -304,6 +311,13 @@ impl UserSql {
                 .map(|row| ResultRow::from_row(&row)),
         };
         row
+    }
+
+    pub async fn close(&self) {
+        match self {
+            UserSql::Sqlite(pool) => pool.close().await,
+            UserSql::Postgres(pool) => pool.close().await,
+        }
     }
 }
 
