@@ -111,6 +111,12 @@ impl Query<'_> {
 
     /// Runs the statement; returns the rows it changed.
     pub async fn execute(self) -> u64 {
+        self.try_execute().await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Runs the statement, or returns the error (with the statement) for a test that
+    /// expects one.
+    pub async fn try_execute(self) -> Result<u64, String> {
         let text = sqlx::AssertSqlSafe(self.text.clone());
         let done = match self.sql {
             UserSql::Sqlite(pool) => bound!(sqlx::query(text), &self.binds)
@@ -122,7 +128,7 @@ impl Query<'_> {
                 .await
                 .map(|r| r.rows_affected()),
         };
-        done.unwrap_or_else(|e| panic!("{}: {e}", self.text))
+        done.map_err(|e| format!("{}: {e}", self.text))
     }
 
     /// Every row.
