@@ -1,6 +1,7 @@
 //! The built `crawlq` binary, run the way a user runs it: the README's three-line flow,
-//! SIGTERM handling, the other subcommands and configuration errors. SIGTERM and `status`
-//! are tested on both backends; PostgreSQL's own run of every subcommand is in `postgres`.
+//! SIGTERM handling, the other subcommands and configuration errors. SIGTERM, `status` and
+//! `healthcheck` are tested on both backends; PostgreSQL's own run of every subcommand is
+//! in `postgres`; the rest is about files, flags and configuration.
 
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ on_both_backends!(
     sigterm_lets_in_flight_jobs_finish_and_requeues_the_rest,
     jobs_still_running_after_the_grace_period_go_back_to_the_queue,
     status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees,
+    healthcheck_follows_the_daemon_through_start_stop_and_death,
 );
 
 fn output(command: &mut Command) -> Output {
@@ -446,88 +448,96 @@ fn json_logs_carry_stats_and_each_job_step() {
     assert!(lines.iter().any(|l| l["message"] == "stored: done"));
 }
 
-#[test]
-fn healthcheck_follows_the_daemon_through_start_stop_and_death() {
-    block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let healthcheck = || {
-            output(
-                crawlq(dir.path())
-                    .args(["healthcheck", "--database", "q.db"])
-                    .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2"),
-            )
-        };
-        let out = healthcheck();
-        assert_eq!(out.status.code(), Some(1));
-        assert!(
-            text(&out.stderr).contains("database q.db does not exist"),
-            "{}",
-            text(&out.stderr)
-        );
-        assert!(
-            !dir.path().join("q.db").exists(),
-            "a read-only command creates no database"
-        );
-        let migrate = output(crawlq(dir.path()).args(["migrate", "--database", "q.db"]));
-        assert!(migrate.status.success());
-        let out = healthcheck();
-        assert_eq!(out.status.code(), Some(1));
-        assert!(
-            text(&out.stderr).contains("no crawlq daemon has run"),
-            "{}",
-            text(&out.stderr)
-        );
-
-        let start = || {
-            crawlq(dir.path())
-                .args(["run", "--database", "q.db"])
-                .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2")
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        let mut daemon = start();
-        wait_until("the healthcheck to pass", || async {
-            healthcheck().status.success()
-        })
-        .await;
-        let out = healthcheck();
-        assert!(
-            text(&out.stdout).contains(&format!("(pid {})", daemon.id())),
-            "{}",
-            text(&out.stdout)
-        );
-        sigterm(&daemon);
-        assert!(exit_status(&mut daemon).await.success());
-        let out = healthcheck();
-        assert_eq!(out.status.code(), Some(1));
-        assert!(
-            text(&out.stderr).contains("has stopped"),
-            "{}",
-            text(&out.stderr)
-        );
-
-        // kill -9: no clean exit, so the row goes stale after three heartbeats.
-        let mut daemon = start();
-        wait_until("the new daemon to be healthy", || async {
-            healthcheck().status.success()
-        })
-        .await;
-        daemon.kill().unwrap();
-        daemon.wait().unwrap();
-        wait_until("the healthcheck to notice the dead daemon", || async {
-            let out = healthcheck();
-            out.status.code() == Some(1) && text(&out.stderr).contains("last wrote its heartbeat")
-        })
-        .await;
-        let sql = user_connection(&dir.path().join("q.db")).await;
-        let states: Vec<String> =
-            sqlx::query_scalar("SELECT state FROM worker_status ORDER BY started_at")
-                .fetch_all(&sql)
+async fn healthcheck_follows_the_daemon_through_start_stop_and_death(backend: Backend) {
+    let db = TempDb::on(backend).await;
+    let healthcheck = || {
+        output(
+            crawlq(db.dir.path())
+                .args(["healthcheck", "--database", &db.arg()])
+                .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2"),
+        )
+    };
+    let out = healthcheck();
+    assert_eq!(out.status.code(), Some(1));
+    // A read-only command creates no database (no SQLite file; no tables in the empty
+    // PostgreSQL database).
+    match backend {
+        Backend::Sqlite => {
+            assert!(
+                text(&out.stderr).contains(&format!("database {} does not exist", db.arg())),
+                "{}",
+                text(&out.stderr)
+            );
+            assert!(!db.path.exists());
+        }
+        Backend::Postgres => {
+            let tables = db
+                .user()
                 .await
-                .unwrap();
-        assert_eq!(states, ["stopped", "stale"]);
-    });
+                .int("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'jobs'")
+                .await;
+            assert_eq!(tables, 0, "{}", text(&out.stderr));
+        }
+    }
+    let migrate = output(crawlq(db.dir.path()).args(["migrate", "--database", &db.arg()]));
+    assert!(migrate.status.success());
+    let out = healthcheck();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no crawlq daemon has run"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let start = || {
+        crawlq(db.dir.path())
+            .args(["run", "--database", &db.arg()])
+            .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut daemon = start();
+    wait_until("the healthcheck to pass", || async {
+        healthcheck().status.success()
+    })
+    .await;
+    let out = healthcheck();
+    assert!(
+        text(&out.stdout).contains(&format!("(pid {})", daemon.id())),
+        "{}",
+        text(&out.stdout)
+    );
+    sigterm(&daemon);
+    assert!(exit_status(&mut daemon).await.success());
+    let out = healthcheck();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("has stopped"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // kill -9: no clean exit, so the row goes stale after three heartbeats.
+    let mut daemon = start();
+    wait_until("the new daemon to be healthy", || async {
+        healthcheck().status.success()
+    })
+    .await;
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    wait_until("the healthcheck to notice the dead daemon", || async {
+        let out = healthcheck();
+        out.status.code() == Some(1) && text(&out.stderr).contains("last wrote its heartbeat")
+    })
+    .await;
+    let states: Vec<(String,)> = db
+        .user()
+        .await
+        .query("SELECT state FROM worker_status ORDER BY started_at")
+        .all()
+        .await;
+    assert_eq!(states, [("stopped".into(),), ("stale".into(),)]);
 }
 
 /// `crawlq status` on `db`.
