@@ -1,8 +1,8 @@
 //! The daemon in-process, against real local HTTP servers and a real database; jobs are
 //! inserted and results read with plain SQL from a separate connection. The tests listed
 //! in `on_both_backends!` run on a SQLite file and on PostgreSQL; the others are about
-//! what SQLite does (its locks, its loose typing, its triggers and messages) or about
-//! fetching, which no backend changes.
+//! what SQLite does (its locks, its loose typing, its messages) or about fetching, parsing
+//! and rate limits, which no backend changes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +33,7 @@ on_both_backends!(
     retry_after_as_an_http_date_is_honoured,
     a_request_already_waiting_for_its_turn_respects_a_new_pause,
     the_workers_row_carries_a_heartbeat_and_counters,
+    results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_is_lost,
 );
 
 async fn a_page_is_fetched_parsed_and_stored(backend: Backend) {
@@ -1304,102 +1305,110 @@ fn hostile_rows_end_with_a_reason_or_a_documented_meaning() {
     });
 }
 
-#[test]
-fn results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_is_lost() {
-    block_on(async {
-        let server = TestServer::pages("127.0.0.1");
-        let daemon = RunningDaemon::start(|s| {
-            s.limits.max_in_flight = std::num::NonZeroUsize::new(3).unwrap();
-            // A healthy daemon renews its leases every lease / 3: with 600 s leases, not
-            // during this test, so each renewal it makes is one of a failing turn (below).
-            s.daemon.lease = Duration::from_secs(600);
-        })
-        .await;
-        // Results cannot be written (as on a full disk), while claims still can.
-        execute(
-            daemon.sql.sqlite(),
-            "CREATE TRIGGER no_room BEFORE INSERT ON results
-             BEGIN SELECT RAISE(ABORT, 'simulated full disk'); END",
-        )
-        .await;
-        // Each turn that failed to store (it retries once a second) renews the leases of the
-        // jobs the daemon holds, so that they do not lapse while it cannot store. The failed
-        // store itself leaves no trace in the database; those renewals do: one row per job
-        // renewed, all of one renewal with the same expiry.
-        execute(
-            daemon.sql.sqlite(),
-            "CREATE TABLE renewals (lease_expires_at TEXT NOT NULL)",
-        )
-        .await;
-        execute(
-            daemon.sql.sqlite(),
-            "CREATE TRIGGER renewal AFTER UPDATE OF lease_expires_at ON jobs
-             WHEN OLD.status = 'running' AND NEW.status = 'running'
-             BEGIN INSERT INTO renewals VALUES (NEW.lease_expires_at); END",
-        )
-        .await;
-        let sql = daemon.sql.sqlite();
-        let count = |query: &'static str| async move {
-            sqlx::query_scalar::<_, i64>(query)
-                .fetch_one(sql)
-                .await
-                .unwrap()
-        };
-        let failed_turns = || count("SELECT COUNT(DISTINCT lease_expires_at) FROM renewals");
-        let mut ids = Vec::new();
-        for i in 0..10 {
-            ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
-        }
-        wait_until("the first three fetches", || async {
-            server.hits().len() >= 3
-        })
-        .await;
-        wait_until("a turn that failed to store", || async {
-            failed_turns().await >= 1
-        })
-        .await;
-        // A response that is in frees its request's slot, so one more round of three may be
-        // claimed before the first failed store is known; after it, results hold their
-        // slots until they are stored, and what was claimed is all that is fetched.
-        wait_until("every claimed job to be fetched", || async {
-            let claimed = count("SELECT COUNT(*) FROM jobs WHERE status = 'running'").await;
-            server.hits().len() as i64 == claimed
-        })
-        .await;
-        let settled = server.hits().len();
-        assert!(settled <= 6, "{settled} fetched before claiming stopped");
-        // Several store retries (one a second) later, nothing more has been claimed.
-        let before = failed_turns().await;
-        wait_until("three more turns that failed to store", || async {
-            failed_turns().await >= before + 3
-        })
-        .await;
-        assert_eq!(
-            server.hits().len(),
-            settled,
-            "it claimed while it could not store"
-        );
+async fn results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_is_lost(
+    backend: Backend,
+) {
+    let server = TestServer::pages("127.0.0.1");
+    let daemon = RunningDaemon::on(backend, |s| {
+        s.limits.max_in_flight = std::num::NonZeroUsize::new(3).unwrap();
+        // A healthy daemon renews its leases every lease / 3: with 600 s leases, not
+        // during this test, so each renewal it makes is one of a failing turn (below).
+        s.daemon.lease = Duration::from_secs(600);
+    })
+    .await;
+    // Results cannot be written (as on a full disk), while claims still can.
+    // Each turn that failed to store (it retries once a second) renews the leases of the
+    // jobs the daemon holds, so that they do not lapse while it cannot store. The failed
+    // store itself leaves no trace in the database; those renewals do: one row per job
+    // renewed, all of one renewal with the same expiry.
+    let (no_room, renewals, room_again): (&[&str], &[&str], &str) = match backend {
+        Backend::Sqlite => (
+            &["CREATE TRIGGER no_room BEFORE INSERT ON results
+               BEGIN SELECT RAISE(ABORT, 'simulated full disk'); END"],
+            &[
+                "CREATE TABLE renewals (lease_expires_at TEXT NOT NULL)",
+                "CREATE TRIGGER renewal AFTER UPDATE OF lease_expires_at ON jobs
+                 WHEN OLD.status = 'running' AND NEW.status = 'running'
+                 BEGIN INSERT INTO renewals VALUES (NEW.lease_expires_at); END",
+            ],
+            "DROP TRIGGER no_room",
+        ),
+        Backend::Postgres => (
+            &[
+                "CREATE FUNCTION no_room() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN RAISE EXCEPTION 'simulated full disk'; END $$",
+                "CREATE TRIGGER no_room BEFORE INSERT ON results
+                 FOR EACH ROW EXECUTE FUNCTION no_room()",
+            ],
+            &[
+                "CREATE TABLE renewals (lease_expires_at TIMESTAMPTZ NOT NULL)",
+                "CREATE FUNCTION renewal() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN INSERT INTO renewals VALUES (NEW.lease_expires_at); RETURN NULL; END $$",
+                "CREATE TRIGGER renewal AFTER UPDATE OF lease_expires_at ON jobs
+                 FOR EACH ROW WHEN (OLD.status = 'running' AND NEW.status = 'running')
+                 EXECUTE FUNCTION renewal()",
+            ],
+            "DROP TRIGGER no_room ON results",
+        ),
+    };
+    for statement in no_room.iter().chain(renewals) {
+        daemon.sql.execute(statement).await;
+    }
+    let count = |query: &'static str| daemon.sql.int(query);
+    let failed_turns = || count("SELECT COUNT(DISTINCT lease_expires_at) FROM renewals");
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
+    }
+    wait_until("the first three fetches", || async {
+        server.hits().len() >= 3
+    })
+    .await;
+    wait_until("a turn that failed to store", || async {
+        failed_turns().await >= 1
+    })
+    .await;
+    // A response that is in frees its request's slot, so one more round of three may be
+    // claimed before the first failed store is known; after it, results hold their
+    // slots until they are stored, and what was claimed is all that is fetched.
+    wait_until("every claimed job to be fetched", || async {
         let claimed = count("SELECT COUNT(*) FROM jobs WHERE status = 'running'").await;
-        assert_eq!(
-            claimed as usize, settled,
-            "jobs claimed while it could not store"
-        );
-        let failed = count("SELECT COUNT(*) FROM jobs WHERE status = 'failed'").await;
-        assert_eq!(failed, 0);
-        let retried = failed_turns().await;
+        server.hits().len() as i64 == claimed
+    })
+    .await;
+    let settled = server.hits().len();
+    assert!(settled <= 6, "{settled} fetched before claiming stopped");
+    // Several store retries (one a second) later, nothing more has been claimed.
+    let before = failed_turns().await;
+    wait_until("three more turns that failed to store", || async {
+        failed_turns().await >= before + 3
+    })
+    .await;
+    assert_eq!(
+        server.hits().len(),
+        settled,
+        "it claimed while it could not store"
+    );
+    let claimed = count("SELECT COUNT(*) FROM jobs WHERE status = 'running'").await;
+    assert_eq!(
+        claimed as usize, settled,
+        "jobs claimed while it could not store"
+    );
+    let failed = count("SELECT COUNT(*) FROM jobs WHERE status = 'failed'").await;
+    assert_eq!(failed, 0);
+    let retried = failed_turns().await;
 
-        execute(daemon.sql.sqlite(), "DROP TRIGGER no_room").await;
-        daemon.wait_all_done(&ids).await;
-        assert_eq!(
-            server.hits().len(),
-            10,
-            "each page fetched once, none again"
-        );
-        let report = daemon.stop().await;
-        // Each of those turns had first tried to store, and failed.
-        assert!(
-            report.store_errors >= retried as u64,
-            "{retried} failing turns seen, {report:?}"
-        );
-    });
+    daemon.sql.execute(room_again).await;
+    daemon.wait_all_done(&ids).await;
+    assert_eq!(
+        server.hits().len(),
+        10,
+        "each page fetched once, none again"
+    );
+    let report = daemon.stop().await;
+    // Each of those turns had first tried to store, and failed.
+    assert!(
+        report.store_errors >= retried as u64,
+        "{retried} failing turns seen, {report:?}"
+    );
 }
