@@ -17,6 +17,8 @@ use crawlq::runtime::block_on;
 
 on_both_backends!(
     a_page_is_fetched_parsed_and_stored,
+    selectors_take_text_attributes_and_report_no_match_as_empty,
+    invalid_urls_and_other_schemes_fail_at_once_with_a_reason,
     server_errors_are_retried_with_backoff_until_success,
     retries_stop_at_max_attempts,
     not_found_fails_at_once_and_keeps_its_result,
@@ -33,6 +35,7 @@ on_both_backends!(
     retry_after_as_an_http_date_is_honoured,
     a_request_already_waiting_for_its_turn_respects_a_new_pause,
     the_workers_row_carries_a_heartbeat_and_counters,
+    hostile_rows_end_with_a_reason_or_a_documented_meaning,
     results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_is_lost,
 );
 
@@ -84,41 +87,39 @@ async fn a_page_is_fetched_parsed_and_stored(backend: Backend) {
     daemon.stop().await;
 }
 
-#[test]
-fn selectors_take_text_attributes_and_report_no_match_as_empty() {
-    block_on(async {
-        let server = TestServer::start("127.0.0.1", |_| {
-            Reply::html(
-                r#"<span class="price"> $ 10 </span><span class="price">$20</span>
-                   <img class="hero" src="/hero.png">"#,
-            )
-        });
-        let daemon = RunningDaemon::start(|_| {}).await;
-        let id: i64 =
-            sqlx::query_scalar("INSERT INTO jobs (url, selectors) VALUES (?1, ?2) RETURNING id")
-                .bind(server.url("/p"))
-                .bind(
-                    r#"{"price": "span.price", "image": "img.hero@src", "missing": "div.nothing"}"#,
-                )
-                .fetch_one(daemon.sql.sqlite())
-                .await
-                .unwrap();
-        assert_eq!(daemon.wait_finished(id).await.status, "done");
-        let data = daemon.result(id).await.unwrap().data;
-        assert_eq!(
-            data,
-            serde_json::json!({"price": ["$ 10", "$20"], "image": ["/hero.png"], "missing": []})
-        );
-        let price: String = sqlx::query_scalar(
-            "SELECT json_extract(data, '$.price[1]') FROM results WHERE job_id = ?1",
+async fn selectors_take_text_attributes_and_report_no_match_as_empty(backend: Backend) {
+    let server = TestServer::start("127.0.0.1", |_| {
+        Reply::html(
+            r#"<span class="price"> $ 10 </span><span class="price">$20</span>
+               <img class="hero" src="/hero.png">"#,
         )
-        .bind(id)
-        .fetch_one(daemon.sql.sqlite())
-        .await
-        .unwrap();
-        assert_eq!(price, "$20");
-        daemon.stop().await;
     });
+    let daemon = RunningDaemon::on(backend, |_| {}).await;
+    // The selectors as a literal, which each database reads as its JSON column's type.
+    let id = daemon
+        .sql
+        .query(
+            r#"INSERT INTO jobs (url, selectors)
+               VALUES ($1, '{"price": "span.price", "image": "img.hero@src", "missing": "div.nothing"}')
+               RETURNING id"#,
+        )
+        .bind(server.url("/p"))
+        .int()
+        .await;
+    assert_eq!(daemon.wait_finished(id).await.status, "done");
+    let data = daemon.result(id).await.unwrap().data;
+    assert_eq!(
+        data,
+        serde_json::json!({"price": ["$ 10", "$20"], "image": ["/hero.png"], "missing": []})
+    );
+    // And with the database's own JSON functions.
+    let second_price = match backend {
+        Backend::Sqlite => "SELECT json_extract(data, '$.price[1]') FROM results WHERE job_id = $1",
+        Backend::Postgres => "SELECT data -> 'price' ->> 1 FROM results WHERE job_id = $1",
+    };
+    let price = daemon.sql.query(second_price).bind(id).text().await;
+    assert_eq!(price.as_deref(), Some("$20"));
+    daemon.stop().await;
 }
 
 #[test]
@@ -170,36 +171,33 @@ fn invalid_selectors_fail_the_job_before_any_fetch() {
     });
 }
 
-#[test]
-fn invalid_urls_and_other_schemes_fail_at_once_with_a_reason() {
-    block_on(async {
-        let daemon = RunningDaemon::start(|_| {}).await;
-        let cases = [
-            (
-                "ftp://example.com/file.txt",
-                "unsupported URL scheme \"ftp\"",
-            ),
-            ("not a url", "invalid URL"),
-            ("", "invalid URL: empty"),
-            ("http://", "invalid URL"),
-            (
-                "javascript:alert(1)",
-                "unsupported URL scheme \"javascript\"",
-            ),
-        ];
-        let mut ids = Vec::new();
-        for (url, _) in cases {
-            ids.push(daemon.insert(url).await);
-        }
-        for (id, (url, expected)) in ids.into_iter().zip(cases) {
-            let job = daemon.wait_finished(id).await;
-            assert_eq!(job.status, "failed", "{url:?}");
-            let error = job.error.unwrap();
-            assert!(error.contains(expected), "{url:?}: {error}");
-            assert_eq!(job.attempts, 0);
-        }
-        daemon.stop().await;
-    });
+async fn invalid_urls_and_other_schemes_fail_at_once_with_a_reason(backend: Backend) {
+    let daemon = RunningDaemon::on(backend, |_| {}).await;
+    let cases = [
+        (
+            "ftp://example.com/file.txt",
+            "unsupported URL scheme \"ftp\"",
+        ),
+        ("not a url", "invalid URL"),
+        ("", "invalid URL: empty"),
+        ("http://", "invalid URL"),
+        (
+            "javascript:alert(1)",
+            "unsupported URL scheme \"javascript\"",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (url, _) in cases {
+        ids.push(daemon.insert(url).await);
+    }
+    for (id, (url, expected)) in ids.into_iter().zip(cases) {
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "failed", "{url:?}");
+        let error = job.error.unwrap();
+        assert!(error.contains(expected), "{url:?}: {error}");
+        assert_eq!(job.attempts, 0);
+    }
+    daemon.stop().await;
 }
 
 async fn server_errors_are_retried_with_backoff_until_success(backend: Backend) {
@@ -1212,97 +1210,93 @@ async fn the_workers_row_carries_a_heartbeat_and_counters(backend: Backend) {
     assert_eq!((state.as_str(), done), ("stopped", report.done as i64));
 }
 
-#[test]
-fn hostile_rows_end_with_a_reason_or_a_documented_meaning() {
-    block_on(async {
-        let server = TestServer::pages("127.0.0.1");
-        let daemon = RunningDaemon::start(|_| {}).await;
-        let failed = [
-            ("   ", "invalid URL: empty"),
-            ("http://[::1]:99999/", "invalid URL"),
-            ("http://user@/nohost", "invalid URL"),
-        ];
-        let mut ids = Vec::new();
-        for (url, _) in failed {
-            ids.push(daemon.insert(url).await);
-        }
-        let huge = format!("http://127.0.0.1/{}", "a".repeat(100 * 1024));
-        ids.push(daemon.insert(&huge).await);
-        for (id, expected) in ids.iter().zip(
-            failed
-                .iter()
-                .map(|(_, e)| *e)
-                .chain(["bytes long, the limit is 8192"]),
-        ) {
-            let job = daemon.wait_finished(*id).await;
-            assert_eq!(job.status, "failed");
-            let error = job.error.unwrap();
-            assert!(error.contains(expected), "{error}");
-            assert!(
-                error.len() < 300,
-                "the reason does not echo 100 KB: {error}"
-            );
-        }
+async fn hostile_rows_end_with_a_reason_or_a_documented_meaning(backend: Backend) {
+    let server = TestServer::pages("127.0.0.1");
+    let daemon = RunningDaemon::on(backend, |_| {}).await;
+    let failed = [
+        ("   ", "invalid URL: empty"),
+        ("http://[::1]:99999/", "invalid URL"),
+        ("http://user@/nohost", "invalid URL"),
+    ];
+    let mut ids = Vec::new();
+    for (url, _) in failed {
+        ids.push(daemon.insert(url).await);
+    }
+    let huge = format!("http://127.0.0.1/{}", "a".repeat(100 * 1024));
+    ids.push(daemon.insert(&huge).await);
+    for (id, expected) in ids.iter().zip(
+        failed
+            .iter()
+            .map(|(_, e)| *e)
+            .chain(["bytes long, the limit is 8192"]),
+    ) {
+        let job = daemon.wait_finished(*id).await;
+        assert_eq!(job.status, "failed");
+        let error = job.error.unwrap();
+        assert!(error.contains(expected), "{error}");
+        assert!(
+            error.len() < 300,
+            "the reason does not echo 100 KB: {error}"
+        );
+    }
 
-        // Extreme numbers are taken as they are; surrounding whitespace is trimmed.
-        let sql = daemon.sql.sqlite();
-        for (column, value) in [
-            ("priority", i64::MIN),
-            ("priority", i64::MAX),
-            ("max_depth", i64::MAX),
-            ("max_depth", -5),
-        ] {
-            let statement = format!("INSERT INTO jobs (url, {column}) VALUES (?1, ?2)");
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .bind(format!("  {}  ", server.url(&format!("/{column}/{value}"))))
-                .bind(value)
-                .execute(sql)
-                .await
-                .unwrap();
-        }
-        daemon.wait_all_done(&[5, 6, 7, 8]).await;
+    // Extreme numbers are taken as they are; surrounding whitespace is trimmed.
+    let sql = &daemon.sql;
+    for (column, value) in [
+        ("priority", i64::MIN),
+        ("priority", i64::MAX),
+        ("max_depth", i64::MAX),
+        ("max_depth", -5),
+    ] {
+        sql.query(format!("INSERT INTO jobs (url, {column}) VALUES ($1, $2)"))
+            .bind(format!("  {}  ", server.url(&format!("/{column}/{value}"))))
+            .bind(value)
+            .execute()
+            .await;
+    }
+    daemon.wait_all_done(&[5, 6, 7, 8]).await;
 
-        // An IDN host is admitted in its ASCII (punycode) form; run_after keeps it from
-        // being fetched (no test leaves loopback).
-        execute(
-            sql,
-            "INSERT INTO jobs (url, run_after) VALUES ('http://Bücher.example/', '2999-01-01')",
-        )
-        .await;
-        common::wait_until("the IDN job's admission", || async {
-            sqlx::query_scalar::<_, Option<String>>("SELECT host FROM jobs WHERE id = 9")
-                .fetch_one(sql)
-                .await
-                .unwrap()
-                .is_some()
-        })
-        .await;
-        let host: String = sqlx::query_scalar("SELECT host FROM jobs WHERE id = 9")
-            .fetch_one(sql)
+    // An IDN host is admitted in its ASCII (punycode) form; run_after keeps it from
+    // being fetched (no test leaves loopback).
+    sql.execute(
+        "INSERT INTO jobs (url, run_after) VALUES ('http://Bücher.example/', '2999-01-01')",
+    )
+    .await;
+    wait_until("the IDN job's admission", || async {
+        sql.text("SELECT host FROM jobs WHERE id = 9")
             .await
-            .unwrap();
-        assert_eq!(host, "xn--bcher-kva.example");
+            .is_some()
+    })
+    .await;
+    let host = sql.text("SELECT host FROM jobs WHERE id = 9").await;
+    assert_eq!(host.as_deref(), Some("xn--bcher-kva.example"));
 
-        // What SQLite itself refuses, with a message that names the column.
-        for (statement, expected) in [
-            (
-                "INSERT INTO jobs (url) VALUES (NULL)",
-                "NOT NULL constraint failed: jobs.url",
-            ),
-            (
-                "INSERT INTO jobs (url, priority) VALUES ('http://x/', NULL)",
-                "NOT NULL constraint failed: jobs.priority",
-            ),
-            (
-                "INSERT INTO jobs (url, status) VALUES ('http://x/', 'paused')",
-                "CHECK constraint failed",
-            ),
-        ] {
-            let error = sqlx::query(statement).execute(sql).await.unwrap_err();
-            assert!(error.to_string().contains(expected), "{statement}: {error}");
-        }
-        daemon.stop().await;
-    });
+    // What the database itself refuses, with a message that names the column (the
+    // constraint, on PostgreSQL).
+    let refusals = match backend {
+        Backend::Sqlite => [
+            "NOT NULL constraint failed: jobs.url",
+            "NOT NULL constraint failed: jobs.priority",
+            "CHECK constraint failed",
+        ],
+        Backend::Postgres => [
+            r#"null value in column "url" of relation "jobs" violates not-null constraint"#,
+            r#"null value in column "priority" of relation "jobs" violates not-null constraint"#,
+            r#"violates check constraint "jobs_status_check""#,
+        ],
+    };
+    for (statement, expected) in [
+        "INSERT INTO jobs (url) VALUES (NULL)",
+        "INSERT INTO jobs (url, priority) VALUES ('http://x/', NULL)",
+        "INSERT INTO jobs (url, status) VALUES ('http://x/', 'paused')",
+    ]
+    .into_iter()
+    .zip(refusals)
+    {
+        let error = sql.query(statement).try_execute().await.unwrap_err();
+        assert!(error.contains(expected), "{error}");
+    }
+    daemon.stop().await;
 }
 
 async fn results_that_cannot_be_stored_keep_their_slots_so_claiming_stops_and_nothing_is_lost(
