@@ -89,7 +89,7 @@ pub struct Query<'a> {
     binds: Vec<Bind>,
 }
 
-/// Runs `$query` (a `sqlx` query or query_as with `$text`) with `$binds` on `$pool`.
+/// `$make` (a `sqlx::query` or `query_as`) with each of `$binds` bound in turn.
 macro_rules! bound {
     ($make:expr, $binds:expr) => {{
         let mut query = $make;
