@@ -408,6 +408,13 @@ impl Crawler {
     /// In a crawl, a redirect to a page the crawl already has (as a job, or as another
     /// page's redirect target) is not followed: the page is fetched once per crawl, like
     /// links are. Best effort: if the database cannot be asked, the redirect is followed.
+    ///
+    /// The database is asked before the target is held. The other way round, a job of the
+    /// crawl for the target that started during the lookup found the target held and gave
+    /// way to this attempt, and then the lookup found that job and made this attempt give
+    /// way to it: neither fetched the page. Asked first, a job that starts later either
+    /// holds the target before this attempt (which then gives way) or finds it held (and
+    /// gives way): one of the two fetches it.
     async fn not_already_in_crawl(
         &self,
         job: &ClaimedJob,
@@ -417,22 +424,24 @@ impl Crawler {
         if !job.in_crawl() {
             return Ok(());
         }
+        let canonical = follow::canonical(target, &self.query_filter);
+        match self.store.crawl_job_for(job, canonical.as_str()).await {
+            Ok(Some(other)) => {
+                return Err(Ending::Skipped(format!(
+                    "redirects to {target}, which this crawl already has as job {other}"
+                )))
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, %target, "could not check the crawl for a redirect target; following it");
+            }
+        }
         if !targets.hold(job.root_id, target, &self.query_filter) {
             return Err(Ending::Skipped(format!(
                 "redirects to {target}, which another job of this crawl is fetching"
             )));
         }
-        let canonical = follow::canonical(target, &self.query_filter);
-        match self.store.crawl_job_for(job, canonical.as_str()).await {
-            Ok(Some(other)) => Err(Ending::Skipped(format!(
-                "redirects to {target}, which this crawl already has as job {other}"
-            ))),
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, %target, "could not check the crawl for a redirect target; following it");
-                Ok(())
-            }
-        }
+        Ok(())
     }
 
     /// Builds the `results` row; HTML is parsed (and a kept body compressed) on a blocking

@@ -1,16 +1,24 @@
 //! The built `crawlq` binary, run the way a user runs it: the README's three-line flow,
-//! SIGTERM handling, the other subcommands and configuration errors.
+//! SIGTERM handling, the other subcommands and configuration errors. SIGTERM, `status` and
+//! `healthcheck` are tested on both backends; PostgreSQL's own run of every subcommand is
+//! in `postgres`; the rest is about files, flags and configuration.
 
-use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::server::{Reply, TestServer};
 use crate::common::{
-    self, crawlq, insert_job, job_row, sigterm, spawn_daemon, stderr_of, user_connection,
-    wait_for_database, wait_until, KillOnDrop, DEADLINE,
+    self, crawlq, insert_job, job_row, on_both_backends, sigterm, spawn_daemon, stderr_of,
+    user_connection, wait_for_database, wait_until, Backend, KillOnDrop, TempDb, DEADLINE,
 };
 use crawlq::runtime::{self, block_on};
+
+on_both_backends!(
+    sigterm_lets_in_flight_jobs_finish_and_requeues_the_rest,
+    jobs_still_running_after_the_grace_period_go_back_to_the_queue,
+    status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees,
+    healthcheck_follows_the_daemon_through_start_stop_and_death,
+);
 
 fn output(command: &mut Command) -> Output {
     command.output().expect("crawlq runs")
@@ -83,92 +91,79 @@ fn the_readme_flow_works_on_a_fresh_directory() {
     });
 }
 
-#[test]
-fn sigterm_lets_in_flight_jobs_finish_and_requeues_the_rest() {
-    block_on(async {
-        let server = TestServer::start("127.0.0.1", |_| {
-            Reply::html("<title>slow</title>").with_delay(Duration::from_millis(700))
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("q.db");
-        let mut daemon = crawlq(dir.path())
-            .args(["run", "--database"])
-            .arg(&db)
-            .env("CRAWLQ__LIMITS__PER_HOST_RPS", "1000")
-            .env("CRAWLQ__LIMITS__PER_HOST_IN_FLIGHT", "2")
-            .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "10")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_database(&db).await;
-        let sql = user_connection(&db).await;
-        for i in 0..6 {
-            insert_job(&sql, &server.url(&format!("/p{i}"))).await;
-        }
-        wait_until("two requests in flight", || async {
-            server.page_hits().len() >= 2
-        })
-        .await;
-        sigterm(&daemon);
-        let status = exit_status(&mut daemon).await;
-        assert!(status.success(), "exit status {status:?}");
-
-        let statuses: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, attempts FROM jobs ORDER BY id")
-                .fetch_all(&sql)
-                .await
-                .unwrap();
-        let done = statuses.iter().filter(|(s, _)| s == "done").count();
-        let queued: Vec<_> = statuses.iter().filter(|(s, _)| s == "queued").collect();
-        assert_eq!(
-            done,
-            server.page_hits().len(),
-            "every request that started finished: {statuses:?}"
-        );
-        assert_eq!(done + queued.len(), 6, "{statuses:?}");
-        assert!(
-            queued.iter().all(|(_, attempts)| *attempts == 0),
-            "{statuses:?}"
-        );
+async fn sigterm_lets_in_flight_jobs_finish_and_requeues_the_rest(backend: Backend) {
+    let server = TestServer::start("127.0.0.1", |_| {
+        Reply::html("<title>slow</title>").with_delay(Duration::from_millis(700))
     });
+    let db = TempDb::on(backend).await;
+    let mut daemon = crawlq(db.dir.path())
+        .args(["run", "--database", &db.arg()])
+        .env("CRAWLQ__LIMITS__PER_HOST_RPS", "1000")
+        .env("CRAWLQ__LIMITS__PER_HOST_IN_FLIGHT", "2")
+        .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "10")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sql = db.wait_for_daemon().await;
+    for i in 0..6 {
+        sql.insert(&server.url(&format!("/p{i}"))).await;
+    }
+    wait_until("two requests in flight", || async {
+        server.page_hits().len() >= 2
+    })
+    .await;
+    sigterm(&daemon);
+    let status = exit_status(&mut daemon).await;
+    assert!(status.success(), "exit status {status:?}");
+
+    let statuses: Vec<(String, i64)> = sql
+        .query("SELECT status, attempts FROM jobs ORDER BY id")
+        .all()
+        .await;
+    let done = statuses.iter().filter(|(s, _)| s == "done").count();
+    let queued: Vec<_> = statuses.iter().filter(|(s, _)| s == "queued").collect();
+    assert_eq!(
+        done,
+        server.page_hits().len(),
+        "every request that started finished: {statuses:?}"
+    );
+    assert_eq!(done + queued.len(), 6, "{statuses:?}");
+    assert!(
+        queued.iter().all(|(_, attempts)| *attempts == 0),
+        "{statuses:?}"
+    );
 }
 
-#[test]
-fn jobs_still_running_after_the_grace_period_go_back_to_the_queue() {
-    block_on(async {
-        let server = TestServer::start("127.0.0.1", |_| {
-            Reply::html("never in time").with_delay(Duration::from_secs(30))
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("q.db");
-        let mut daemon = crawlq(dir.path())
-            .args(["run", "--database"])
-            .arg(&db)
-            .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "1")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_database(&db).await;
-        let sql = user_connection(&db).await;
-        let id = insert_job(&sql, &server.url("/stuck")).await;
-        wait_until("the request to arrive", || async {
-            !server.hits().is_empty()
-        })
-        .await;
-        let signalled = Instant::now();
-        sigterm(&daemon);
-        let status = exit_status(&mut daemon).await;
-        assert!(status.success(), "{status:?}");
-        assert!(
-            signalled.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            signalled.elapsed()
-        );
-        let job = job_row(&sql, id).await;
-        assert_eq!(job.status, "queued");
-        assert_eq!(job.attempts, 0, "the interrupted attempt is not counted");
-        assert_eq!(job.lease_owner, None);
+async fn jobs_still_running_after_the_grace_period_go_back_to_the_queue(backend: Backend) {
+    let server = TestServer::start("127.0.0.1", |_| {
+        Reply::html("never in time").with_delay(Duration::from_secs(30))
     });
+    let db = TempDb::on(backend).await;
+    let mut daemon = crawlq(db.dir.path())
+        .args(["run", "--database", &db.arg()])
+        .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "1")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sql = db.wait_for_daemon().await;
+    let id = sql.insert(&server.url("/stuck")).await;
+    wait_until("the request to arrive", || async {
+        !server.hits().is_empty()
+    })
+    .await;
+    let signalled = Instant::now();
+    sigterm(&daemon);
+    let status = exit_status(&mut daemon).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+    let job = sql.job(id).await;
+    assert_eq!(job.status, "queued");
+    assert_eq!(job.attempts, 0, "the interrupted attempt is not counted");
+    assert_eq!(job.lease_owner, None);
 }
 
 #[test]
@@ -216,7 +211,7 @@ fn sigterm_does_not_wait_for_a_job_cancelled_while_it_runs() {
         );
         assert!(log.contains("stopped an attempt"), "{log}");
         assert_eq!(job_row(&sql, id).await.status, "cancelled");
-        assert!(common::result_row(&sql, id).await.is_none());
+        assert!(common::UserSql::Sqlite(sql).result(id).await.is_none());
     });
 }
 
@@ -681,319 +676,321 @@ fn json_logs_carry_stats_and_each_job_step() {
     assert!(lines.iter().any(|l| l["message"] == "stored: done"));
 }
 
-#[test]
-fn healthcheck_follows_the_daemon_through_start_stop_and_death() {
-    block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let healthcheck = || {
-            output(
-                crawlq(dir.path())
-                    .args(["healthcheck", "--database", "q.db"])
-                    .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2"),
-            )
-        };
-        let out = healthcheck();
-        assert_eq!(out.status.code(), Some(1));
-        assert!(
-            text(&out.stderr).contains("database q.db does not exist"),
-            "{}",
-            text(&out.stderr)
-        );
-        assert!(
-            !dir.path().join("q.db").exists(),
-            "a read-only command creates no database"
-        );
-        let migrate = output(crawlq(dir.path()).args(["migrate", "--database", "q.db"]));
-        assert!(migrate.status.success());
-        let out = healthcheck();
-        assert_eq!(out.status.code(), Some(1));
-        assert!(
-            text(&out.stderr).contains("no crawlq daemon has run"),
-            "{}",
-            text(&out.stderr)
-        );
-
-        let start = || {
-            crawlq(dir.path())
-                .args(["run", "--database", "q.db"])
-                .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2")
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        let mut daemon = start();
-        wait_until("the healthcheck to pass", || async {
-            healthcheck().status.success()
-        })
-        .await;
-        let out = healthcheck();
-        assert!(
-            text(&out.stdout).contains(&format!("(pid {})", daemon.id())),
-            "{}",
-            text(&out.stdout)
-        );
-        sigterm(&daemon);
-        assert!(exit_status(&mut daemon).await.success());
-        let out = healthcheck();
-        assert_eq!(out.status.code(), Some(1));
-        assert!(
-            text(&out.stderr).contains("has stopped"),
-            "{}",
-            text(&out.stderr)
-        );
-
-        // kill -9: no clean exit, so the row goes stale after three heartbeats.
-        let mut daemon = start();
-        wait_until("the new daemon to be healthy", || async {
-            healthcheck().status.success()
-        })
-        .await;
-        daemon.kill().unwrap();
-        daemon.wait().unwrap();
-        wait_until("the healthcheck to notice the dead daemon", || async {
-            let out = healthcheck();
-            out.status.code() == Some(1) && text(&out.stderr).contains("last wrote its heartbeat")
-        })
-        .await;
-        let sql = user_connection(&dir.path().join("q.db")).await;
-        let states: Vec<String> =
-            sqlx::query_scalar("SELECT state FROM worker_status ORDER BY started_at")
-                .fetch_all(&sql)
+async fn healthcheck_follows_the_daemon_through_start_stop_and_death(backend: Backend) {
+    let db = TempDb::on(backend).await;
+    let healthcheck = || {
+        output(
+            crawlq(db.dir.path())
+                .args(["healthcheck", "--database", &db.arg()])
+                .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2"),
+        )
+    };
+    let out = healthcheck();
+    assert_eq!(out.status.code(), Some(1));
+    // A read-only command creates no database (no SQLite file; no tables in the empty
+    // PostgreSQL database).
+    match backend {
+        Backend::Sqlite => {
+            assert!(
+                text(&out.stderr).contains(&format!("database {} does not exist", db.arg())),
+                "{}",
+                text(&out.stderr)
+            );
+            assert!(!db.path.exists());
+        }
+        Backend::Postgres => {
+            let tables = db
+                .user()
                 .await
-                .unwrap();
-        assert_eq!(states, ["stopped", "stale"]);
-    });
+                .int("SELECT COUNT(*) FROM information_schema.tables WHERE table_name = 'jobs'")
+                .await;
+            assert_eq!(tables, 0, "{}", text(&out.stderr));
+        }
+    }
+    let migrate = output(crawlq(db.dir.path()).args(["migrate", "--database", &db.arg()]));
+    assert!(migrate.status.success());
+    let out = healthcheck();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no crawlq daemon has run"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let start = || {
+        crawlq(db.dir.path())
+            .args(["run", "--database", &db.arg()])
+            .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut daemon = start();
+    wait_until("the healthcheck to pass", || async {
+        healthcheck().status.success()
+    })
+    .await;
+    let out = healthcheck();
+    assert!(
+        text(&out.stdout).contains(&format!("(pid {})", daemon.id())),
+        "{}",
+        text(&out.stdout)
+    );
+    sigterm(&daemon);
+    assert!(exit_status(&mut daemon).await.success());
+    let out = healthcheck();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("has stopped"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // kill -9: no clean exit, so the row goes stale after three heartbeats.
+    let mut daemon = start();
+    wait_until("the new daemon to be healthy", || async {
+        healthcheck().status.success()
+    })
+    .await;
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    wait_until("the healthcheck to notice the dead daemon", || async {
+        let out = healthcheck();
+        out.status.code() == Some(1) && text(&out.stderr).contains("last wrote its heartbeat")
+    })
+    .await;
+    let states: Vec<(String,)> = db
+        .user()
+        .await
+        .query("SELECT state FROM worker_status ORDER BY started_at")
+        .all()
+        .await;
+    assert_eq!(states, [("stopped".into(),), ("stale".into(),)]);
 }
 
-/// Runs `crawlq status --json` and parses what it prints.
-fn status_json(dir: &Path) -> serde_json::Value {
-    let out = output(crawlq(dir).args(["status", "--json"]));
+/// `crawlq status` on `db`.
+fn status(db: &TempDb) -> Command {
+    let mut command = crawlq(db.dir.path());
+    command.args(["status", "--database", &db.arg()]);
+    command
+}
+
+/// Runs `crawlq status --json` on `db` and parses what it prints.
+fn status_json(db: &TempDb) -> serde_json::Value {
+    let out = output(status(db).arg("--json"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&out.stdout)))
 }
 
-#[test]
-fn status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees() {
-    block_on(async {
-        let site = TestServer::start("127.0.0.1", |req| match req.path.as_str() {
-            "/missing/1" | "/missing/2" => Reply::status(404),
-            "/boom" => Reply::status(500),
-            _ => Reply::html("<title>ok</title>"),
-        });
-        // A host that asks for an hour's pause: its jobs stay queued behind it.
-        let busy = TestServer::start("127.0.0.2", |req| match req.path.as_str() {
-            "/robots.txt" => Reply::status(404),
-            _ => Reply::status(503).with_header("Retry-After", "3600"),
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let mut daemon = KillOnDrop(
-            crawlq(dir.path())
-                .arg("run")
-                .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let db = dir.path().join("data/crawlq.db");
-        wait_for_database(&db).await;
-        let sql = user_connection(&db).await;
-        for path in ["/ok/1", "/ok/2", "/missing/1", "/missing/2"] {
-            insert_job(&sql, &site.url(path)).await;
-        }
-        insert_job(&sql, "not a url").await;
-        sqlx::query("INSERT INTO jobs (url, max_attempts) VALUES (?1, 1)")
-            .bind(site.url("/boom"))
-            .execute(&sql)
-            .await
-            .unwrap();
-        // A daemon that stopped two days ago is history, not status.
-        sqlx::query(
-            "INSERT INTO workers (id, hostname, pid, version, started_at, heartbeat_at,
-                                  heartbeat_every_secs, stopped_at)
-             VALUES ('crawlq-1-old', 'elsewhere', 1, '0.0.1', '2026-01-01T00:00:00.000Z',
-                     '2026-01-02T00:00:00.000Z', 5, '2026-01-02T00:00:00.000Z')",
-        )
-        .execute(&sql)
-        .await
-        .unwrap();
-        let busy_first = insert_job(&sql, &busy.url("/first")).await;
-        wait_until("the busy host's pause", || {
-            let sql = sql.clone();
-            async move { job_row(&sql, busy_first).await.error.is_some() }
-        })
-        .await;
-        insert_job(&sql, &busy.url("/second")).await;
-
-        // Every job has settled, and the counters have reached the workers row with a
-        // heartbeat.
-        let settled = |report: &serde_json::Value| {
-            report["workers"][0]["done"] == 2
-                && report["workers"][0]["failed"] == 4
-                && report["jobs"]["queued"] == 2
-                && report["jobs"]["running"] == 0
-        };
-        let mut report = status_json(dir.path());
-        let started = Instant::now();
-        while !settled(&report) {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "status never settled: {report:#}"
-            );
-            runtime::sleep(Duration::from_millis(50)).await;
-            report = status_json(dir.path());
-        }
-        assert_eq!(report["jobs"]["done"], 2, "{report:#}");
-        assert_eq!(report["jobs"]["failed"], 4, "{report:#}");
-        let fetches: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM results")
-            .fetch_one(&sql)
-            .await
-            .unwrap();
-        assert!(
-            fetches >= 5,
-            "2 pages, 2 not found, 1 server error: {fetches}"
-        );
-        assert_eq!(report["fetched_last_minute"], fetches, "{report:#}");
-        assert_eq!(report["fetched_last_hour"], fetches, "{report:#}");
-        // One fetch half an hour ago, one two hours ago.
-        for (id, age) in [(1, "-30 minutes"), (2, "-2 hours")] {
-            sqlx::query(
-                "UPDATE results SET fetched_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2)
-                  WHERE id = ?1",
-            )
-            .bind(id)
-            .bind(age)
-            .execute(&sql)
-            .await
-            .unwrap();
-        }
-        let windows = status_json(dir.path());
-        assert_eq!(windows["fetched_last_minute"], fetches - 2, "{windows:#}");
-        assert_eq!(windows["fetched_last_hour"], fetches - 1, "{windows:#}");
-        assert!(report["database"].as_str().unwrap().ends_with("crawlq.db"));
-
-        let hosts = report["top_hosts"].as_array().unwrap();
-        assert_eq!(hosts.len(), 1, "only the busy host has a queue: {report:#}");
-        assert_eq!(hosts[0]["host"], "127.0.0.2");
-        assert_eq!(hosts[0]["queued"], 2);
-        assert_eq!(hosts[0]["due"], 1, "the retry waits out the pause");
-        assert!(hosts[0]["paused_until"].is_string(), "{report:#}");
-        assert!(
-            hosts[0]["pause_reason"].as_str().unwrap().contains("503"),
-            "{report:#}"
-        );
-
-        let errors = report["recent_errors"].as_array().unwrap();
-        let group = |status: &str, prefix: &str| {
-            errors
-                .iter()
-                .find(|g| {
-                    g["status"] == status && g["reason"].as_str().unwrap().starts_with(prefix)
-                })
-                .unwrap_or_else(|| panic!("no {status} group {prefix:?}: {report:#}"))
-                .clone()
-        };
-        assert_eq!(group("failed", "HTTP 404")["jobs"], 2);
-        assert_eq!(group("failed", "invalid URL")["jobs"], 1);
-        let gave_up = group("failed", "HTTP 500");
-        assert_eq!(
-            gave_up["reason"], "HTTP 500 Internal Server Error",
-            "the attempt count is cut off"
-        );
-        let retrying = group("queued", "HTTP 503");
-        assert_eq!(retrying["jobs"], 1);
-        assert!(
-            !retrying["reason"].as_str().unwrap().contains("attempt"),
-            "retry bookkeeping is cut off: {retrying}"
-        );
-        assert_eq!(errors.len(), 4, "{report:#}");
-        assert_eq!(
-            report["workers"].as_array().unwrap().len(),
-            1,
-            "only the daemon of today: {report:#}"
-        );
-
-        let worker = &report["workers"][0];
-        assert_eq!(worker["state"], "running");
-        assert_eq!(worker["pid"], daemon.0.id());
-
-        let out = output(crawlq(dir.path()).arg("status"));
-        let human = text(&out.stdout);
-        for expected in [
-            "queued: 2",
-            "127.0.0.2",
-            "HTTP 404 Not Found",
-            "retrying",
-            "running, heartbeat",
-        ] {
-            assert!(
-                human.contains(expected),
-                "{expected:?} missing from:\n{human}"
-            );
-        }
-
-        // The same picture per host, with plain SQL.
-        type HostStatsRow = (
-            String,
-            i64,
-            i64,
-            i64,
-            Option<f64>,
-            Option<String>,
-            Option<String>,
-        );
-        let rows: Vec<HostStatsRow> = sqlx::query_as(
-            "SELECT host, queued, done, failed, error_rate, paused_until, robots
-                   FROM host_stats ORDER BY host",
-        )
-        .fetch_all(&sql)
-        .await
-        .unwrap();
-        assert_eq!(rows.len(), 2, "{rows:?}");
-        let (host, queued, done, failed, error_rate, paused, robots) = &rows[0];
-        assert_eq!(host, "127.0.0.1");
-        assert_eq!((*queued, *done, *failed), (0, 2, 3));
-        assert_eq!(*error_rate, Some(0.6));
-        assert_eq!(*paused, None);
-        assert_eq!(
-            robots.as_deref(),
-            Some("rules"),
-            "the test server answers 200"
-        );
-        let (host, queued, done, _, error_rate, paused, robots) = &rows[1];
-        assert_eq!(host, "127.0.0.2");
-        assert_eq!((*queued, *done), (2, 0));
-        assert_eq!(*error_rate, None, "nothing finished yet");
-        assert!(paused.is_some());
-        assert_eq!(robots.as_deref(), Some("allow all"), "a 404 robots.txt");
-        // The newest answer of any origin of the host counts: here one without a port.
-        sqlx::query(
-            "INSERT INTO robots (origin, http_status, fetched_at, expires_at)
-             VALUES ('https://127.0.0.2', 503, '2999-01-01T00:00:00.000Z', '2999-01-02T00:00:00.000Z')",
-        )
-        .execute(&sql)
-        .await
-        .unwrap();
-        let robots: Vec<(String, Option<String>)> =
-            sqlx::query_as("SELECT host, robots FROM host_stats ORDER BY host")
-                .fetch_all(&sql)
-                .await
-                .unwrap();
-        assert_eq!(
-            robots,
-            vec![
-                ("127.0.0.1".to_owned(), Some("rules".to_owned())),
-                ("127.0.0.2".to_owned(), Some("unreachable".to_owned())),
-            ]
-        );
-
-        sigterm(&daemon.0);
-        assert!(exit_status(&mut daemon.0).await.success());
-        let report = status_json(dir.path());
-        assert_eq!(report["workers"][0]["state"], "stopped", "{report:#}");
-        assert_eq!(report["jobs"]["running"], 0);
+async fn status_shows_host_queues_grouped_errors_and_workers_and_host_stats_agrees(
+    backend: Backend,
+) {
+    let site = TestServer::start("127.0.0.1", |req| match req.path.as_str() {
+        "/missing/1" | "/missing/2" => Reply::status(404),
+        "/boom" => Reply::status(500),
+        _ => Reply::html("<title>ok</title>"),
     });
+    // A host that asks for an hour's pause: its jobs stay queued behind it.
+    let busy = TestServer::start("127.0.0.2", |req| match req.path.as_str() {
+        "/robots.txt" => Reply::status(404),
+        _ => Reply::status(503).with_header("Retry-After", "3600"),
+    });
+    let db = TempDb::on(backend).await;
+    let mut daemon = KillOnDrop(
+        crawlq(db.dir.path())
+            .args(["run", "--database", &db.arg()])
+            .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let sql = db.wait_for_daemon().await;
+    for path in ["/ok/1", "/ok/2", "/missing/1", "/missing/2"] {
+        sql.insert(&site.url(path)).await;
+    }
+    sql.insert("not a url").await;
+    sql.query("INSERT INTO jobs (url, max_attempts) VALUES ($1, 1)")
+        .bind(site.url("/boom"))
+        .execute()
+        .await;
+    // A daemon that stopped two days ago is history, not status.
+    sql.execute(
+        "INSERT INTO workers (id, hostname, pid, version, started_at, heartbeat_at,
+                              heartbeat_every_secs, stopped_at)
+         VALUES ('crawlq-1-old', 'elsewhere', 1, '0.0.1', '2026-01-01T00:00:00.000Z',
+                 '2026-01-02T00:00:00.000Z', 5, '2026-01-02T00:00:00.000Z')",
+    )
+    .await;
+    let busy_first = sql.insert(&busy.url("/first")).await;
+    wait_until("the busy host's pause", || async {
+        sql.job(busy_first).await.error.is_some()
+    })
+    .await;
+    sql.insert(&busy.url("/second")).await;
+
+    // Every job has settled, and the counters have reached the workers row with a
+    // heartbeat.
+    let settled = |report: &serde_json::Value| {
+        report["workers"][0]["done"] == 2
+            && report["workers"][0]["failed"] == 4
+            && report["jobs"]["queued"] == 2
+            && report["jobs"]["running"] == 0
+    };
+    let mut report = status_json(&db);
+    let started = Instant::now();
+    while !settled(&report) {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "status never settled: {report:#}"
+        );
+        runtime::sleep(Duration::from_millis(50)).await;
+        report = status_json(&db);
+    }
+    assert_eq!(report["jobs"]["done"], 2, "{report:#}");
+    assert_eq!(report["jobs"]["failed"], 4, "{report:#}");
+    let fetches = sql.int("SELECT COUNT(*) FROM results").await;
+    assert!(
+        fetches >= 5,
+        "2 pages, 2 not found, 1 server error: {fetches}"
+    );
+    assert_eq!(report["fetched_last_minute"], fetches, "{report:#}");
+    assert_eq!(report["fetched_last_hour"], fetches, "{report:#}");
+    // One fetch half an hour ago, one two hours ago.
+    for (id, age) in [(1, -30 * 60), (2, -2 * 3600)] {
+        sql.query(format!(
+            "UPDATE results SET fetched_at = {} WHERE id = $1",
+            sql.seconds_from_now(age)
+        ))
+        .bind(id)
+        .execute()
+        .await;
+    }
+    let windows = status_json(&db);
+    assert_eq!(windows["fetched_last_minute"], fetches - 2, "{windows:#}");
+    assert_eq!(windows["fetched_last_hour"], fetches - 1, "{windows:#}");
+    let database = report["database"].as_str().unwrap();
+    match backend {
+        Backend::Sqlite => assert_eq!(database, db.arg()),
+        Backend::Postgres => assert!(database.starts_with("postgres://"), "{database}"),
+    }
+
+    let hosts = report["top_hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1, "only the busy host has a queue: {report:#}");
+    assert_eq!(hosts[0]["host"], "127.0.0.2");
+    assert_eq!(hosts[0]["queued"], 2);
+    assert_eq!(hosts[0]["due"], 1, "the retry waits out the pause");
+    assert!(hosts[0]["paused_until"].is_string(), "{report:#}");
+    assert!(
+        hosts[0]["pause_reason"].as_str().unwrap().contains("503"),
+        "{report:#}"
+    );
+
+    let errors = report["recent_errors"].as_array().unwrap();
+    let group = |status: &str, prefix: &str| {
+        errors
+            .iter()
+            .find(|g| g["status"] == status && g["reason"].as_str().unwrap().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {status} group {prefix:?}: {report:#}"))
+            .clone()
+    };
+    assert_eq!(group("failed", "HTTP 404")["jobs"], 2);
+    assert_eq!(group("failed", "invalid URL")["jobs"], 1);
+    let gave_up = group("failed", "HTTP 500");
+    assert_eq!(
+        gave_up["reason"], "HTTP 500 Internal Server Error",
+        "the attempt count is cut off"
+    );
+    let retrying = group("queued", "HTTP 503");
+    assert_eq!(retrying["jobs"], 1);
+    assert!(
+        !retrying["reason"].as_str().unwrap().contains("attempt"),
+        "retry bookkeeping is cut off: {retrying}"
+    );
+    assert_eq!(errors.len(), 4, "{report:#}");
+    assert_eq!(
+        report["workers"].as_array().unwrap().len(),
+        1,
+        "only the daemon of today: {report:#}"
+    );
+
+    let worker = &report["workers"][0];
+    assert_eq!(worker["state"], "running");
+    assert_eq!(worker["pid"], daemon.0.id());
+
+    let out = output(&mut status(&db));
+    let human = text(&out.stdout);
+    for expected in [
+        "queued: 2",
+        "127.0.0.2",
+        "HTTP 404 Not Found",
+        "retrying",
+        "running, heartbeat",
+    ] {
+        assert!(
+            human.contains(expected),
+            "{expected:?} missing from:\n{human}"
+        );
+    }
+
+    // The same picture per host, with plain SQL.
+    type HostStatsRow = (
+        String,
+        i64,
+        i64,
+        i64,
+        Option<f64>,
+        Option<String>,
+        Option<String>,
+    );
+    let rows: Vec<HostStatsRow> = sql
+        .query(
+            "SELECT host, queued, done, failed, error_rate, CAST(paused_until AS TEXT), robots
+               FROM host_stats ORDER BY host",
+        )
+        .all()
+        .await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (host, queued, done, failed, error_rate, paused, robots) = &rows[0];
+    assert_eq!(host, "127.0.0.1");
+    assert_eq!((*queued, *done, *failed), (0, 2, 3));
+    assert_eq!(*error_rate, Some(0.6));
+    assert_eq!(*paused, None);
+    assert_eq!(
+        robots.as_deref(),
+        Some("rules"),
+        "the test server answers 200"
+    );
+    let (host, queued, done, _, error_rate, paused, robots) = &rows[1];
+    assert_eq!(host, "127.0.0.2");
+    assert_eq!((*queued, *done), (2, 0));
+    assert_eq!(*error_rate, None, "nothing finished yet");
+    assert!(paused.is_some());
+    assert_eq!(robots.as_deref(), Some("allow all"), "a 404 robots.txt");
+    // The newest answer of any origin of the host counts: here one without a port.
+    sql.execute(
+        "INSERT INTO robots (origin, http_status, fetched_at, expires_at)
+         VALUES ('https://127.0.0.2', 503, '2999-01-01T00:00:00.000Z', '2999-01-02T00:00:00.000Z')",
+    )
+    .await;
+    let robots: Vec<(String, Option<String>)> = sql
+        .query("SELECT host, robots FROM host_stats ORDER BY host")
+        .all()
+        .await;
+    assert_eq!(
+        robots,
+        vec![
+            ("127.0.0.1".to_owned(), Some("rules".to_owned())),
+            ("127.0.0.2".to_owned(), Some("unreachable".to_owned())),
+        ]
+    );
+
+    sigterm(&daemon.0);
+    assert!(exit_status(&mut daemon.0).await.success());
+    let report = status_json(&db);
+    assert_eq!(report["workers"][0]["state"], "stopped", "{report:#}");
+    assert_eq!(report["jobs"]["running"], 0);
 }
 
 #[test]

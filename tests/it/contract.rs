@@ -5,72 +5,37 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgPool;
-use sqlx::sqlite::SqlitePool;
-use sqlx::Row;
-
 use crawlq::daemon::{Daemon, RunOptions, RunReport};
 use crawlq::follow::{Child, QueryFilter};
 use crawlq::job::{self, Attempt, ClaimedJob, PageRecord, Verdict};
 use crawlq::runtime::{self, JoinHandle};
-use crawlq::settings::{DatabaseLocation, Settings};
+use crawlq::settings::Settings;
 use crawlq::shutdown::{self, ShutdownTrigger};
 use crawlq::store::{
     FetchedRobots, HostPick, RobotsAnswer, StatusLimits, Store, WorkerCounters, WorkerIdentity,
 };
 
-use crate::common::postgres as pg_server;
 use crate::common::server::{Reply, TestServer};
-use crate::common::{test_settings, user_connection, wait_until, TempDb, DEADLINE};
-
-#[derive(Debug, Clone, Copy)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
+use crate::common::{on_both_backends, wait_until, Backend, TempDb, UserSql, DEADLINE};
 
 /// A fresh database on one backend, the settings that name it, and the user's own
-/// connection to it.
+/// connection to it (the tables made, as a daemon would have made them).
 pub struct Db {
     pub settings: Settings,
     pub user: UserSql,
     /// The SQLite file's directory, removed with the test.
-    _file: Option<TempDb>,
-}
-
-/// The user's connection: plain SQL that both backends accept.
-#[derive(Clone)]
-pub enum UserSql {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
+    _file: TempDb,
 }
 
 impl Db {
-    /// None when the backend cannot run here (PostgreSQL missing outside CI: said loudly).
-    pub async fn new(backend: Backend) -> Option<Db> {
-        match backend {
-            Backend::Sqlite => {
-                let file = TempDb::new();
-                let user = UserSql::Sqlite(user_connection_after_migration(&file).await);
-                Some(Db {
-                    settings: test_settings(&file.path),
-                    user,
-                    _file: Some(file),
-                })
-            }
-            Backend::Postgres => {
-                let database = pg_server::shared()?.database().await;
-                let dir = TempDb::new();
-                let mut settings = test_settings(&dir.path);
-                settings.database.location = DatabaseLocation::Postgres(database.url.clone());
-                // Tables first, as a daemon would have made them, for the user's SQL.
-                Store::open(&settings.database).await.unwrap().close().await;
-                Some(Db {
-                    settings,
-                    user: UserSql::Postgres(pg_server::connect(&database.url).await),
-                    _file: Some(dir),
-                })
-            }
+    pub async fn new(backend: Backend) -> Db {
+        let file = TempDb::on(backend).await;
+        let settings = file.settings();
+        Store::open(&settings.database).await.unwrap().close().await;
+        Db {
+            settings,
+            user: file.user().await,
+            _file: file,
         }
     }
 
@@ -79,120 +44,6 @@ impl Db {
             .await
             .expect("the store opens")
     }
-}
-
-async fn user_connection_after_migration(file: &TempDb) -> SqlitePool {
-    Store::open(&test_settings(&file.path).database)
-        .await
-        .unwrap()
-        .close()
-        .await;
-    user_connection(&file.path).await
-}
-
-impl UserSql {
-    pub async fn execute(&self, sql: &str) {
-        let done = match self {
-            UserSql::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(pool)
-                .await
-                .map(|_| ()),
-            UserSql::Postgres(pool) => sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(pool)
-                .await
-                .map(|_| ()),
-        };
-        done.unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
-    /// One integer (a count, an id).
-    pub async fn int(&self, sql: &str) -> i64 {
-        let got = match self {
-            UserSql::Sqlite(pool) => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(pool)
-                    .await
-            }
-            UserSql::Postgres(pool) => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(pool)
-                    .await
-            }
-        };
-        got.unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-
-    /// One text value, or None.
-    pub async fn text(&self, sql: &str) -> Option<String> {
-        let got = match self {
-            UserSql::Sqlite(pool) => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(pool)
-                    .await
-            }
-            UserSql::Postgres(pool) => {
-                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .fetch_one(pool)
-                    .await
-            }
-        };
-        got.unwrap_or_else(|e| panic!("{sql}: {e}"))
-    }
-
-    /// Rows of (id, status, error), by id.
-    pub async fn jobs(&self) -> Vec<(i64, String, Option<String>)> {
-        const SQL: &str = "SELECT id, status, error FROM jobs ORDER BY id";
-        let rows: Vec<(i64, String, Option<String>)> = match self {
-            UserSql::Sqlite(pool) => sqlx::query(SQL)
-                .fetch_all(pool)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect(),
-            UserSql::Postgres(pool) => sqlx::query(SQL)
-                .fetch_all(pool)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect(),
-        };
-        rows
-    }
-
-    /// Inserts a job with only its URL (the one-column INSERT the README shows).
-    pub async fn insert(&self, url: &str) -> i64 {
-        self.int(&format!(
-            "INSERT INTO jobs (url) VALUES ('{}') RETURNING id",
-            url.replace('\'', "''")
-        ))
-        .await
-    }
-
-    pub async fn status_of(&self, id: i64) -> String {
-        self.text(&format!("SELECT status FROM jobs WHERE id = {id}"))
-            .await
-            .expect("a status")
-    }
-}
-
-/// Runs each async test once per backend: `contract::sqlite::NAME`, `contract::postgres::NAME`.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                crawlq::runtime::block_on(super::$name(super::Backend::Sqlite));
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $name() {
-                crawlq::runtime::block_on(super::$name(super::Backend::Postgres));
-            })*
-        }
-    };
 }
 
 on_both_backends!(
@@ -232,9 +83,7 @@ fn pick(host: &str, jobs: usize) -> HostPick {
 }
 
 async fn claims_are_host_fair_and_leases_are_renewed_expired_and_released(backend: Backend) {
-    let Some(db) = Db::new(backend).await else {
-        return;
-    };
+    let db = Db::new(backend).await;
     let store = db.store().await;
     admitted(
         &db,
@@ -382,9 +231,7 @@ async fn admit_all(store: &Store) -> crawlq::store::Admissions {
 }
 
 async fn a_batch_is_fenced_by_leases_and_links_stay_within_the_crawl_budget(backend: Backend) {
-    let Some(db) = Db::new(backend).await else {
-        return;
-    };
+    let db = Db::new(backend).await;
     let store = db.store().await;
     db.user
         .execute(
@@ -469,9 +316,7 @@ async fn a_batch_is_fenced_by_leases_and_links_stay_within_the_crawl_budget(back
 }
 
 async fn admission_refuses_bad_rows_and_skips_a_url_already_in_its_crawl(backend: Backend) {
-    let Some(db) = Db::new(backend).await else {
-        return;
-    };
+    let db = Db::new(backend).await;
     let store = db.store().await;
     let root = db.user.insert("http://a.test/start").await;
     let bad = db.user.insert("not a url").await;
@@ -506,9 +351,7 @@ async fn admission_refuses_bad_rows_and_skips_a_url_already_in_its_crawl(backend
 }
 
 async fn robots_answers_and_host_pauses_are_kept(backend: Backend) {
-    let Some(db) = Db::new(backend).await else {
-        return;
-    };
+    let db = Db::new(backend).await;
     let store = db.store().await;
     let body = b"User-agent: *\nDisallow: /private\n\xff".to_vec();
     store
@@ -577,9 +420,7 @@ async fn robots_answers_and_host_pauses_are_kept(backend: Backend) {
 }
 
 async fn status_and_workers_read_the_same(backend: Backend) {
-    let Some(db) = Db::new(backend).await else {
-        return;
-    };
+    let db = Db::new(backend).await;
     let store = db.store().await;
     db.user.insert("http://a.test/1").await;
     db.user.insert("not a url").await;
@@ -665,9 +506,7 @@ async fn wait_status(db: &Db, id: i64, status: &str) {
 }
 
 async fn a_daemon_crawls_what_users_insert_while_it_runs_and_drains_on_stop(backend: Backend) {
-    let Some(mut db) = Db::new(backend).await else {
-        return;
-    };
+    let mut db = Db::new(backend).await;
     let site = TestServer::start("127.0.0.1", |req| match req.path.as_str() {
         "/" => Reply::html(
             r#"<html><head><title>Home</title></head><body>
@@ -730,9 +569,7 @@ async fn a_daemon_crawls_what_users_insert_while_it_runs_and_drains_on_stop(back
 }
 
 async fn a_second_daemon_on_the_same_database_is_refused(backend: Backend) {
-    let Some(db) = Db::new(backend).await else {
-        return;
-    };
+    let db = Db::new(backend).await;
     let first = InProcess::start(db.settings.clone()).await;
     let second = Daemon::build(db.settings.clone()).await;
     let error = second
@@ -749,9 +586,7 @@ async fn a_second_daemon_on_the_same_database_is_refused(backend: Backend) {
 }
 
 async fn what_users_write_is_kept_consistent_for_the_daemon(backend: Backend) {
-    let Some(db) = Db::new(backend).await else {
-        return;
-    };
+    let db = Db::new(backend).await;
     let store = db.store().await;
     // A NULL run_after means now, on INSERT and on UPDATE.
     let id = db

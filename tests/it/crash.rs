@@ -1,8 +1,8 @@
-//! Crash safety through the built binary: a crawl of a few thousand local pages survives
-//! `kill -9` at random moments, restart after restart, and nothing is lost or doubled.
+//! Crash safety through the built binary, on both backends: a crawl of a few thousand
+//! local pages survives `kill -9` at random moments, restart after restart, and SIGTERM at
+//! full speed, and nothing is lost or doubled.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 
 use crate::common::server::{Reply, TestServer};
 use crate::common::{
-    exit_within, sigterm, size_from_env, user_connection, wait_for_workers, wait_until, KillOnDrop,
-    DEADLINE,
+    exit_within, on_both_backends, sigterm, size_from_env, wait_until, Backend, KillOnDrop, TempDb,
+    UserSql, DEADLINE,
 };
-use crawlq::runtime::{self, block_on};
-use sqlx::SqlitePool;
+use crawlq::runtime;
+
+on_both_backends!(
+    a_crawl_killed_twenty_times_ends_complete_with_nothing_lost_or_doubled,
+    sigterm_during_a_full_speed_crawl_exits_0_within_the_grace_period_and_loses_nothing,
+);
 
 /// Page `i` links to the next page (so every page is reachable from /p/0) and to four
 /// others spread over the site, so that many pages are found several times over.
@@ -68,12 +72,13 @@ impl XorShift {
     }
 }
 
-/// `crawlq run` in `dir`, at `rps` requests a second to the one test host.
-fn crawler(dir: &Path, rps: &str) -> Command {
+/// `crawlq run` on `db`, at `rps` requests a second to the one test host.
+fn crawler(db: &TempDb, rps: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_crawlq"));
     command
-        .current_dir(dir)
+        .current_dir(db.dir.path())
         .arg("run")
+        .args(["--database", &db.arg()])
         .env_remove("RUST_LOG")
         .env("CRAWLQ__LOG__LEVEL", "warn")
         .env("CRAWLQ__DAEMON__POLL_INTERVAL_MS", "20")
@@ -89,8 +94,8 @@ fn crawler(dir: &Path, rps: &str) -> Command {
 }
 
 /// A daemon for the kill test: a killed daemon's jobs come back after 2 s.
-fn daemon(dir: &Path, exit_when_idle: bool) -> Child {
-    let mut command = crawler(dir, "100");
+fn daemon(db: &TempDb, exit_when_idle: bool) -> Child {
+    let mut command = crawler(db, "100");
     command
         .env("CRAWLQ__DAEMON__LEASE_SECS", "2")
         .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "0");
@@ -104,28 +109,25 @@ fn daemon(dir: &Path, exit_when_idle: bool) -> Child {
 /// attempt against the jobs it was running, and a job whose attempts run out that way
 /// fails ("lease expired"); many attempts keep that designed guard against pages that
 /// crash the daemon from hiding what this test is after: lost or doubled work.
-async fn queue_the_crawl(sql: &SqlitePool, server: &TestServer) {
-    sqlx::query("INSERT INTO jobs (url, max_depth, max_attempts) VALUES (?1, 100000, 1000)")
+async fn queue_the_crawl(sql: &UserSql, server: &TestServer) {
+    sql.query("INSERT INTO jobs (url, max_depth, max_attempts) VALUES ($1, 100000, 1000)")
         .bind(server.url("/p/0"))
-        .execute(sql)
-        .await
-        .unwrap();
+        .execute()
+        .await;
 }
 
 /// The crawl of the generated site is complete and consistent: every page a `done` job
 /// once, one result per fetch, every link of every page a job of the crawl, and an intact
 /// database.
-async fn assert_crawl_complete(sql: &SqlitePool, pages: usize, context: &str) {
-    let by_status: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
-            .fetch_all(sql)
-            .await
-            .unwrap();
-    let failed: Vec<(String, String)> =
-        sqlx::query_as("SELECT url, error FROM jobs WHERE status <> 'done' LIMIT 5")
-            .fetch_all(sql)
-            .await
-            .unwrap();
+async fn assert_crawl_complete(sql: &UserSql, pages: usize, context: &str) {
+    let by_status: Vec<(String, i64)> = sql
+        .query("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
+        .all()
+        .await;
+    let failed: Vec<(String, Option<String>)> = sql
+        .query("SELECT url, error FROM jobs WHERE status <> 'done' LIMIT 5")
+        .all()
+        .await;
     assert_eq!(
         by_status,
         vec![("done".to_owned(), pages as i64)],
@@ -146,20 +148,22 @@ async fn assert_crawl_complete(sql: &SqlitePool, pages: usize, context: &str) {
     )
     .await;
     assert_eq!(without_result, 0, "every done job has its result");
-    let missing_children: i64 = count(
-        sql,
-        "SELECT COUNT(*) FROM latest_results r
-           JOIN jobs j ON j.id = r.job_id, json_each(r.links) l
-          WHERE NOT EXISTS (SELECT 1 FROM jobs c
-                             WHERE c.root_id = j.root_id AND c.canonical_url = l.value)",
-    )
-    .await;
+    let missing_children = sql
+        .int(&format!(
+            "SELECT COUNT(*) FROM latest_results r
+               JOIN jobs j ON j.id = r.job_id, {}
+              WHERE NOT EXISTS (SELECT 1 FROM jobs c
+                                 WHERE c.root_id = j.root_id AND c.canonical_url = l.value)",
+            sql.json_elements("r.links", "l")
+        ))
+        .await;
     assert_eq!(missing_children, 0, "children lost ({context})");
-    let links: i64 = count(
-        sql,
-        "SELECT COUNT(*) FROM latest_results r, json_each(r.links)",
-    )
-    .await;
+    let links = sql
+        .int(&format!(
+            "SELECT COUNT(*) FROM latest_results r, {}",
+            sql.json_elements("r.links", "l")
+        ))
+        .await;
     let expected_links: usize = (0..pages)
         .map(|i| links_of(i, pages).into_iter().collect::<HashSet<_>>().len())
         .sum();
@@ -167,24 +171,22 @@ async fn assert_crawl_complete(sql: &SqlitePool, pages: usize, context: &str) {
         links as usize, expected_links,
         "each page's links were stored"
     );
-    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(sql)
-        .await
-        .unwrap();
-    assert_eq!(integrity, "ok");
+    if sql.backend() == Backend::Sqlite {
+        let integrity = sql.text("PRAGMA integrity_check").await;
+        assert_eq!(integrity.as_deref(), Some("ok"));
+    }
 }
 
-async fn count(sql: &SqlitePool, query: &'static str) -> i64 {
-    sqlx::query_scalar(query).fetch_one(sql).await.unwrap()
+async fn count(sql: &UserSql, query: &'static str) -> i64 {
+    sql.int(query).await
 }
 
 /// Polls `query` (a count) until it reaches at least `target`, or `DEADLINE` passes.
-async fn wait_for_count(sql: &SqlitePool, query: &'static str, target: i64) {
+async fn wait_for_count(sql: &UserSql, query: &'static str, target: i64) {
     let started = Instant::now();
     loop {
-        // The daemon may not have created the tables yet on its first start.
-        let n: Result<i64, _> = sqlx::query_scalar(query).fetch_one(sql).await;
-        if n.is_ok_and(|n| n >= target) {
+        let n = sql.query(query).try_all::<(i64,)>().await;
+        if n.is_ok_and(|n| n[0].0 >= target) {
             return;
         }
         assert!(
@@ -197,200 +199,178 @@ async fn wait_for_count(sql: &SqlitePool, query: &'static str, target: i64) {
 
 const DONE: &str = "SELECT COUNT(*) FROM jobs WHERE status = 'done'";
 
-#[test]
-fn a_crawl_killed_twenty_times_ends_complete_with_nothing_lost_or_doubled() {
-    block_on(async {
-        let (pages, kills_wanted) = (
-            size_from_env("CRASH_PAGES", 2_000),
-            size_from_env("CRASH_KILLS", 20),
-        );
-        let server = site(pages);
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("data/crawlq.db");
-        let seed = std::env::var("CRASH_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0x9E37_79B9_7F4A_7C15_u64);
-        let mut rng = XorShift(seed);
+async fn a_crawl_killed_twenty_times_ends_complete_with_nothing_lost_or_doubled(backend: Backend) {
+    let (pages, kills_wanted) = (
+        size_from_env("CRASH_PAGES", 2_000),
+        size_from_env("CRASH_KILLS", 20),
+    );
+    let server = site(pages);
+    let db = TempDb::on(backend).await;
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x9E37_79B9_7F4A_7C15_u64);
+    let mut rng = XorShift(seed);
 
-        let mut kills = 0;
-        // Kills of daemons that had made progress, so had written their workers row.
-        let mut registered_kills = 0;
-        let mut done_before = 0;
-        while kills < kills_wanted {
-            let mut child = KillOnDrop(daemon(dir.path(), false));
-            if kills == 0 {
-                // The first start creates the database; then the crawl is queued.
-                wait_for_workers(&user_connection_when_ready(&db).await, 1).await;
-                let sql = user_connection(&db).await;
-                queue_the_crawl(&sql, &server).await;
-                sql.close().await;
-            }
-            let sql = user_connection(&db).await;
-            // Kill at a random moment. Every third daemon dies during its start (opening
-            // the database, registering, taking back expired leases, its first claims);
-            // the others once they have made progress, up to 1 s later, so that lease
-            // renewals (every 2/3 s) and heartbeats are hit too.
-            if kills % 3 == 2 {
-                runtime::sleep(Duration::from_millis(rng.below(300))).await;
-            } else {
-                registered_kills += 1;
-                wait_for_count(&sql, DONE, done_before + 1).await;
-                runtime::sleep(Duration::from_millis(rng.below(1_000))).await;
-            }
-            child.0.kill().expect("kill -9");
-            child.0.wait().unwrap();
-            kills += 1;
-            done_before = count(&sql, DONE).await;
+    let mut kills = 0;
+    // Kills of daemons that had made progress, so had written their workers row.
+    let mut registered_kills = 0;
+    let mut done_before = 0;
+    while kills < kills_wanted {
+        let mut child = KillOnDrop(daemon(&db, false));
+        if kills == 0 {
+            // The first start creates the database; then the crawl is queued.
+            let sql = db.wait_for_daemon().await;
+            queue_the_crawl(&sql, &server).await;
             sql.close().await;
-            assert!(
-                (done_before as usize) < pages,
-                "the crawl finished before kill {kills} of {kills_wanted}; make it longer (seed {seed})"
-            );
         }
-
-        // A last daemon finishes the crawl (the dead ones' leases expire on the way).
-        let mut last = KillOnDrop(daemon(dir.path(), true));
-        // At 100 pages a second, with room for a loaded machine.
-        let limit = Duration::from_secs(60 + pages as u64 / 50);
-        let status = exit_within(&mut last.0, limit, "the last daemon").await;
-        assert!(status.success(), "{status:?}");
-
-        let sql = user_connection(&db).await;
-        assert_crawl_complete(&sql, pages, &format!("seed {seed}")).await;
-        let unclean: i64 = count(
-            &sql,
-            "SELECT COUNT(*) FROM workers WHERE stopped_at IS NULL",
-        )
-        .await;
-        // A daemon killed during its start may not have written its row yet.
+        let sql = db.user().await;
+        // Kill at a random moment. Every third daemon dies during its start (opening
+        // the database, registering, taking back expired leases, its first claims);
+        // the others once they have made progress, up to 1 s later, so that lease
+        // renewals (every 2/3 s) and heartbeats are hit too.
+        if kills % 3 == 2 {
+            runtime::sleep(Duration::from_millis(rng.below(300))).await;
+        } else {
+            registered_kills += 1;
+            wait_for_count(&sql, DONE, done_before + 1).await;
+            runtime::sleep(Duration::from_millis(rng.below(1_000))).await;
+        }
+        child.0.kill().expect("kill -9");
+        child.0.wait().unwrap();
+        kills += 1;
+        done_before = count(&sql, DONE).await;
+        sql.close().await;
         assert!(
-            (registered_kills..=kills).contains(&(unclean as usize)),
-            "each killed daemon's row shows no clean exit: {unclean} rows for {kills} kills"
+            (done_before as usize) < pages,
+            "the crawl finished before kill {kills} of {kills_wanted}; make it longer (seed {seed})"
         );
-        let clean: i64 = count(
-            &sql,
-            "SELECT COUNT(*) FROM workers WHERE stopped_at IS NOT NULL",
-        )
-        .await;
-        assert_eq!(clean, 1, "only the last daemon exited cleanly");
-        let requests = server.hits().len();
-        assert!(
-            requests > pages,
-            "no page was fetched twice: the kills never interrupted work (seed {seed})"
-        );
-        eprintln!(
-            "{kills} kills survived (the last with {done_before} of {pages} pages done); \
-             0 jobs lost; {requests} page requests (refetched after kills: {})",
-            requests - pages
-        );
-    });
-}
-
-/// A connection once the daemon has created the file (the first start).
-async fn user_connection_when_ready(db: &Path) -> SqlitePool {
-    let started = Instant::now();
-    while !db.exists() {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the database was never created"
-        );
-        runtime::sleep(Duration::from_millis(10)).await;
     }
-    user_connection(db).await
+
+    // A last daemon finishes the crawl (the dead ones' leases expire on the way).
+    let mut last = KillOnDrop(daemon(&db, true));
+    // At 100 pages a second, with room for a loaded machine.
+    let limit = Duration::from_secs(60 + pages as u64 / 50);
+    let status = exit_within(&mut last.0, limit, "the last daemon").await;
+    assert!(status.success(), "{status:?}");
+
+    let sql = db.user().await;
+    assert_crawl_complete(&sql, pages, &format!("seed {seed}")).await;
+    let unclean: i64 = count(
+        &sql,
+        "SELECT COUNT(*) FROM workers WHERE stopped_at IS NULL",
+    )
+    .await;
+    // A daemon killed during its start may not have written its row yet.
+    assert!(
+        (registered_kills..=kills).contains(&(unclean as usize)),
+        "each killed daemon's row shows no clean exit: {unclean} rows for {kills} kills"
+    );
+    let clean: i64 = count(
+        &sql,
+        "SELECT COUNT(*) FROM workers WHERE stopped_at IS NOT NULL",
+    )
+    .await;
+    assert_eq!(clean, 1, "only the last daemon exited cleanly");
+    let requests = server.hits().len();
+    assert!(
+        requests > pages,
+        "no page was fetched twice: the kills never interrupted work (seed {seed})"
+    );
+    eprintln!(
+        "{kills} kills survived (the last with {done_before} of {pages} pages done); \
+         0 jobs lost; {requests} page requests (refetched after kills: {})",
+        requests - pages
+    );
 }
 
-#[test]
-fn sigterm_during_a_full_speed_crawl_exits_0_within_the_grace_period_and_loses_nothing() {
-    block_on(async {
-        let pages = 2_000;
-        // Until the signal, every 23rd page takes 1 s (it finishes within the grace
-        // period) and every 97th takes 30 s (it cannot: it goes back to the queue).
-        let slow = Arc::new(AtomicBool::new(true));
-        let server = site_with_delays(pages, {
-            let slow = Arc::clone(&slow);
-            move |i| match (slow.load(Ordering::SeqCst), i % 97, i % 23) {
-                (false, ..) => None,
-                (true, 5, _) => Some(Duration::from_secs(30)),
-                (true, _, 3) => Some(Duration::from_secs(1)),
-                _ => None,
-            }
-        });
-        let is_long = |path: &str| {
-            path.strip_prefix("/p/")
-                .and_then(|n| n.parse::<usize>().ok())
-                .is_some_and(|i| i % 97 == 5)
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("data/crawlq.db");
-        // The defaults but the rate: lease 60 s, grace 8 s.
-        let mut child = KillOnDrop(crawler(dir.path(), "1000000").spawn().unwrap());
-        let sql = user_connection_when_ready(&db).await;
-        wait_for_workers(&sql, 1).await;
-        queue_the_crawl(&sql, &server).await;
-        wait_for_count(&sql, DONE, 300).await;
-        wait_until("a 30 s page in flight", || async {
-            server.hits().iter().any(|hit| is_long(&hit.path))
-        })
-        .await;
-
-        let signalled = Instant::now();
-        sigterm(&child.0);
-        let requested_before: Vec<String> = server.hits().into_iter().map(|h| h.path).collect();
-        // The grace period is 8 s; the margin is for a loaded machine.
-        let status = exit_within(&mut child.0, Duration::from_secs(10), "SIGTERM").await;
-        let took = signalled.elapsed();
-        slow.store(false, Ordering::SeqCst);
-        assert!(status.success(), "{status:?}");
-        let running = count(&sql, "SELECT COUNT(*) FROM jobs WHERE status = 'running'").await;
-        assert_eq!(running, 0, "in-flight jobs finished or went back to queued");
-        let leased = count(
-            &sql,
-            "SELECT COUNT(*) FROM jobs WHERE lease_owner IS NOT NULL",
-        )
-        .await;
-        assert_eq!(leased, 0, "no lease is left behind");
-        // The 30 s pages in flight went back to the queue, their interrupted attempt not
-        // counted.
-        let long_in_flight: Vec<&String> = requested_before.iter().filter(|p| is_long(p)).collect();
-        for path in &long_in_flight {
-            let (status, attempts): (String, i64) =
-                sqlx::query_as("SELECT status, attempts FROM jobs WHERE url = ?1")
-                    .bind(server.url(path))
-                    .fetch_one(&sql)
-                    .await
-                    .unwrap();
-            assert_eq!((status.as_str(), attempts), ("queued", 0), "{path}");
+async fn sigterm_during_a_full_speed_crawl_exits_0_within_the_grace_period_and_loses_nothing(
+    backend: Backend,
+) {
+    let pages = 2_000;
+    // Until the signal, every 23rd page takes 1 s (it finishes within the grace
+    // period) and every 97th takes 30 s (it cannot: it goes back to the queue).
+    let slow = Arc::new(AtomicBool::new(true));
+    let server = site_with_delays(pages, {
+        let slow = Arc::clone(&slow);
+        move |i| match (slow.load(Ordering::SeqCst), i % 97, i % 23) {
+            (false, ..) => None,
+            (true, 5, _) => Some(Duration::from_secs(30)),
+            (true, _, 3) => Some(Duration::from_secs(1)),
+            _ => None,
         }
-        // The 1 s pages in flight finished within the grace period.
-        let is_second = |path: &str| {
-            path.strip_prefix("/p/")
-                .and_then(|n| n.parse::<usize>().ok())
-                .is_some_and(|i| i % 23 == 3 && i % 97 != 5)
-        };
-        for path in requested_before.iter().filter(|p| is_second(p)) {
-            let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE url = ?1")
-                .bind(server.url(path))
-                .fetch_one(&sql)
-                .await
-                .unwrap();
-            assert_eq!(status, "done", "{path}");
-        }
-        let done = count(&sql, DONE).await;
-
-        // What was queued is crawled by the next daemon, without waiting for any lease.
-        let mut next = KillOnDrop(
-            crawler(dir.path(), "1000000")
-                .arg("--exit-when-idle")
-                .spawn()
-                .unwrap(),
-        );
-        let status = exit_within(&mut next.0, DEADLINE, "the next daemon").await;
-        assert!(status.success(), "{status:?}");
-        assert_crawl_complete(&sql, pages, "after SIGTERM").await;
-        eprintln!(
-            "SIGTERM with {done} of {pages} pages done and {} 30 s pages in flight: exit 0 after {took:?}",
-            long_in_flight.len()
-        );
     });
+    let is_long = |path: &str| {
+        path.strip_prefix("/p/")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|i| i % 97 == 5)
+    };
+    let db = TempDb::on(backend).await;
+    // The defaults but the rate: lease 60 s, grace 8 s.
+    let mut child = KillOnDrop(crawler(&db, "1000000").spawn().unwrap());
+    let sql = db.wait_for_daemon().await;
+    queue_the_crawl(&sql, &server).await;
+    wait_for_count(&sql, DONE, 300).await;
+    wait_until("a 30 s page in flight", || async {
+        server.hits().iter().any(|hit| is_long(&hit.path))
+    })
+    .await;
+
+    let signalled = Instant::now();
+    sigterm(&child.0);
+    let requested_before: Vec<String> = server.hits().into_iter().map(|h| h.path).collect();
+    // The grace period is 8 s; the margin is for a loaded machine.
+    let status = exit_within(&mut child.0, Duration::from_secs(10), "SIGTERM").await;
+    let took = signalled.elapsed();
+    slow.store(false, Ordering::SeqCst);
+    assert!(status.success(), "{status:?}");
+    let running = count(&sql, "SELECT COUNT(*) FROM jobs WHERE status = 'running'").await;
+    assert_eq!(running, 0, "in-flight jobs finished or went back to queued");
+    let leased = count(
+        &sql,
+        "SELECT COUNT(*) FROM jobs WHERE lease_owner IS NOT NULL",
+    )
+    .await;
+    assert_eq!(leased, 0, "no lease is left behind");
+    // The 30 s pages in flight went back to the queue, their interrupted attempt not
+    // counted.
+    let long_in_flight: Vec<&String> = requested_before.iter().filter(|p| is_long(p)).collect();
+    for path in &long_in_flight {
+        let (status, attempts): (String, i64) = sql
+            .query("SELECT status, attempts FROM jobs WHERE url = $1")
+            .bind(server.url(path))
+            .one()
+            .await;
+        assert_eq!((status.as_str(), attempts), ("queued", 0), "{path}");
+    }
+    // The 1 s pages in flight finished within the grace period.
+    let is_second = |path: &str| {
+        path.strip_prefix("/p/")
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_some_and(|i| i % 23 == 3 && i % 97 != 5)
+    };
+    for path in requested_before.iter().filter(|p| is_second(p)) {
+        let status: String = sql
+            .query("SELECT status FROM jobs WHERE url = $1")
+            .bind(server.url(path))
+            .scalar()
+            .await;
+        assert_eq!(status, "done", "{path}");
+    }
+    let done = count(&sql, DONE).await;
+
+    // What was queued is crawled by the next daemon, without waiting for any lease.
+    let mut next = KillOnDrop(
+        crawler(&db, "1000000")
+            .arg("--exit-when-idle")
+            .spawn()
+            .unwrap(),
+    );
+    let status = exit_within(&mut next.0, DEADLINE, "the next daemon").await;
+    assert!(status.success(), "{status:?}");
+    assert_crawl_complete(&sql, pages, "after SIGTERM").await;
+    eprintln!(
+        "SIGTERM with {done} of {pages} pages done and {} 30 s pages in flight: exit 0 after {took:?}",
+        long_in_flight.len()
+    );
 }

@@ -293,7 +293,7 @@ fn broken_servers_end_each_job_with_a_reason_and_the_daemon_keeps_going() {
                 "INSERT INTO jobs (url, max_attempts) VALUES (?1, 1) RETURNING id",
             )
             .bind(raw.url(path))
-            .fetch_one(&daemon.sql)
+            .fetch_one(daemon.sql.sqlite())
             .await
             .unwrap();
             ids.push(id);
@@ -323,7 +323,7 @@ fn broken_servers_end_each_job_with_a_reason_and_the_daemon_keeps_going() {
             "SELECT j.url, r.title FROM jobs j JOIN latest_results r ON r.job_id = j.id
               WHERE j.status = 'done' ORDER BY j.id",
         )
-        .fetch_all(&daemon.sql)
+        .fetch_all(daemon.sql.sqlite())
         .await
         .unwrap();
         let title_of = |path: &str| {
@@ -378,7 +378,7 @@ fn huge_titles_many_links_and_deep_nesting_are_parsed_within_bounds() {
         )
         .bind(ids[0])
         .bind(ids[1])
-        .fetch_one(&daemon.sql)
+        .fetch_one(daemon.sql.sqlite())
         .await
         .unwrap();
         assert!(
@@ -389,7 +389,7 @@ fn huge_titles_many_links_and_deep_nesting_are_parsed_within_bounds() {
         let deep: Option<String> =
             sqlx::query_scalar("SELECT title FROM results WHERE job_id = ?1")
                 .bind(ids[2])
-                .fetch_one(&daemon.sql)
+                .fetch_one(daemon.sql.sqlite())
                 .await
                 .unwrap();
         assert_eq!(deep.as_deref(), Some("deep"));

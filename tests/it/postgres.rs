@@ -1,6 +1,7 @@
 //! What only PostgreSQL has: NOTIFY for new jobs and for stored results, and a server that
 //! can go away and come back while the daemon runs. The store's contract on PostgreSQL is
-//! in `contract` (run on both backends).
+//! in `contract`, and the daemon's (claims, retries, crawls, robots.txt, pauses, cancels,
+//! `status`, SIGTERM, kill -9) in the modules whose tests run `on_both_backends!`.
 
 use std::time::Duration;
 
@@ -203,116 +204,6 @@ fn the_server_dying_and_coming_back_mid_crawl_fails_and_loses_no_job() {
         assert_eq!(
             count(&user, "SELECT COUNT(*) FROM jobs WHERE status <> 'done'").await,
             0
-        );
-    });
-}
-
-#[test]
-fn a_crawl_killed_with_sigkill_three_times_ends_complete_with_nothing_lost_or_doubled() {
-    use crate::common::server::Reply;
-    use crate::common::{crawlq, exit_within, KillOnDrop};
-
-    runtime::block_on(async {
-        let Some(server) = postgres::shared() else {
-            return;
-        };
-        let database = server.database().await;
-        const PAGES: usize = 300;
-        // Page i links to the next three; replies take a little while, so kills land in
-        // the middle of work.
-        let site = TestServer::start("127.0.0.1", |req| {
-            let i: usize = req.path.trim_start_matches("/p/").parse().unwrap_or(PAGES);
-            let links: String = (1..=3)
-                .map(|step| i + step)
-                .filter(|&j| j < PAGES)
-                .map(|j| format!(r#"<a href="/p/{j}">{j}</a>"#))
-                .collect();
-            Reply::html(format!(
-                "<html><head><title>page {i}</title></head><body>{links}</body></html>"
-            ))
-            .with_delay(Duration::from_millis(20))
-        });
-        let dir = TempDb::new();
-        let daemon = |exit_when_idle: bool| {
-            let mut command = crawlq(dir.dir.path());
-            command
-                .arg("run")
-                .args(["--database", &database.url])
-                .env("CRAWLQ__LOG__LEVEL", "warn")
-                .env("CRAWLQ__DAEMON__LEASE_SECS", "2")
-                .env("CRAWLQ__DAEMON__SHUTDOWN_GRACE_SECS", "0")
-                .env("CRAWLQ__DAEMON__HEARTBEAT_SECS", "0.5")
-                .env("CRAWLQ__LIMITS__PER_HOST_RPS", "100")
-                .env("CRAWLQ__LIMITS__PER_HOST_BURST", "8")
-                .env("CRAWLQ__LIMITS__PER_HOST_IN_FLIGHT", "16")
-                .env("CRAWLQ__CRAWL__OBEY_ROBOTS", "false")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-            if exit_when_idle {
-                command.arg("--exit-when-idle");
-            }
-            KillOnDrop(command.spawn().expect("crawlq starts"))
-        };
-        let mut first = Some(daemon(false));
-        let user = {
-            // The first daemon creates the tables.
-            let user = postgres::connect(&database.url).await;
-            wait_until("the daemon to register", || {
-                let user = user.clone();
-                async move {
-                    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM workers")
-                        .fetch_one(&user)
-                        .await
-                        .is_ok_and(|n| n == 1)
-                }
-            })
-            .await;
-            user
-        };
-        sqlx::query("INSERT INTO jobs (url, max_depth, max_attempts) VALUES ($1, 100000, 1000)")
-            .bind(site.url("/p/0"))
-            .execute(&user)
-            .await
-            .unwrap();
-        let mut done_before = 0;
-        for kill in 0..3 {
-            let mut child = first.take().unwrap_or_else(|| daemon(false));
-            let target = done_before + 20;
-            wait_until(&format!("{target} pages done before kill {kill}"), || {
-                let user = user.clone();
-                async move {
-                    count(&user, "SELECT COUNT(*) FROM jobs WHERE status = 'done'").await >= target
-                }
-            })
-            .await;
-            child.0.kill().expect("kill -9");
-            child.0.wait().unwrap();
-            done_before = count(&user, "SELECT COUNT(*) FROM jobs WHERE status = 'done'").await;
-            assert!(
-                (done_before as usize) < PAGES,
-                "the crawl ended before kill {kill}"
-            );
-        }
-        let mut last = daemon(true);
-        let status = exit_within(&mut last.0, Duration::from_secs(90), "the last daemon").await;
-        assert!(status.success(), "{status:?}");
-        assert_eq!(
-            count(&user, "SELECT COUNT(*) FROM jobs").await,
-            PAGES as i64
-        );
-        assert_eq!(
-            count(&user, "SELECT COUNT(*) FROM jobs WHERE status = 'done'").await,
-            PAGES as i64,
-            "every page done, none failed or lost"
-        );
-        assert_eq!(
-            count(&user, "SELECT COUNT(*) FROM results").await,
-            PAGES as i64,
-            "one result per page: nothing stored twice"
-        );
-        assert!(
-            site.page_hits().len() > PAGES,
-            "the kills interrupted work in flight"
         );
     });
 }

@@ -110,7 +110,8 @@ impl FinishSteps for Tx<'_> {
              SELECT $2, 'skipped', $3, $4, 'fetched as the redirect target of job ' || p.id, p.id,
                     $5, p.depth, p.max_depth, p.scope, COALESCE(p.crawl_host, p.host), now()
                FROM jobs p WHERE p.id = $1
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT (root_id, canonical_url)
+                 WHERE root_id IS NOT NULL AND canonical_url IS NOT NULL DO NOTHING",
         )
         .bind(job.id.0)
         .bind(text(&page.final_url))
@@ -457,7 +458,8 @@ async fn queue_children_batch(
                    FROM link l JOIN room ON room.root_id = l.root_id) AS candidate
           WHERE room IS NULL OR n <= room
           ORDER BY position, n_in_run
-         ON CONFLICT DO NOTHING
+         ON CONFLICT (root_id, canonical_url)
+                 WHERE root_id IS NOT NULL AND canonical_url IS NOT NULL DO NOTHING
          RETURNING root_id, canonical_url",
     )
     .bind(json(&runs))

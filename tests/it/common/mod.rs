@@ -1,9 +1,12 @@
 //! Shared test helpers: start crawlq the way `main` does (in-process or the built binary)
-//! on a fresh SQLite file in a temp dir, talk to it with plain SQL from a second
-//! connection, and wait on conditions with deadlines.
+//! on a fresh database (a SQLite file in a temp dir, or a database of its own on the
+//! throwaway PostgreSQL server), talk to it with plain SQL from a second connection
+//! ([`UserSql`]), and wait on conditions with deadlines. [`on_both_backends!`] runs a test
+//! once per backend.
 
 pub mod postgres;
 pub mod server;
+mod sql;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -11,12 +14,45 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::Row;
 
 use crawlq::daemon::{Daemon, RunOptions, RunReport};
 use crawlq::runtime::{self, JoinHandle};
-use crawlq::settings::Settings;
+use crawlq::settings::{DatabaseLocation, Settings};
 use crawlq::shutdown::{self, ShutdownTrigger};
+
+pub use sql::{JobRow, ResultRow, UserSql};
+
+/// The database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each `async fn NAME(backend: Backend)` of the module once per backend, as the tests
+/// `MODULE::sqlite::NAME` and `MODULE::postgres::NAME` (once per module). Where the machine
+/// has no PostgreSQL server and this is not CI, the PostgreSQL one says loudly that it was
+/// skipped (see [`postgres::shared`]), so that the test bodies need not.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                crawlq::runtime::block_on(super::$name($crate::common::Backend::Sqlite));
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                if $crate::common::postgres::shared().is_none() {
+                    return;
+                }
+                crawlq::runtime::block_on(super::$name($crate::common::Backend::Postgres));
+            })*
+        }
+    };
+}
+pub(crate) use on_both_backends;
 
 /// A spawned process (a daemon) that is killed if its test panics before stopping it, so
 /// that none outlives its test, eating CPU or holding the harness's output pipe open.
@@ -50,16 +86,10 @@ pub async fn exit_within(
     }
 }
 
-/// Waits until `count` daemons have registered in `workers` (the daemon is past its
-/// start-up: lock taken, database migrated, row written).
+/// Waits until `count` daemons have registered in `workers` (see
+/// [`UserSql::wait_for_workers`]).
 pub async fn wait_for_workers(sql: &SqlitePool, count: i64) {
-    wait_until("the daemon's workers row", || async {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM workers")
-            .fetch_one(sql)
-            .await
-            .is_ok_and(|n| n == count)
-    })
-    .await;
+    UserSql::Sqlite(sql.clone()).wait_for_workers(count).await;
 }
 
 /// The built `crawlq` binary, run in `dir` (so the default `data/crawlq.db` lands there)
@@ -161,7 +191,7 @@ pub fn test_settings(database: &Path) -> Settings {
         "#,
     )
     .expect("test settings are valid");
-    settings.database.location = crawlq::settings::DatabaseLocation::File(database.to_owned());
+    settings.database.location = DatabaseLocation::File(database.to_owned());
     if std::env::var_os("TEST_LOG").is_some() {
         settings.log.level = "crawlq=debug".to_owned();
         crawlq::telemetry::init(&settings.log).expect("valid log level");
@@ -169,17 +199,76 @@ pub fn test_settings(database: &Path) -> Settings {
     settings
 }
 
-/// A temp dir holding a database path, removed when dropped.
+/// A fresh database for one test: a SQLite file in a temp dir, or a database of its own
+/// on the shared throwaway PostgreSQL server (with a temp dir all the same, where a daemon
+/// run as a process has its working directory). Removed when dropped (the PostgreSQL
+/// database goes with the server, at the end of the test program).
 pub struct TempDb {
     pub dir: tempfile::TempDir,
+    /// The SQLite file (on PostgreSQL, nothing is written there).
     pub path: PathBuf,
+    /// On PostgreSQL, the test's database.
+    pub postgres_url: Option<String>,
 }
 
 impl TempDb {
+    /// A SQLite file, not yet created.
     pub fn new() -> TempDb {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("crawlq.db");
-        TempDb { dir, path }
+        TempDb {
+            dir,
+            path,
+            postgres_url: None,
+        }
+    }
+
+    /// A fresh database on `backend`: on PostgreSQL an empty database on the shared server,
+    /// for a test that [`on_both_backends!`] started (it skips where there is no server).
+    pub async fn on(backend: Backend) -> TempDb {
+        let mut db = TempDb::new();
+        if backend == Backend::Postgres {
+            let server = postgres::shared().expect("the test was skipped without a server");
+            db.postgres_url = Some(server.database().await.url);
+        }
+        db
+    }
+
+    /// What `crawlq --database` takes for this database.
+    pub fn arg(&self) -> String {
+        match &self.postgres_url {
+            Some(url) => url.clone(),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// [`test_settings`] on this database.
+    pub fn settings(&self) -> Settings {
+        let mut settings = test_settings(&self.path);
+        if let Some(url) = &self.postgres_url {
+            settings.database.location = DatabaseLocation::Postgres(url.clone());
+        }
+        settings
+    }
+
+    /// The user's connection, once a daemon has created the database (the SQLite file, or
+    /// the tables on PostgreSQL).
+    pub async fn user(&self) -> UserSql {
+        match &self.postgres_url {
+            Some(url) => UserSql::postgres(url).await,
+            None => UserSql::Sqlite(user_connection(&self.path).await),
+        }
+    }
+
+    /// Waits until a daemon started as a process has created and migrated the database and
+    /// registered in `workers`, and returns the user's connection.
+    pub async fn wait_for_daemon(&self) -> UserSql {
+        if self.postgres_url.is_none() {
+            wait_for_database(&self.path).await;
+        }
+        let sql = self.user().await;
+        sql.wait_for_workers(1).await;
+        sql
     }
 }
 
@@ -199,32 +288,37 @@ pub async fn user_connection(path: &Path) -> SqlitePool {
 /// The daemon running in-process on a task, with a user connection beside it.
 pub struct RunningDaemon {
     pub db: TempDb,
-    pub sql: SqlitePool,
+    pub sql: UserSql,
     trigger: ShutdownTrigger,
     handle: Option<JoinHandle<Result<RunReport, crawlq::daemon::DaemonError>>>,
 }
 
 impl RunningDaemon {
-    /// Starts a daemon on a fresh database; `adjust` changes settings first.
+    /// Starts a daemon on a fresh SQLite file; `adjust` changes settings first.
     pub async fn start(adjust: impl FnOnce(&mut Settings)) -> RunningDaemon {
         RunningDaemon::start_on(TempDb::new(), adjust, |_| async {}).await
     }
 
-    /// Like `start`, but `before` runs SQL on the migrated database before the daemon's
-    /// loop begins (to set up rows the daemon must find at start-up).
+    /// Starts a daemon on a fresh database on `backend`; `adjust` changes settings first.
+    pub async fn on(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> RunningDaemon {
+        RunningDaemon::start_on(TempDb::on(backend).await, adjust, |_| async {}).await
+    }
+
+    /// Like `start`, but on `db`, and `before` runs SQL on the migrated database before the
+    /// daemon's loop begins (to set up rows the daemon must find at start-up).
     pub async fn start_on<F, Fut>(
         db: TempDb,
         adjust: impl FnOnce(&mut Settings),
         before: F,
     ) -> RunningDaemon
     where
-        F: FnOnce(SqlitePool) -> Fut,
+        F: FnOnce(UserSql) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let mut settings = test_settings(&db.path);
+        let mut settings = db.settings();
         adjust(&mut settings);
         let daemon = Daemon::build(settings).await.expect("daemon builds");
-        let sql = user_connection(&db.path).await;
+        let sql = db.user().await;
         before(sql.clone()).await;
         let (trigger, shutdown) = shutdown::channel();
         let handle = runtime::spawn(daemon.run_until_stopped(shutdown, RunOptions::default()));
@@ -237,7 +331,7 @@ impl RunningDaemon {
     }
 
     pub async fn insert(&self, url: &str) -> i64 {
-        insert_job(&self.sql, url).await
+        self.sql.insert(url).await
     }
 
     /// Stops the daemon as SIGTERM would and returns its report.
@@ -258,22 +352,18 @@ impl RunningDaemon {
     }
 
     pub async fn job(&self, id: i64) -> JobRow {
-        job_row(&self.sql, id).await
+        self.sql.job(id).await
     }
 
     pub async fn result(&self, id: i64) -> Option<ResultRow> {
-        result_row(&self.sql, id).await
+        self.sql.result(id).await
     }
 
     /// Waits until job `id` reaches a final status (done, failed, cancelled, skipped).
     pub async fn wait_finished(&self, id: i64) -> JobRow {
-        let sql = self.sql.clone();
-        wait_until(&format!("job {id} to finish"), || {
-            let sql = sql.clone();
-            async move {
-                let row = job_row(&sql, id).await;
-                !matches!(row.status.as_str(), "queued" | "running")
-            }
+        wait_until(&format!("job {id} to finish"), || async move {
+            let row = self.sql.job(id).await;
+            !matches!(row.status.as_str(), "queued" | "running")
         })
         .await;
         self.job(id).await
@@ -295,81 +385,19 @@ impl Drop for RunningDaemon {
     }
 }
 
+// Shorthands for the SQLite-only tests, which hold a plain pool.
+
 pub async fn insert_job(sql: &SqlitePool, url: &str) -> i64 {
-    sqlx::query_scalar("INSERT INTO jobs (url) VALUES (?1) RETURNING id")
-        .bind(url)
-        .fetch_one(sql)
-        .await
-        .expect("insert a job")
+    UserSql::Sqlite(sql.clone()).insert(url).await
 }
 
 /// Runs one statement from the user's side.
 pub async fn execute(sql: &SqlitePool, statement: &'static str) {
-    sqlx::query(statement)
-        .execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{statement}: {e}"));
-}
-
-#[derive(Debug, Clone)]
-pub struct JobRow {
-    pub status: String,
-    pub attempts: i64,
-    pub error: Option<String>,
-    pub finished_at: Option<String>,
-    pub lease_owner: Option<String>,
+    UserSql::Sqlite(sql.clone()).execute(statement).await;
 }
 
 pub async fn job_row(sql: &SqlitePool, id: i64) -> JobRow {
-    let row = sqlx::query(
-        "SELECT status, attempts, error, finished_at, lease_owner FROM jobs WHERE id = ?1",
-    )
-    .bind(id)
-    .fetch_one(sql)
-    .await
-    .expect("job row exists");
-    JobRow {
-        status: row.get("status"),
-        attempts: row.get("attempts"),
-        error: row.get("error"),
-        finished_at: row.get("finished_at"),
-        lease_owner: row.get("lease_owner"),
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ResultRow {
-    pub url: String,
-    pub final_url: String,
-    pub http_status: i64,
-    pub content_type: Option<String>,
-    pub title: Option<String>,
-    pub description: Option<String>,
-    pub links: serde_json::Value,
-    pub data: serde_json::Value,
-    pub bytes: i64,
-}
-
-pub async fn result_row(sql: &SqlitePool, job_id: i64) -> Option<ResultRow> {
-    let row = sqlx::query("SELECT * FROM results WHERE job_id = ?1")
-        .bind(job_id)
-        .fetch_optional(sql)
-        .await
-        .expect("query results")?;
-    let json = |column: &str| -> serde_json::Value {
-        serde_json::from_str(&row.get::<String, _>(column)).expect("JSON column holds JSON")
-    };
-    Some(ResultRow {
-        url: row.get("url"),
-        final_url: row.get("final_url"),
-        http_status: row.get("http_status"),
-        content_type: row.get("content_type"),
-        title: row.get("title"),
-        description: row.get("description"),
-        links: json("links"),
-        data: json("data"),
-        bytes: row.get("bytes"),
-    })
+    UserSql::Sqlite(sql.clone()).job(id).await
 }
 
 /// Holds the database's write lock for `how_long`, as a user's long transaction would.
