@@ -78,11 +78,11 @@ impl Crawler {
         &self.limits
     }
 
-    /// `crawlq unpause HOST` was run: lift the host's pause and forget its origins' failed
-    /// robots.txt answers, as far as this daemon holds them in memory.
+    /// `crawlq unpause HOST` was run: lift the host's Retry-After pause this daemon holds
+    /// in memory. (Its origins' failed robots.txt answers need nothing: one is checked
+    /// against the table before it holds a job back.)
     pub fn lift_pause(&self, host: &str) {
         self.limits.lift_pause(host);
-        self.robots.forget_failed(host);
     }
 
     /// Forgets per-host state nobody used lately (limiter cells, robots.txt rules), so

@@ -579,6 +579,7 @@ impl<'d> Scheduler<'d> {
                     for (host, _) in lifted.difference(&self.pauses_lifted) {
                         tracing::info!(%host, "pause lifted by crawlq unpause");
                         self.daemon.crawler.lift_pause(host);
+                        self.hosts.wait_no_longer(host);
                     }
                     self.pauses_lifted = lifted;
                 }
@@ -960,9 +961,15 @@ impl<'d> Scheduler<'d> {
         self.store_robots().await;
         let released = self.store().release(&self.daemon.identity.id).await?;
         self.report.released = released;
+        // What was still in flight has just gone back to the queue: a stopped daemon has
+        // nothing in flight.
+        let counters = WorkerCounters {
+            in_flight: 0,
+            ..self.counters()
+        };
         if let Err(e) = self
             .store()
-            .heartbeat(&self.daemon.identity.id, &self.counters(), true)
+            .heartbeat(&self.daemon.identity.id, &counters, true)
             .await
         {
             tracing::warn!(error = %e, "could not mark this daemon stopped in workers");

@@ -34,7 +34,8 @@ struct CommonArgs {
     /// A TOML file layered over the built-in defaults (config/default.toml).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// The SQLite database: a path or a sqlite: URL (default data/crawlq.db).
+    /// The database: a SQLite file path or sqlite: URL, or a postgres:// URL (default
+    /// data/crawlq.db).
     #[arg(long, global = true, value_name = "URL_OR_PATH")]
     database: Option<String>,
 }
@@ -468,10 +469,17 @@ fn status_text(settings: &Settings, report: &StatusReport) -> String {
             } else {
                 "failed"
             };
+            // One line per reason, however many lines the error has (a regex error
+            // draws its caret on a line of its own).
+            let reason = group
+                .reason
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
             let _ = writeln!(
                 out,
-                "  {:>6} {state:<8}  {}  (last {})",
-                group.jobs, group.reason, group.last_seen
+                "  {:>6} {state:<8}  {reason}  (last {})",
+                group.jobs, group.last_seen
             );
         }
     }

@@ -158,10 +158,24 @@ impl Robots {
             .or_default()
             .clone();
         let mut cached = slot.lock().await;
+        let mut forgotten = false;
         if let Some(c) = cached.as_ref().filter(|c| c.expires > Instant::now()) {
-            return (c.policy.clone(), c.expires);
+            // A failed answer holds the origin's jobs back for minutes, each wait one of
+            // their attempts: before it does, check that the table still has it
+            // (`crawlq unpause` deletes it). An answer not saved yet is not there anyway.
+            forgotten = matches!(*c.policy, Policy::Unreachable(_))
+                && !self.is_unsaved(origin)
+                && matches!(self.store.robots(origin).await, Ok(None));
+            if !forgotten {
+                return (c.policy.clone(), c.expires);
+            }
         }
-        let (answer, fresh_for) = match self.store.robots(origin).await {
+        let stored = if forgotten {
+            Ok(None)
+        } else {
+            self.store.robots(origin).await
+        };
+        let (answer, fresh_for) = match stored {
             Ok(Some(stored)) => stored,
             Ok(None) => self.fetch_and_keep(origin, fetch_robots).await,
             Err(e) => {
@@ -263,28 +277,13 @@ impl Robots {
         }
     }
 
-    /// Forgets the failed answers of `host`'s origins held in memory (`crawlq unpause`
-    /// deleted them from the table): the next job there asks robots.txt again. A slot in
-    /// use right now is left alone; its answer is about to be replaced anyway.
-    pub fn forget_failed(&self, host: &str) {
-        let slots = self.slots.lock().expect("robots slots lock");
-        for (origin, slot) in slots.iter() {
-            let of_host = Url::parse(origin)
-                .ok()
-                .and_then(|url| crate::urls::host_key(&url))
-                .is_some_and(|h| h == host);
-            if !of_host {
-                continue;
-            }
-            if let Some(mut cached) = slot.try_lock() {
-                if cached
-                    .as_ref()
-                    .is_some_and(|c| matches!(*c.policy, Policy::Unreachable(_)))
-                {
-                    *cached = None;
-                }
-            }
-        }
+    /// Whether an answer for `origin` was fetched but is not in the table yet.
+    fn is_unsaved(&self, origin: &str) -> bool {
+        self.unsaved
+            .lock()
+            .expect("unsaved robots lock")
+            .iter()
+            .any(|fetched| fetched.origin == origin)
     }
 
     /// Origins whose rules are in memory (for tests and stats).

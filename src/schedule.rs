@@ -72,6 +72,19 @@ impl HostSchedule {
         self.ready.push_back(host.to_owned());
     }
 
+    /// `host` may be claimed for now, whatever it was waiting for (`crawlq unpause` lifted
+    /// its pause): a waiting host becomes ready, a host not in the index joins it.
+    pub fn wait_no_longer(&mut self, host: &str) {
+        match self.places.get(host) {
+            Some(Place::Waiting(_)) => {
+                self.places.insert(host.to_owned(), Place::Ready);
+                self.ready.push_back(host.to_owned());
+            }
+            Some(_) => {}
+            None => self.add(host),
+        }
+    }
+
     /// `host` has work that is due at `due` (a retry's backoff, an origin's robots.txt
     /// wait): the host joins the index then, if it is not in it already. Only a reminder:
     /// it holds no place, so work on the same host that is due now (a new job, another
@@ -182,6 +195,23 @@ mod tests {
             Some("a")
         );
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_host_lifted_from_its_wait_is_ready_at_once() {
+        let t0 = Instant::now();
+        let mut s = HostSchedule::new(100);
+        s.add("a");
+        let a = s.next_due(t0).unwrap();
+        s.wait(&a, t0 + Duration::from_secs(3600));
+        s.add("a"); // new work does not end a wait
+        assert_eq!(s.next_due(t0), None);
+        s.wait_no_longer("a");
+        s.wait_no_longer("b"); // not in the index: joins it
+        assert_eq!(s.next_due(t0).as_deref(), Some("a"));
+        assert_eq!(s.next_due(t0).as_deref(), Some("b"));
+        // The stale heap entry does not bring it back by itself.
+        assert_eq!(s.next_due(t0 + Duration::from_secs(3601)), None);
     }
 
     #[test]

@@ -441,6 +441,13 @@ impl config::Source for HostsFromJson {
                      {{\"example.com\": {{\"rps\": 0.5, \"in_flight\": 1}}}}: {e}"
                 ))
             })?;
+        // Said here in our words: the deserializer would name the internal struct.
+        if let Some((host, value)) = hosts.iter().find(|(_, value)| !value.is_object()) {
+            return Err(config::ConfigError::Message(format!(
+                "{origin}: the overrides of host {host:?} must be a JSON object such as \
+                 {{\"rps\": 0.5, \"in_flight\": 1}}, not {value}"
+            )));
+        }
         let hosts = config_value(serde_json::Value::Object(hosts), &origin);
         let limits: config::Map<String, config::Value> = [("hosts".to_owned(), hosts)].into();
         Ok([(

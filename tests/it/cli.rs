@@ -164,6 +164,12 @@ async fn jobs_still_running_after_the_grace_period_go_back_to_the_queue(backend:
     assert_eq!(job.status, "queued");
     assert_eq!(job.attempts, 0, "the interrupted attempt is not counted");
     assert_eq!(job.lease_owner, None);
+    // The stopped daemon's row says nothing is in flight: it went back to the queue.
+    let (state, in_flight): (String, i64) = sql
+        .query("SELECT state, in_flight FROM worker_status")
+        .one()
+        .await;
+    assert_eq!((state.as_str(), in_flight), ("stopped", 0));
 }
 
 #[test]
@@ -467,6 +473,16 @@ fn per_host_overrides_can_come_from_one_json_environment_variable() {
         assert!(
             stderr
                 .contains("CRAWLQ__LIMITS__HOSTS must be a JSON object of host name to overrides"),
+            "{stderr}"
+        );
+        let stderr = refused(
+            crawlq(dir.path())
+                .args(["run", "--database", "q.db"])
+                .env("CRAWLQ__LIMITS__HOSTS", r#"{"b.example": 5}"#),
+        );
+        assert!(
+            stderr.contains(r#"the overrides of host "b.example" must be a JSON object"#)
+                && !stderr.contains("RawHostLimits"),
             "{stderr}"
         );
     });

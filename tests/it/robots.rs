@@ -399,7 +399,10 @@ async fn crawlq_unpause_lets_a_host_be_crawled_again_at_once(backend: Backend) {
     let daemon = RunningDaemon::on(backend, |s| {
         obey_robots(s);
         s.crawl.robots_unreachable_wait = Duration::from_secs(600);
-        s.daemon.heartbeat = Duration::from_millis(200);
+        // The default heartbeat (5 s), at which the daemon hears of an unpause: the jobs
+        // the unpause made due are claimed well before, and must not meet the old answer
+        // or the old pause.
+        s.daemon.heartbeat = Duration::from_secs(5);
     })
     .await;
     let first = daemon.insert(&robots_down.url("/page")).await;
