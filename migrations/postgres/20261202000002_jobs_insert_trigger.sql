@@ -10,25 +10,37 @@
 --   value, so this costs a comparison.
 DROP TRIGGER jobs_inserted ON jobs;
 -- It runs as its owner (who made the tables), since moving the identity needs a right on
--- it that a role allowed only to insert jobs does not have; search_path is pinned, as
--- for any such function.
+-- it that a role allowed only to insert jobs does not have; search_path is pinned and
+-- nobody else may call it, as for any such function. Statements that move the identity
+-- take turns (a transaction-scoped advisory lock), so two cannot move it backwards.
 CREATE OR REPLACE FUNCTION crawlq_jobs_inserted() RETURNS trigger LANGUAGE plpgsql
-    SECURITY DEFINER SET search_path = pg_catalog AS $$
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ids CONSTANT regclass :=
         pg_get_serial_sequence(format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'id')::regclass;
     highest bigint;
+    handed_out bigint;
 BEGIN
     IF EXISTS (SELECT 1 FROM inserted WHERE host IS NULL) THEN
         PERFORM pg_notify('crawlq_jobs', '');
     END IF;
     SELECT max(id) INTO highest FROM inserted;
-    IF highest > COALESCE(pg_sequence_last_value(ids), 0) THEN
-        PERFORM setval(ids, highest);
+    -- The highest id the identity has handed out or will skip (a sequence not yet called,
+    -- or restarted, hands out last_value next).
+    EXECUTE format('SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM %s', ids)
+        INTO handed_out;
+    IF highest > handed_out THEN
+        PERFORM pg_advisory_xact_lock(7165897122648252265);  -- the bytes of 'crawlq_i'
+        EXECUTE format('SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM %s', ids)
+            INTO handed_out;
+        IF highest > handed_out THEN
+            PERFORM setval(ids, highest);
+        END IF;
     END IF;
     RETURN NULL;
 END;
 $$;
+REVOKE EXECUTE ON FUNCTION crawlq_jobs_inserted() FROM PUBLIC;
 CREATE TRIGGER jobs_inserted AFTER INSERT ON jobs
     REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION crawlq_jobs_inserted();
