@@ -192,7 +192,11 @@ impl Store {
 
     /// Up to `limit` queued rows nobody has validated yet, oldest first.
     pub async fn unadmitted(&self, limit: usize) -> Result<Vec<NewJob>, StoreError> {
-        on_backend!(self, db => db.unadmitted(limit).await)
+        let new = on_backend!(self, db => db.unadmitted(limit).await)?;
+        // Before any of them can start a crawl under an id the link memory has seen.
+        self.known_links
+            .forget_if_reused(new.iter().map(|job| job.id.0));
+        Ok(new)
     }
 
     /// Records admission decisions: a host for good jobs, `failed` with the reason for bad

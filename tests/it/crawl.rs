@@ -16,6 +16,7 @@ on_both_backends!(
     a_seed_added_to_a_crawl_shares_its_scope_budget_and_dedupe,
     a_page_reached_through_several_redirects_is_fetched_once_per_crawl,
     a_crawl_whose_root_was_inserted_with_its_own_id_follows_its_links,
+    a_crawl_deleted_and_started_again_under_the_same_id_follows_its_links_again,
 );
 
 /// The site on 127.0.0.1: each path and the links on its page. "{other}" is the second
@@ -362,5 +363,21 @@ async fn a_crawl_whose_root_was_inserted_with_its_own_id_follows_its_links(backe
     let daemon = RunningDaemon::on(backend, |_| {}).await;
     let jobs = crawl(&daemon, &site, ", id, max_depth", ", 1, 1").await;
     assert_eq!(paths(&jobs), BTreeSet::from(["/", "/a", "/b"]));
+    daemon.stop().await;
+}
+
+/// The daemon remembers the links it queued per crawl root: a root id used again (a user
+/// deleting a crawl and writing its id again; SQLite also gives a deleted newest row's id
+/// again) must not find the old crawl's links remembered.
+async fn a_crawl_deleted_and_started_again_under_the_same_id_follows_its_links_again(
+    backend: Backend,
+) {
+    let site = Site::start();
+    let daemon = RunningDaemon::on(backend, |_| {}).await;
+    let first = crawl(&daemon, &site, ", id, max_depth", ", 1, 1").await;
+    assert_eq!(paths(&first), BTreeSet::from(["/", "/a", "/b"]));
+    daemon.sql.execute("DELETE FROM jobs").await;
+    let again = crawl(&daemon, &site, ", id, max_depth", ", 1, 1").await;
+    assert_eq!(paths(&again), BTreeSet::from(["/", "/a", "/b"]));
     daemon.stop().await;
 }
