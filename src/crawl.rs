@@ -116,6 +116,11 @@ impl Crawler {
         self.robots.take_unsaved()
     }
 
+    /// Answers that could not be stored, to try again at the next turn.
+    pub fn put_back_unsaved_robots(&self, answers: Vec<FetchedRobots>) {
+        self.robots.put_back_unsaved(answers)
+    }
+
     /// The canonical-URL rules, shared with admission.
     pub fn query_filter(&self) -> &QueryFilter {
         &self.query_filter
@@ -301,11 +306,16 @@ impl Crawler {
             ))),
             // Only this origin waits (RFC 9309 reads robots.txt per origin): its jobs come
             // back when its answer is due again; the host's other ports do not wait.
-            Permission::Unreachable { wait, reason } => {
-                tracing::debug!(wait_secs = wait.as_secs_f64(), %reason, "robots.txt unreachable; the job waits for it");
+            Permission::Unreachable {
+                wait,
+                reason,
+                asked_now,
+            } => {
+                tracing::debug!(wait_secs = wait.as_secs_f64(), %reason, asked_now, "robots.txt unreachable; the job waits for it");
                 Err(Ending::RobotsUnreachable {
                     after: wait,
                     reason: format!("{via}{reason}"),
+                    asked_now,
                 })
             }
         }

@@ -438,8 +438,12 @@ impl<'d> Scheduler<'d> {
     /// effort: they are obeyed from memory either way, and fetched again after a restart.
     async fn store_robots(&mut self) {
         let answers = self.daemon.crawler.take_unsaved_robots();
+        if answers.is_empty() {
+            return;
+        }
         if let Err(e) = self.store().save_robots(&answers).await {
-            tracing::warn!(origins = answers.len(), error = %e, "could not store robots.txt answers");
+            tracing::warn!(origins = answers.len(), error = %e, "could not store robots.txt answers; trying again at the next turn");
+            self.daemon.crawler.put_back_unsaved_robots(answers);
         }
     }
 

@@ -167,11 +167,16 @@ pub enum Ending {
     /// Crawl policy says no (robots.txt, a page this crawl already has): not fetched.
     Skipped(String),
     /// The job's origin cannot be asked yet (its robots.txt answered 5xx or 429, or did
-    /// not answer in time): the job is retried once the origin's answer is `after` old,
-    /// like after a 503, so a site that never answers still ends its jobs after their
-    /// attempts. Other origins of the same host name (another port, the other scheme) are
-    /// not held back.
-    RobotsUnreachable { after: Duration, reason: String },
+    /// not answer in time): the job is tried again in `after`, when robots.txt is asked
+    /// again. The job whose own request found it so (`asked_now`) spends an attempt, like
+    /// after a 503, so a site that never answers still ends its jobs; the origin's other
+    /// jobs only wait, so one bad answer does not cost a whole queue an attempt. Other
+    /// origins of the same host name (another port, the other scheme) are not held back.
+    RobotsUnreachable {
+        after: Duration,
+        reason: String,
+        asked_now: bool,
+    },
     /// crawlq's own fault, not the site's (it ran out of file descriptors, its HTTP
     /// client stopped): the job goes back to the queue without using up an attempt.
     Internal(String),
@@ -236,8 +241,25 @@ pub fn decide(
                 reason: reason.clone(),
             }
         }
-        Ending::RobotsUnreachable { reason, after } => {
+        Ending::RobotsUnreachable {
+            reason,
+            after,
+            asked_now: true,
+        } => {
             return retry_or_give_up(reason.clone(), attempt, max_attempts, retry, Some(*after));
+        }
+        Ending::RobotsUnreachable {
+            reason,
+            after,
+            asked_now: false,
+        } => {
+            return Verdict::Requeue {
+                after: *after,
+                reason: format!(
+                    "{reason} (waiting {:.1} s for robots.txt to be asked again; not counted as an attempt)",
+                    after.as_secs_f64()
+                ),
+            }
         }
         Ending::Internal(reason) => {
             return Verdict::Requeue {

@@ -319,18 +319,20 @@ async fn body(settings: Settings, result_id: i64) -> Result<(), Failure> {
 }
 
 async fn unpause(settings: Settings, target: &str) -> Result<(), Failure> {
-    // A host as `status` shows it, or a URL/origin pasted from a job or a log line.
-    let host = if target.contains("://") {
-        url::Url::parse(target)
-            .ok()
-            .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
-            .ok_or_else(|| Failure::config(format!("{target:?} is not a URL with a host")))?
+    // A host as `status` shows it, or a URL/origin pasted from a job or a log line; read
+    // as a URL either way, so it names the host as the daemon keys it (lower case,
+    // internationalised names in ASCII, no port).
+    let target = target.trim();
+    let as_url = if target.contains("://") {
+        target.to_owned()
     } else {
-        target.trim().to_ascii_lowercase()
+        format!("http://{target}/")
     };
-    if host.is_empty() || host.contains(['/', ' ']) {
-        return Err(Failure::config(format!("{target:?} is not a host name")));
-    }
+    let host = url::Url::parse(&as_url)
+        .ok()
+        .and_then(|url| crawlq::urls::host_key(&url))
+        .filter(|host| !host.is_empty())
+        .ok_or_else(|| Failure::config(format!("{target:?} is not a host name or URL")))?;
     let store = open_existing(&settings).await?;
     let unpaused = store.unpause(&host).await;
     store.close().await;

@@ -11,8 +11,9 @@
 //! - 4xx other than 429, or a redirect chain that goes nowhere: no rules, all allowed;
 //! - 5xx, 429, or no answer in time: everything disallowed until
 //!   `robots_unreachable_wait_secs` has passed and robots.txt is tried again. The origin's
-//!   jobs wait meanwhile (each wait counts as one of their attempts, so a site that never
-//!   answers ends them); other origins of the same host name do not;
+//!   jobs wait meanwhile: the one whose request found it so spends an attempt (so a site
+//!   that never answers ends its jobs in turn), the others do not; other origins of the
+//!   same host name do not wait;
 //! - no connection at all (refused, no such host): nothing is kept, and the job fails or
 //!   retries as any request that cannot connect.
 
@@ -42,8 +43,14 @@ pub enum Permission {
     Allowed { crawl_delay: Option<Duration> },
     /// Do not fetch it; the reason is stored with the skipped job.
     Disallowed(String),
-    /// robots.txt could not be read: touch nothing on this host for `wait`.
-    Unreachable { wait: Duration, reason: String },
+    /// robots.txt could not be read: touch nothing on this origin for `wait`. `asked_now`
+    /// when this job's own request found it so (that costs the job an attempt); otherwise
+    /// the job met an answer already known, and only waits.
+    Unreachable {
+        wait: Duration,
+        reason: String,
+        asked_now: bool,
+    },
     /// robots.txt was not asked for, through a fault of crawlq's own: nothing is known
     /// (or kept) about the site.
     NotAsked(String),
@@ -116,7 +123,7 @@ impl Robots {
             return Permission::Allowed { crawl_delay: None };
         }
         let origin = url.origin().ascii_serialization();
-        let (policy, expires) = self.policy(&origin, fetch_robots).await;
+        let (policy, expires, asked_now) = self.policy(&origin, fetch_robots).await;
         match &*policy {
             Policy::AllowAll => Permission::Allowed { crawl_delay: None },
             Policy::Rules(robot) if robot.allowed(url.as_str()) => Permission::Allowed {
@@ -141,11 +148,14 @@ impl Robots {
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_secs(1)),
                 reason: reason.clone(),
+                asked_now,
             },
         }
     }
 
-    async fn policy<F, Fut>(&self, origin: &str, fetch_robots: F) -> (Arc<Policy>, Instant)
+    /// The origin's policy, until when it holds, and whether robots.txt was asked for it
+    /// just now (by this call).
+    async fn policy<F, Fut>(&self, origin: &str, fetch_robots: F) -> (Arc<Policy>, Instant, bool)
     where
         F: FnOnce(Url) -> Fut,
         Fut: Future<Output = RobotsAnswer>,
@@ -167,7 +177,7 @@ impl Robots {
                 && !self.is_unsaved(origin)
                 && matches!(self.store.robots(origin).await, Ok(None));
             if !forgotten {
-                return (c.policy.clone(), c.expires);
+                return (c.policy.clone(), c.expires, false);
             }
         }
         let stored = if forgotten {
@@ -175,20 +185,28 @@ impl Robots {
         } else {
             self.store.robots(origin).await
         };
-        let (answer, fresh_for) = match stored {
-            Ok(Some(stored)) => stored,
-            Ok(None) => self.fetch_and_keep(origin, fetch_robots).await,
+        let ((answer, fresh_for), asked_now) = match stored {
+            Ok(Some(stored)) => (stored, false),
+            Ok(None) => (self.fetch_and_keep(origin, fetch_robots).await, true),
             Err(e) => {
                 tracing::warn!(%origin, error = %e, "could not read the robots.txt cache; fetching it again");
-                self.fetch_and_keep(origin, fetch_robots).await
+                (self.fetch_and_keep(origin, fetch_robots).await, true)
             }
         };
         match answer {
             RobotsAnswer::NotAsked(reason) => {
-                return (Arc::new(Policy::NotAsked(reason)), Instant::now())
+                return (
+                    Arc::new(Policy::NotAsked(reason)),
+                    Instant::now(),
+                    asked_now,
+                )
             }
             RobotsAnswer::NoConnection(reason) => {
-                return (Arc::new(Policy::NoConnection(reason)), Instant::now())
+                return (
+                    Arc::new(Policy::NoConnection(reason)),
+                    Instant::now(),
+                    asked_now,
+                )
             }
             _ => {}
         }
@@ -201,7 +219,7 @@ impl Robots {
             policy: Arc::new(policy),
             expires: Instant::now() + fresh_for,
         };
-        let found = (entry.policy.clone(), entry.expires);
+        let found = (entry.policy.clone(), entry.expires, asked_now);
         *cached = Some(entry);
         found
     }
@@ -275,6 +293,23 @@ impl Robots {
                 slots.remove(&origin);
             }
         }
+    }
+
+    /// Answers whose storing failed go back in the queue (behind any newer answer for the
+    /// same origin), so they are tried again and, meanwhile, still count as unsaved: a
+    /// failed answer not in the table must not read as one `crawlq unpause` deleted.
+    pub fn put_back_unsaved(&self, answers: Vec<FetchedRobots>) {
+        let mut unsaved = self.unsaved.lock().expect("unsaved robots lock");
+        let newer: std::collections::HashSet<String> = unsaved
+            .iter()
+            .map(|fetched| fetched.origin.clone())
+            .collect();
+        let mut kept: Vec<FetchedRobots> = answers
+            .into_iter()
+            .filter(|fetched| !newer.contains(&fetched.origin))
+            .collect();
+        kept.append(&mut unsaved);
+        *unsaved = kept;
     }
 
     /// Whether an answer for `origin` was fetched but is not in the table yet.

@@ -23,6 +23,7 @@ on_both_backends!(
     an_unreachable_robots_txt_holds_back_its_origin_only,
     a_port_where_nothing_listens_fails_with_the_usual_backoff_and_holds_nothing_back,
     crawlq_unpause_lets_a_host_be_crawled_again_at_once,
+    one_unreachable_robots_txt_costs_one_job_an_attempt_not_the_whole_queue,
 );
 
 fn obey_robots(s: &mut Settings) {
@@ -446,5 +447,61 @@ async fn crawlq_unpause_lets_a_host_be_crawled_again_at_once(backend: Backend) {
     assert!(stdout.contains("nothing was waiting there"), "{stdout}");
     // Crawled now, not in ten minutes or an hour.
     daemon.wait_all_done(&[first, second]).await;
+    daemon.stop().await;
+}
+
+async fn one_unreachable_robots_txt_costs_one_job_an_attempt_not_the_whole_queue(backend: Backend) {
+    let server = TestServer::start("127.0.0.9", |request| {
+        if request.path == "/robots.txt" {
+            Reply::status(503)
+        } else {
+            Reply::html("<title>never fetched</title>")
+        }
+    });
+    // One attempt each: a job that spent one on this answer fails at once.
+    let daemon = RunningDaemon::on(backend, |s| {
+        obey_robots(s);
+        s.crawl.robots_unreachable_wait = Duration::from_secs(600);
+        s.retry.max_attempts = 1.try_into().unwrap();
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
+    }
+    wait_until("every job to have met the answer", || async {
+        let mut met = 0;
+        for &id in &ids {
+            let job = daemon.job(id).await;
+            met += usize::from(
+                job.error
+                    .is_some_and(|e| e.contains("robots.txt unreachable")),
+            );
+        }
+        met == ids.len()
+    })
+    .await;
+    let mut failed = 0;
+    for &id in &ids {
+        let job = daemon.job(id).await;
+        let error = job.error.unwrap_or_default();
+        if job.status == "failed" {
+            failed += 1;
+            assert!(error.contains("gave up after 1 attempts"), "{error}");
+        } else {
+            assert_eq!(
+                (job.status.as_str(), job.attempts),
+                ("queued", 0),
+                "{error}"
+            );
+            assert!(error.contains("not counted as an attempt"), "{error}");
+        }
+    }
+    assert_eq!(
+        failed, 1,
+        "only the job that asked robots.txt spent its attempt"
+    );
+    assert_eq!(server.hits_for("/robots.txt").len(), 1);
+    assert!(server.page_hits().is_empty());
     daemon.stop().await;
 }

@@ -71,7 +71,9 @@ impl PostgresStore {
             .rows_affected();
         let jobs_due_now = sqlx::query(
             "UPDATE jobs SET run_after = now()
-              WHERE status = 'queued' AND host = $1 AND error IS NOT NULL AND run_after > now()",
+              WHERE status = 'queued' AND host = $1 AND error IS NOT NULL
+                -- A retry's wait, not a recrawl's next fetch (its attempts start again at 0).
+                AND (attempts > 0 OR recrawl_every IS NULL) AND run_after > now()",
         )
         .bind(host)
         .execute(&mut *tx)

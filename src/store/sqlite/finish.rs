@@ -46,7 +46,8 @@ macro_rules! fetch_finished {
 
 const FINISH_DONE: &str = concat!(fetch_finished!("done"), ", error = NULL", while_leased!());
 
-/// Back to the queue with the attempt not counted (crawlq's own fault).
+/// Back to the queue with the attempt not counted (crawlq's own fault, or a wait for an
+/// origin's robots.txt that another job found unreachable).
 const FINISH_REQUEUE: &str = concat!(
     "UPDATE jobs SET status = 'queued', error = ?4, attempts = MAX(0, attempts - 1), run_after = ",
     now_plus!("?5"),

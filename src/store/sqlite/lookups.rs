@@ -75,7 +75,9 @@ impl SqliteStore {
         let jobs_due_now = sqlx::query(concat!(
             "UPDATE jobs SET run_after = ",
             now!(),
-            " WHERE status = 'queued' AND host = ?1 AND error IS NOT NULL AND run_after > ",
+            // A retry's wait, not a recrawl's next fetch (its attempts start again at 0).
+            " WHERE status = 'queued' AND host = ?1 AND error IS NOT NULL
+                AND (attempts > 0 OR recrawl_every IS NULL) AND run_after > ",
             now!()
         ))
         .bind(host)
