@@ -287,6 +287,8 @@ struct Scheduler<'d> {
     done_at_last_stats: u64,
     /// The unpauses (host, when) seen at the last heartbeat, each acted on once.
     pauses_lifted: HashSet<(String, String)>,
+    /// When the last look for unpauses worked.
+    last_unpause_look: Instant,
 }
 
 impl<'d> Scheduler<'d> {
@@ -317,6 +319,7 @@ impl<'d> Scheduler<'d> {
             last_database_check: now,
             done_at_last_stats: 0,
             pauses_lifted: HashSet::new(),
+            last_unpause_look: now,
         }
     }
 
@@ -570,15 +573,17 @@ impl<'d> Scheduler<'d> {
             {
                 self.store_failed(&e);
             }
-            // Looked at over three heartbeats, so a slow turn does not miss one; each
-            // unpause is acted on once (a pause or failed robots.txt answer that came
-            // after it stands).
+            // Looked at over three heartbeats, and at least back to the last look that
+            // worked, so neither a slow turn nor a database outage misses one; each
+            // unpause is acted on once (a pause that came after it stands).
+            let since_last_look = now.duration_since(self.last_unpause_look);
             match self
                 .store()
-                .lifted_pauses(settings.daemon.heartbeat * 3)
+                .lifted_pauses(settings.daemon.heartbeat * 3 + since_last_look)
                 .await
             {
                 Ok(lifted) => {
+                    self.last_unpause_look = now;
                     let lifted: HashSet<(String, String)> = lifted.into_iter().collect();
                     for (host, _) in lifted.difference(&self.pauses_lifted) {
                         tracing::info!(%host, "pause lifted by crawlq unpause");
