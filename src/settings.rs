@@ -361,8 +361,12 @@ impl Settings {
             builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
             sources.push(path.display().to_string());
         }
+        // The prefix in any case, as the `config` crate matches it.
         let mut environment: config::Map<String, String> = std::env::vars()
-            .filter(|(key, _)| key.starts_with(&format!("{ENV_PREFIX}__")))
+            .filter(|(key, _)| {
+                key.to_ascii_uppercase()
+                    .starts_with(&format!("{ENV_PREFIX}__"))
+            })
             .collect();
         if !environment.is_empty() {
             let names: Vec<&str> = environment.keys().map(String::as_str).collect();
