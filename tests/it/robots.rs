@@ -30,6 +30,17 @@ fn obey_robots(s: &mut Settings) {
     s.crawl.obey_robots = true;
 }
 
+/// A site whose robots.txt always answers 503; its pages must never be asked for.
+fn robots_always_503(ip: &str) -> TestServer {
+    TestServer::start(ip, |request| {
+        if request.path == "/robots.txt" {
+            Reply::status(503)
+        } else {
+            Reply::html("<title>never fetched</title>")
+        }
+    })
+}
+
 /// A site whose robots.txt is `robots` and whose other paths are tiny pages.
 fn site(ip: &str, robots: &'static str) -> TestServer {
     TestServer::start(ip, move |request| {
@@ -276,13 +287,7 @@ fn with_obey_robots_off_robots_txt_is_not_fetched() {
 }
 
 async fn a_robots_txt_that_never_answers_ends_the_job_after_its_attempts(backend: Backend) {
-    let server = TestServer::start("127.0.0.3", |request| {
-        if request.path == "/robots.txt" {
-            Reply::status(503)
-        } else {
-            Reply::html("<title>never fetched</title>")
-        }
-    });
+    let server = robots_always_503("127.0.0.3");
     let daemon = RunningDaemon::on(backend, |s| {
         obey_robots(s);
         s.crawl.robots_unreachable_wait = Duration::from_secs(1);
@@ -313,13 +318,7 @@ async fn wait_for_retry_saying(daemon: &RunningDaemon, id: i64, reason: &str) {
 
 async fn an_unreachable_robots_txt_holds_back_its_origin_only(backend: Backend) {
     // Two origins of one host name: robots.txt on the first always answers 503.
-    let down = TestServer::start("127.0.0.5", |request| {
-        if request.path == "/robots.txt" {
-            Reply::status(503)
-        } else {
-            Reply::html("<title>never fetched</title>")
-        }
-    });
+    let down = robots_always_503("127.0.0.5");
     let up = site("127.0.0.5", "User-agent: *\nAllow: /\n");
     let daemon = RunningDaemon::on(backend, |s| {
         obey_robots(s);
@@ -451,13 +450,7 @@ async fn crawlq_unpause_lets_a_host_be_crawled_again_at_once(backend: Backend) {
 }
 
 async fn one_unreachable_robots_txt_costs_one_job_an_attempt_not_the_whole_queue(backend: Backend) {
-    let server = TestServer::start("127.0.0.9", |request| {
-        if request.path == "/robots.txt" {
-            Reply::status(503)
-        } else {
-            Reply::html("<title>never fetched</title>")
-        }
-    });
+    let server = robots_always_503("127.0.0.9");
     // One attempt each: a job that spent one on this answer fails at once.
     let daemon = RunningDaemon::on(backend, |s| {
         obey_robots(s);
