@@ -78,13 +78,6 @@ impl Crawler {
         &self.limits
     }
 
-    /// `crawlq unpause HOST` was run: lift the host's Retry-After pause this daemon holds
-    /// in memory. (Its origins' failed robots.txt answers need nothing: one is checked
-    /// against the table before it holds a job back.)
-    pub fn lift_pause(&self, host: &str) {
-        self.limits.lift_pause(host);
-    }
-
     /// Forgets per-host state nobody used lately (limiter cells, robots.txt rules), so
     /// memory does not grow with the number of hosts ever seen.
     pub fn prune(&self) {

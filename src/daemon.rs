@@ -441,9 +441,6 @@ impl<'d> Scheduler<'d> {
     /// effort: they are obeyed from memory either way, and fetched again after a restart.
     async fn store_robots(&mut self) {
         let answers = self.daemon.crawler.take_unsaved_robots();
-        if answers.is_empty() {
-            return;
-        }
         if let Err(e) = self.store().save_robots(&answers).await {
             tracing::warn!(origins = answers.len(), error = %e, "could not store robots.txt answers; trying again at the next turn");
             self.daemon.crawler.put_back_unsaved_robots(answers);
@@ -587,7 +584,7 @@ impl<'d> Scheduler<'d> {
                     let lifted: HashSet<(String, String)> = lifted.into_iter().collect();
                     for (host, _) in lifted.difference(&self.pauses_lifted) {
                         tracing::info!(%host, "pause lifted by crawlq unpause");
-                        self.daemon.crawler.lift_pause(host);
+                        self.daemon.crawler.limits().lift_pause(host);
                         self.hosts.wait_no_longer(host);
                     }
                     self.pauses_lifted = lifted;

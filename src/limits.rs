@@ -355,7 +355,9 @@ impl RateLimits {
         *entry = (*entry).max(until);
     }
 
-    /// Lets requests to `host` go again (`crawlq unpause`); its quota still holds.
+    /// Lets requests to `host` go again (`crawlq unpause`); its quota still holds. (Its
+    /// origins' failed robots.txt answers need nothing here: one is checked against the
+    /// table before it holds a job back.)
     pub fn lift_pause(&self, host: &str) {
         self.paused.lock().expect("pause map lock").remove(host);
     }

@@ -168,22 +168,18 @@ impl Robots {
             .or_default()
             .clone();
         let mut cached = slot.lock().await;
-        let mut forgotten = false;
-        if let Some(c) = cached.as_ref().filter(|c| c.expires > Instant::now()) {
-            // A failed answer holds the origin's jobs back for minutes, each wait one of
-            // their attempts: before it does, check that the table still has it
-            // (`crawlq unpause` deletes it). An answer not saved yet is not there anyway.
-            forgotten = matches!(*c.policy, Policy::Unreachable(_))
-                && !self.is_unsaved(origin)
-                && matches!(self.store.robots(origin).await, Ok(None));
-            if !forgotten {
-                return (c.policy.clone(), c.expires, false);
+        let stored = match cached.as_ref().filter(|c| c.expires > Instant::now()) {
+            None => self.store.robots(origin).await,
+            // A failed answer holds the origin's jobs back for minutes: before it does,
+            // check that the table still has it (`crawlq unpause` deletes it). An answer
+            // not saved yet is not there anyway.
+            Some(c) if matches!(*c.policy, Policy::Unreachable(_)) && !self.is_unsaved(origin) => {
+                match self.store.robots(origin).await {
+                    Ok(None) => Ok(None),
+                    _ => return (c.policy.clone(), c.expires, false),
+                }
             }
-        }
-        let stored = if forgotten {
-            Ok(None)
-        } else {
-            self.store.robots(origin).await
+            Some(c) => return (c.policy.clone(), c.expires, false),
         };
         let ((answer, fresh_for), asked_now) = match stored {
             Ok(Some(stored)) => (stored, false),
