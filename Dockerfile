@@ -4,9 +4,7 @@ ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends pkg-config libssl-dev zlib1g-dev \
- && rm -rf /var/lib/apt/lists/*
+# Nothing to install: libcurl, OpenSSL and zlib are built from source and linked in.
 WORKDIR /src
 # Dependencies first, in their own layer: a source change does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
@@ -23,10 +21,10 @@ COPY config config
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM ${RUNTIME_IMAGE}
-# CA certificates for https, the shared libraries the curl backend links, and the sqlite3
-# shell so users can `docker exec crawlq sqlite3 /data/crawlq.db ...`.
+# CA certificates for https (the binary links its own OpenSSL, zlib and libcurl), and the
+# sqlite3 shell so users can `docker exec crawlq sqlite3 /data/crawlq.db ...`.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g sqlite3 \
+ && apt-get install -y --no-install-recommends ca-certificates sqlite3 \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
  && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin crawlq \

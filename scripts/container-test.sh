@@ -11,8 +11,8 @@
 # No Docker engine or image registry is reachable on our machines, so the base images are
 # made locally and passed as build arguments (never tagged with the official names):
 # `debootstrap --variant=minbase bookworm`, imported, stands in for debian:bookworm-slim,
-# and that rootfs plus this machine's Rust toolchain (with gcc, pkg-config, libssl-dev,
-# zlib1g-dev) for rust:1-bookworm.
+# and that rootfs plus this machine's Rust toolchain (with gcc, make and perl: nothing else,
+# crawlq builds its C libraries from source) for rust:1-bookworm.
 #
 # It takes minutes (release builds inside containers), so it is run by hand and reported,
 # not part of every CI run. Needs root (rootful podman) and Debian's package mirror.
@@ -111,7 +111,7 @@ if ! podman image exists "$builder"; then
     cat >"$work/rust-builder/Containerfile" <<EOF
 FROM $base
 RUN apt-get update \\
- && apt-get install -y --no-install-recommends gcc libc6-dev make pkg-config libssl-dev zlib1g-dev ca-certificates \\
+ && apt-get install -y --no-install-recommends gcc libc6-dev make perl ca-certificates \\
  && rm -rf /var/lib/apt/lists/*
 COPY extra-ca /usr/local/share/ca-certificates/
 RUN update-ca-certificates

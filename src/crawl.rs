@@ -297,6 +297,9 @@ impl Crawler {
             Permission::NoConnection(reason) => Err(Ending::Transient(format!(
                 "{via}robots.txt not fetched: {reason}"
             ))),
+            Permission::Fatal(reason) => Err(Ending::Fatal(format!(
+                "{via}robots.txt not fetched: {reason}"
+            ))),
             // Only this origin waits (RFC 9309 reads robots.txt per origin): its jobs come
             // back when its answer is due again; the host's other ports do not wait.
             Permission::Unreachable {
@@ -336,6 +339,9 @@ impl Crawler {
                 }
                 Err(e) if e.is_no_connection() => {
                     return RobotsAnswer::NoConnection(format!("GET {url}: {e}"))
+                }
+                Err(e) if !e.is_transient() => {
+                    return RobotsAnswer::Fatal(format!("GET {url}: {e}"))
                 }
                 Err(e) => return RobotsAnswer::Failed(format!("GET {url}: {e}")),
             };

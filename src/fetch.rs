@@ -8,15 +8,21 @@
 //! the caller ([`crate::crawl`]) so every hop passes the rate limiter; surf's Redirect
 //! middleware is deliberately not used (it sends an extra request past the limiter).
 //! `surf::Error` is not a `std::error::Error`: it is turned into [`FetchError`] here.
+//!
+//! TLS: OpenSSL is built into crawlq, so the CA certificates are the system's, found here
+//! ([`trusted_cas`]), or `fetch.ca_file`. A certificate that fails verification is a
+//! [`FetchError::Certificate`], never retried; isahc drops curl's reason for it, so the
+//! handshake is made once more with curl's blocking API to learn it ([`tls_failure`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, FutureExt};
-use isahc::config::{Configurable, Dialer, DnsCache, RedirectPolicy};
+use isahc::config::{CaCertificate, Configurable, Dialer, DnsCache, RedirectPolicy};
 use url::Url;
 
 use crate::limits::RateLimits;
@@ -51,6 +57,28 @@ pub enum FetchError {
     OutOfDescriptors { host: String },
     #[error("the HTTP client stopped while talking to {host} ({reason}); it was restarted")]
     ClientFailed { host: String, reason: String },
+    /// The server's TLS certificate failed verification: retrying cannot fix it.
+    #[error(
+        "the TLS certificate of {host} was not accepted: {reason}{}",
+        ca_advice(reason)
+    )]
+    Certificate { host: String, reason: String },
+    /// The TLS handshake failed for another reason (TLS spoken to a plain port, no
+    /// protocol version in common, a connection reset mid-handshake).
+    #[error("TLS handshake with {host} failed: {reason}")]
+    Handshake { host: String, reason: String },
+}
+
+/// For a certificate from an issuer crawlq does not trust: where to name one it should.
+fn ca_advice(reason: &str) -> &'static str {
+    let unknown_issuer = ["issuer", "self-signed", "self signed", "unable to get"]
+        .iter()
+        .any(|words| reason.contains(words));
+    if unknown_issuer {
+        " (to trust a private CA, name its certificate in fetch.ca_file)"
+    } else {
+        ""
+    }
 }
 
 impl FetchError {
@@ -78,7 +106,9 @@ impl FetchError {
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
-            FetchError::BodyTooLarge { .. } | FetchError::Refused { .. }
+            FetchError::BodyTooLarge { .. }
+                | FetchError::Refused { .. }
+                | FetchError::Certificate { .. }
         )
     }
 }
@@ -104,6 +134,9 @@ pub struct Response {
     pub validators: Validators,
     pub body: Vec<u8>,
     pub elapsed: Duration,
+    /// "HTTP/1.1", "HTTP/2.0": the protocol the exchange used (HTTP/2 when a server offers
+    /// it through ALPN).
+    pub protocol: &'static str,
 }
 
 /// What identifies the version of a page we have: sent back as `If-None-Match` and
@@ -151,6 +184,8 @@ pub struct Fetcher {
     /// Whether connections are kept open for the next request (see
     /// [`Fetcher::keep_connections`]).
     keep_alive: AtomicBool,
+    /// The CA certificates servers are checked against (see [`trusted_cas`]).
+    trusted_cas: Option<PathBuf>,
 }
 
 impl Fetcher {
@@ -158,14 +193,16 @@ impl Fetcher {
     /// cache is sized from the descriptors that leave.
     pub fn new(settings: &FetchSettings, max_in_flight: usize) -> Result<Fetcher, String> {
         let idle_connections = crate::descriptors::idle_connections(max_in_flight);
-        let client = build_client(settings, idle_connections)?;
-        tracing::debug!(idle_connections, "HTTP client connection cache");
+        let trusted_cas = trusted_cas(settings);
+        let client = build_client(settings, idle_connections, trusted_cas.as_deref())?;
+        tracing::debug!(idle_connections, ?trusted_cas, "HTTP client");
         Ok(Fetcher {
             client: RwLock::new((0, client)),
             settings: settings.clone(),
             idle_connections,
             dns: crate::dns::DnsCache::default(),
             keep_alive: AtomicBool::new(true),
+            trusted_cas,
         })
     }
 
@@ -196,7 +233,11 @@ impl Fetcher {
         if client.0 != failed {
             return;
         }
-        match build_client(&self.settings, self.idle_connections) {
+        match build_client(
+            &self.settings,
+            self.idle_connections,
+            self.trusted_cas.as_deref(),
+        ) {
             Ok(new) => {
                 tracing::error!("the HTTP client stopped; started a new one");
                 *client = (failed + 1, new);
@@ -236,6 +277,7 @@ impl Fetcher {
         response.elapsed = started.elapsed();
         tracing::debug!(
             status = response.status,
+            protocol = response.protocol,
             bytes = response.body.len(),
             elapsed_ms = response.elapsed.as_millis() as u64,
             "fetched"
@@ -374,10 +416,14 @@ impl Fetcher {
         host: &str,
         options: GetOptions<'_>,
     ) -> Result<Response, FetchError> {
-        let mut response = client
-            .send(request)
-            .await
-            .map_err(|e| self.classify(e, host))?;
+        let target = (
+            request.url().clone(),
+            request.ext::<PinnedAddress>().map(|pinned| pinned.0),
+        );
+        let mut response = match client.send(request).await {
+            Ok(response) => response,
+            Err(e) => return Err(self.explain(self.classify(e, host), target).await),
+        };
         let status = response
             .ext::<RawStatus>()
             .map_or_else(|| u16::from(response.status()), |raw| raw.0);
@@ -390,6 +436,7 @@ impl Fetcher {
             last_modified: header("Last-Modified"),
         };
         let declared_length = header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
+        let protocol = response.ext::<Protocol>().map_or("HTTP/1.1", |p| p.0);
         let mut parsed = Response {
             status,
             content_type,
@@ -398,6 +445,7 @@ impl Fetcher {
             validators,
             body: Vec::new(),
             elapsed: Duration::ZERO,
+            protocol,
         };
         if parsed.is_redirect() {
             return Ok(parsed);
@@ -447,6 +495,16 @@ impl Fetcher {
                 host,
                 reason: "connection refused or unreachable".to_owned(),
             },
+            // isahc drops curl's own words for these (its error buffer): `explain` asks
+            // curl again for them.
+            Some(isahc::Error::BadServerCertificate(detail)) => FetchError::Certificate {
+                host,
+                reason: detail.clone().unwrap_or_default(),
+            },
+            Some(isahc::Error::SSLConnectFailed(detail)) => FetchError::Handshake {
+                host,
+                reason: detail.clone().unwrap_or_default(),
+            },
             Some(other) => FetchError::Network {
                 host,
                 reason: isahc_reason(other),
@@ -459,9 +517,135 @@ impl Fetcher {
     }
 }
 
+/// The CA certificates that servers' certificates are checked against: `fetch.ca_file`
+/// when set (instead of the system's, as curl's `--cacert`), else the system's bundle.
+/// OpenSSL is built into crawlq, and its own default location is its build prefix, not the
+/// system's: the bundle is looked up where systems keep it (`SSL_CERT_FILE` first).
+fn trusted_cas(settings: &FetchSettings) -> Option<PathBuf> {
+    if let Some(file) = &settings.ca_file {
+        return Some(file.clone());
+    }
+    let found = openssl_probe::probe().cert_file;
+    if found.is_none() {
+        tracing::warn!(
+            "no CA certificate bundle found on this system (set SSL_CERT_FILE or \
+             fetch.ca_file, or install ca-certificates): HTTPS sites will fail \
+             certificate verification"
+        );
+    }
+    found
+}
+
+impl Fetcher {
+    /// Why a TLS handshake failed, in curl's words (which isahc does not pass on): the same
+    /// handshake once more on a connection of its own, made only when one failed. Any
+    /// other error comes back unchanged.
+    async fn explain(&self, error: FetchError, target: (Url, Option<SocketAddr>)) -> FetchError {
+        let (FetchError::Certificate { reason, .. } | FetchError::Handshake { reason, .. }) =
+            &error
+        else {
+            return error;
+        };
+        if !reason.is_empty() {
+            return error;
+        }
+        let (url, pinned) = target;
+        let trusted_cas = self.trusted_cas.clone();
+        let connect_timeout = self.settings.connect_timeout;
+        let words = runtime::run_blocking(move || {
+            tls_failure(&url, pinned, trusted_cas.as_deref(), connect_timeout)
+        })
+        .await
+        .unwrap_or_else(|| "no detail from the TLS library".to_owned());
+        match error {
+            FetchError::Certificate { host, .. } => FetchError::Certificate {
+                host,
+                reason: words,
+            },
+            FetchError::Handshake { host, .. } => FetchError::Handshake {
+                host,
+                reason: words,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Connects to `url` (at `pinned` if set) as far as the TLS handshake with curl's blocking
+/// API, which keeps curl's error message, and returns that message.
+fn tls_failure(
+    url: &Url,
+    pinned: Option<SocketAddr>,
+    trusted_cas: Option<&Path>,
+    connect_timeout: Duration,
+) -> Option<String> {
+    let mut easy = curl::easy::Easy::new();
+    let set_up = (|| -> Result<(), curl::Error> {
+        easy.url(url.as_str())?;
+        easy.connect_only(true)?;
+        easy.connect_timeout(connect_timeout)?;
+        easy.timeout(connect_timeout * 2)?;
+        if let Some(file) = trusted_cas {
+            easy.cainfo(file)?;
+        }
+        if let Some(address) = pinned {
+            let host = url.host_str().unwrap_or_default();
+            let port = url.port_or_known_default().unwrap_or(443);
+            let ip = match address.ip() {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                IpAddr::V4(v4) => v4.to_string(),
+            };
+            let mut to = curl::easy::List::new();
+            to.append(&format!("{host}:{port}:{ip}:{}", address.port()))?;
+            easy.connect_to(to)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = set_up {
+        return Some(e.to_string());
+    }
+    match easy.perform() {
+        Ok(()) => None,
+        Err(e) => Some(tidy(
+            e.extra_description().unwrap_or_else(|| e.description()),
+        )),
+    }
+}
+
+/// curl's words without the prefixes and the OpenSSL code that say nothing to a user:
+/// "SSL certificate OpenSSL verify result: certificate has expired (10)" → "certificate
+/// has expired".
+fn tidy(words: &str) -> String {
+    let mut words = words.trim();
+    for prefix in [
+        "SSL certificate OpenSSL verify result: ",
+        "SSL certificate problem: ",
+        "SSL: ",
+    ] {
+        words = words.strip_prefix(prefix).unwrap_or(words);
+    }
+    if let Some((text, code)) = words.rsplit_once(" (") {
+        if code
+            .strip_suffix(')')
+            .is_some_and(|c| c.bytes().all(|b| b.is_ascii_digit()))
+        {
+            words = text;
+        }
+    }
+    words.to_owned()
+}
+
 /// The client crawlq sends with: curl through isahc, with a bounded connection cache.
-fn build_client(settings: &FetchSettings, idle_connections: usize) -> Result<surf::Client, String> {
-    let isahc = isahc::HttpClient::builder()
+fn build_client(
+    settings: &FetchSettings,
+    idle_connections: usize,
+    trusted_cas: Option<&Path>,
+) -> Result<surf::Client, String> {
+    let mut builder = isahc::HttpClient::builder();
+    if let Some(file) = trusted_cas {
+        builder = builder.ssl_ca_certificate(CaCertificate::file(file));
+    }
+    let isahc = builder
         .connect_timeout(settings.connect_timeout)
         // No curl-level total timeout: `get` enforces it, so an isahc timeout can only
         // mean the connect timeout and the two are told apart in the error.
@@ -546,6 +730,10 @@ struct PinnedAddress(SocketAddr);
 #[derive(Debug, Clone, Copy)]
 struct RawStatus(u16);
 
+/// The HTTP version of a response, as [`Response::protocol`] reads.
+#[derive(Debug, Clone, Copy)]
+struct Protocol(&'static str);
+
 /// surf's backend: curl through isahc, adapted by hand (see the module comment).
 #[derive(Debug)]
 struct CurlBackend {
@@ -587,6 +775,13 @@ impl http_client::HttpClient for CurlBackend {
         let mut response =
             http_client::Response::new(StatusCode::try_from(code).unwrap_or(StatusCode::Ok));
         response.ext_mut().insert(RawStatus(code));
+        response.ext_mut().insert(Protocol(match parts.version {
+            isahc::http::Version::HTTP_09 => "HTTP/0.9",
+            isahc::http::Version::HTTP_10 => "HTTP/1.0",
+            isahc::http::Version::HTTP_2 => "HTTP/2.0",
+            isahc::http::Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        }));
         for (name, value) in &parts.headers {
             response.append_header(name.as_str(), ascii_header_value(value.as_bytes()).as_str());
         }
@@ -659,6 +854,19 @@ mod tests {
             retry_after("99999999999999999999999", now),
             Some(Duration::from_secs(u64::MAX))
         );
+    }
+
+    #[test]
+    fn tls_failures_read_without_curl_and_openssl_prefixes() {
+        assert_eq!(
+            tidy("SSL certificate OpenSSL verify result: certificate has expired (10)"),
+            "certificate has expired"
+        );
+        assert_eq!(
+            tidy("SSL: no alternative certificate subject name matches target host name 'a'"),
+            "no alternative certificate subject name matches target host name 'a'"
+        );
+        assert_eq!(tidy("wrong version number (a)"), "wrong version number (a)");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`telemetry`] — the `tracing` subscriber, installed once.
 //! - [`runtime`]   — the only module that names `async-std`: spawn, sleep, timeouts.
 //! - [`store`]     — the only module that names `sqlx`: every SQL statement lives here.
-//! - [`fetch`]     — the only module that names `surf`: one HTTP request, body capped.
+//! - [`fetch`]     — the only module that names `surf` (and the curl beneath it): one HTTP
+//!   request, body capped; which CAs HTTPS trusts, and why a handshake failed.
 //! - [`descriptors`] — the only module that names `libc`: the open file limit, the connection cache's share.
 //! - [`dns`]       — host names to addresses, cached (curl's own DNS cache is off).
 //! - [`destinations`] — which addresses may be connected to (the private-network guard).

@@ -56,6 +56,9 @@ pub enum Permission {
     NotAsked(String),
     /// Nothing answered there (refused, no such host): nothing is kept about the site.
     NoConnection(String),
+    /// robots.txt could not be asked for, and retrying cannot change that (the site's TLS
+    /// certificate was not accepted): the job fails; nothing is kept about the site.
+    Fatal(String),
 }
 
 /// How an answer reads in a log line.
@@ -66,7 +69,8 @@ fn describe(answer: &RobotsAnswer) -> String {
         }
         RobotsAnswer::Failed(reason)
         | RobotsAnswer::NotAsked(reason)
-        | RobotsAnswer::NoConnection(reason) => reason.clone(),
+        | RobotsAnswer::NoConnection(reason)
+        | RobotsAnswer::Fatal(reason) => reason.clone(),
     }
 }
 
@@ -79,6 +83,8 @@ enum Policy {
     NotAsked(String),
     /// Nothing answered: never cached.
     NoConnection(String),
+    /// Retrying cannot help: never cached.
+    Fatal(String),
 }
 
 struct Cached {
@@ -143,6 +149,7 @@ impl Robots {
             )),
             Policy::NotAsked(reason) => Permission::NotAsked(reason.clone()),
             Policy::NoConnection(reason) => Permission::NoConnection(reason.clone()),
+            Policy::Fatal(reason) => Permission::Fatal(reason.clone()),
             Policy::Unreachable(reason) => Permission::Unreachable {
                 wait: expires
                     .saturating_duration_since(Instant::now())
@@ -204,6 +211,9 @@ impl Robots {
                     asked_now,
                 )
             }
+            RobotsAnswer::Fatal(reason) => {
+                return (Arc::new(Policy::Fatal(reason)), Instant::now(), asked_now)
+            }
             _ => {}
         }
         let agent = self.agent.clone();
@@ -233,7 +243,9 @@ impl Robots {
         let robots_url = Url::parse(&format!("{origin}/robots.txt"))
             .expect("an http(s) origin plus a path is a URL");
         let answer = fetch_robots(robots_url).await;
-        if let RobotsAnswer::NotAsked(_) | RobotsAnswer::NoConnection(_) = answer {
+        if let RobotsAnswer::NotAsked(_) | RobotsAnswer::NoConnection(_) | RobotsAnswer::Fatal(_) =
+            answer
+        {
             return (answer, Duration::ZERO);
         }
         let fresh_for = match &answer {
@@ -353,6 +365,7 @@ fn policy_of(answer: &RobotsAnswer, agent: &str, origin: &str) -> Policy {
         }
         RobotsAnswer::NotAsked(reason) => Policy::NotAsked(reason.clone()),
         RobotsAnswer::NoConnection(reason) => Policy::NoConnection(reason.clone()),
+        RobotsAnswer::Fatal(reason) => Policy::Fatal(reason.clone()),
     }
 }
 
@@ -385,7 +398,10 @@ mod tests {
         match policy {
             Policy::AllowAll => true,
             Policy::Rules(robot) => robot.allowed(&format!("http://a.example{path}")),
-            Policy::Unreachable(_) | Policy::NotAsked(_) | Policy::NoConnection(_) => false,
+            Policy::Unreachable(_)
+            | Policy::NotAsked(_)
+            | Policy::NoConnection(_)
+            | Policy::Fatal(_) => false,
         }
     }
 

@@ -58,6 +58,16 @@ where
     .await
 }
 
+/// Runs blocking I/O (a diagnostic connection with a blocking client) off the threads that
+/// drive async I/O. Not for CPU-bound work: see [`run_cpu_bound`].
+pub async fn run_blocking<F, T>(work: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    async_std::task::spawn_blocking(work).await
+}
+
 /// The addresses `host` resolves to (the system resolver, off the I/O threads).
 pub async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
     use async_std::net::ToSocketAddrs;

@@ -57,6 +57,16 @@ pub enum SettingsError {
         reason: &'static str,
         origin: Option<String>,
     },
+    /// `fetch.ca_file` cannot be used: unreadable, or no certificate in it.
+    #[error(
+        "configuration: `fetch.ca_file` = {path:?}{}: {reason}",
+        set_by(origin)
+    )]
+    CaFile {
+        path: String,
+        reason: String,
+        origin: Option<String>,
+    },
     /// The database file's directory cannot be made: a file stands where a directory must.
     #[error(
         "configuration: `database.url` = {value:?}{}: cannot create database {path}: {}",
@@ -127,6 +137,9 @@ impl SettingsError {
             }
             SettingsError::DatabaseDirectory { origin, .. } => {
                 *origin = layer_of(config, overrides, &["database", "url"])
+            }
+            SettingsError::CaFile { origin, .. } => {
+                *origin = layer_of(config, overrides, &["fetch", "ca_file"])
             }
             SettingsError::Load(_) | SettingsError::Unreadable { .. } => {}
         }
@@ -270,6 +283,8 @@ pub struct FetchSettings {
     pub store_body: bool,
     /// Which addresses may be connected to (`fetch.block_private_addresses`).
     pub addresses: AddressPolicy,
+    /// PEM file of the CA certificates to trust instead of the system's (`fetch.ca_file`).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -539,6 +554,8 @@ struct RawFetch {
     store_body: bool,
     block_private_addresses: bool,
     allowed_private_addresses: Vec<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -667,7 +684,13 @@ impl RawSettings {
                 "must be from 1 to 1073741824 (1 GiB)",
             ));
         }
+        let ca_file = match &f.ca_file {
+            Some(path) if path.as_os_str().is_empty() => None,
+            Some(path) => Some(ca_file(path)?),
+            None => None,
+        };
         let fetch = FetchSettings {
+            ca_file,
             user_agent: f.user_agent.clone(),
             timeout: seconds("fetch.timeout_secs", f.timeout_secs)?,
             connect_timeout: seconds("fetch.connect_timeout_secs", f.connect_timeout_secs)?,
@@ -830,6 +853,28 @@ impl RawSettings {
     }
 }
 
+/// `fetch.ca_file`, checked at start-up: a file that is missing, unreadable or holds no
+/// PEM certificate would otherwise show only as every HTTPS site failing verification.
+fn ca_file(path: &Path) -> Result<PathBuf, SettingsError> {
+    let refuse = |reason: String| SettingsError::CaFile {
+        path: path.display().to_string(),
+        reason,
+        origin: None,
+    };
+    let text = std::fs::read(path).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+    if !text
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(refuse(
+            "it holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
+        ));
+    }
+    // curl reads the file again whenever it sets up a TLS connection: an absolute path
+    // keeps pointing at it whatever the working directory.
+    std::path::absolute(path).map_err(|e| refuse(format!("cannot resolve the path: {e}")))
+}
+
 /// An address ("10.0.0.7") or a network ("10.0.0.0/8") of `fetch.allowed_private_addresses`.
 fn network(entry: &str) -> Result<IpNet, SettingsError> {
     let entry = entry.trim();
@@ -987,6 +1032,38 @@ mod tests {
             ok.fetch.addresses.refusal("10.1.2.3".parse().unwrap()),
             None
         );
+    }
+
+    #[test]
+    fn fetch_ca_file_must_hold_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("crawlq-ca-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |path: &Path| {
+            Settings::load_from_str(&format!("[fetch]\nca_file = {:?}\n", path.display()))
+        };
+        let missing = load(&dir.join("missing.pem")).unwrap_err().to_string();
+        assert!(
+            missing.contains("fetch.ca_file") && missing.contains("cannot read it"),
+            "{missing}"
+        );
+        std::fs::write(dir.join("key.pem"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        let not_a_certificate = load(&dir.join("key.pem")).unwrap_err().to_string();
+        assert!(
+            not_a_certificate.contains("holds no PEM certificate"),
+            "{not_a_certificate}"
+        );
+        std::fs::write(dir.join("ca.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let ok = load(&dir.join("ca.pem")).unwrap();
+        assert_eq!(ok.fetch.ca_file, Some(dir.join("ca.pem")));
+        assert_eq!(
+            Settings::load_from_str("[fetch]\nca_file = \"\"\n")
+                .unwrap()
+                .fetch
+                .ca_file,
+            None,
+            "an empty value means the system's CAs"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

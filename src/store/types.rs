@@ -229,6 +229,9 @@ pub enum RobotsAnswer {
     /// The job fails (or retries) as any request that cannot connect; never cached or
     /// stored, so a site that comes up is asked at once.
     NoConnection(String),
+    /// An answer retrying cannot change (the site's TLS certificate was not accepted): the
+    /// job fails with it. Never cached or stored: a fixed certificate is seen at once.
+    Fatal(String),
 }
 
 /// A robots.txt answer to be stored (see `robots::Robots::take_unsaved`).

@@ -26,6 +26,7 @@ mod daemon;
 mod database_trouble;
 mod dockerfile;
 mod hostile;
+mod https;
 mod many_hosts;
 mod postgres;
 mod postgres_tls;

@@ -1,103 +1,16 @@
 //! TLS to the PostgreSQL server, with the build's TLS stack: a throwaway server that takes
 //! TCP connections only over TLS (pg_hba.conf rejects the others), with a certificate from
-//! a throwaway CA the test makes with the `openssl` command. Through the real binary:
+//! a throwaway CA the test makes (`common::tls`). Through the real binary:
 //! `sslmode=require` crawls a page, `verify-full` with the right CA connects, and a wrong
 //! CA or no TLS at all is refused with a message that says why.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::common::postgres::{self, PgServer};
 use crate::common::server::{Reply, TestServer};
+use crate::common::tls::{TestCa, Validity};
 use crate::common::{self, KillOnDrop};
 use crawlq::runtime::block_on;
-
-/// Runs `openssl` with `args` in `dir`.
-fn openssl(dir: &Path, args: &[&str]) -> Result<(), String> {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .map_err(|e| format!("openssl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
-}
-
-/// A CA (`NAME.crt`, `NAME.key`) in `dir`.
-fn make_ca(dir: &Path, name: &str) -> Result<(), String> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=crawlq test {name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    )
-}
-
-/// `server.crt`/`server.key` for localhost and 127.0.0.1, signed by the CA `ca`.
-fn make_server_certificate(dir: &Path, ca: &str) -> Result<(), String> {
-    std::fs::write(
-        dir.join("san.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .map_err(|e| e.to_string())?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            &format!("{ca}.crt"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.cnf",
-            "-out",
-            "server.crt",
-        ],
-    )
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -157,13 +70,10 @@ fn tls_to_the_server_is_used_verified_and_refused_with_reasons() {
     block_on(async {
         let work = tempfile::tempdir().unwrap();
         let certificates = work.path();
-        let made = make_ca(certificates, "ca")
-            .and_then(|()| make_ca(certificates, "other-ca"))
-            .and_then(|()| make_server_certificate(certificates, "ca"));
-        if let Err(why) = made {
-            postgres::cannot_run(&format!("no certificates for the TLS test: {why}"));
-            return;
-        }
+        let ca = TestCa::new("ca");
+        let other = TestCa::new("other-ca");
+        ca.issue(&["localhost", "127.0.0.1"], Validity::Current)
+            .write_pem(certificates, "server");
         let port = free_port();
         let server = match tls_only_server(port, certificates) {
             Ok(server) => server,
@@ -180,8 +90,7 @@ fn tls_to_the_server_is_used_verified_and_refused_with_reasons() {
         admin.close().await;
         let over_tcp =
             |host: &str, options: &str| format!("postgres://postgres@{host}:{port}/tls?{options}");
-        let ca = certificates.join("ca.crt");
-        let other_ca = certificates.join("other-ca.crt");
+        let (ca, other_ca) = (ca.pem_file(), other.pem_file());
 
         // sslmode=require: the daemon crawls a page; the server takes nothing else on TCP.
         let site = TestServer::start("127.0.0.1", |_| Reply::html("<title>over tls</title>"));

@@ -189,7 +189,8 @@ impl PostgresStore {
                     // stored, they would read as Failed.
                     RobotsAnswer::Failed(reason)
                     | RobotsAnswer::NotAsked(reason)
-                    | RobotsAnswer::NoConnection(reason) => (None, None, Some(reason.as_str())),
+                    | RobotsAnswer::NoConnection(reason)
+                    | RobotsAnswer::Fatal(reason) => (None, None, Some(reason.as_str())),
                 };
                 serde_json::json!({
                     "origin": fetched.origin, "status": status, "body": body,

@@ -192,7 +192,8 @@ impl SqliteStore {
                     // stored, they would read as Failed.
                     RobotsAnswer::Failed(reason)
                     | RobotsAnswer::NotAsked(reason)
-                    | RobotsAnswer::NoConnection(reason) => (None, None, Some(reason.as_str())),
+                    | RobotsAnswer::NoConnection(reason)
+                    | RobotsAnswer::Fatal(reason) => (None, None, Some(reason.as_str())),
                 };
                 serde_json::json!([
                     fetched.origin,

@@ -7,6 +7,7 @@
 pub mod postgres;
 pub mod server;
 mod sql;
+pub mod tls;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -21,6 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use openssl::ssl::{SslAcceptor, SslMethod};
+
+use super::tls::Identity;
+
 /// Largest request head accepted, terminator included. Beyond it: 431.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -160,7 +164,13 @@ struct Shared {
     most_at_once: AtomicUsize,
     /// Set by `Drop`. The accept loop and idle connections check it.
     stop: AtomicBool,
+    /// Set for a server that speaks HTTPS (see [`TestServer::start_tls`]).
+    tls: Option<SslAcceptor>,
 }
+
+/// A connection the server reads requests from: plain TCP or TLS over it.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 impl Shared {
     fn stopped(&self) -> bool {
@@ -191,6 +201,35 @@ impl TestServer {
         ip: &str,
         handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
     ) -> TestServer {
+        TestServer::start_with(ip, None, handler)
+    }
+
+    /// Like [`TestServer::start`], but speaking HTTPS with `identity`'s certificate (HTTP/1.1
+    /// only: it offers no other protocol through ALPN). [`TestServer::url`] gives `https://`.
+    pub fn start_tls(
+        ip: &str,
+        identity: &Identity,
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> TestServer {
+        let mut acceptor =
+            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).expect("TLS acceptor");
+        acceptor
+            .set_private_key(&identity.key)
+            .expect("the identity's key");
+        acceptor
+            .set_certificate(&identity.certificate)
+            .expect("the identity's certificate");
+        acceptor
+            .check_private_key()
+            .expect("key and certificate match");
+        TestServer::start_with(ip, Some(acceptor.build()), handler)
+    }
+
+    fn start_with(
+        ip: &str,
+        tls: Option<SslAcceptor>,
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> TestServer {
         let ip: IpAddr = ip
             .parse()
             .unwrap_or_else(|e| panic!("TestServer::start: bad IP {ip:?}: {e}"));
@@ -207,6 +246,7 @@ impl TestServer {
             answering: AtomicUsize::new(0),
             most_at_once: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            tls,
         });
         let for_thread = Arc::clone(&shared);
         let accept = thread::Builder::new()
@@ -236,13 +276,19 @@ impl TestServer {
         self.addr
     }
 
-    /// `http://IP:PORT` followed by `path`, which must start with '/'.
+    /// `http://IP:PORT` (`https://` for a TLS server) followed by `path`, which must
+    /// start with '/'.
     pub fn url(&self, path: &str) -> String {
         assert!(
             path.starts_with('/'),
             "TestServer::url: path {path:?} must start with '/'"
         );
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.shared.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 
     /// All requests so far, in arrival order.
@@ -326,21 +372,38 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
     // Without TCP_NODELAY, Nagle plus delayed ACK can add ~40 ms to small
     // writes, which would distort timing tests.
     let _ = stream.set_nodelay(true);
-    if stream.set_read_timeout(Some(POLL)).is_err() {
-        return;
-    }
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     // Bytes read but not yet used. Kept across requests so that pipelined
     // requests (or a body plus the next head in one read) are not lost.
     let mut buf = Vec::new();
-    while let Ok(true) = serve_one(&mut stream, &mut buf, shared) {}
-    // Send FIN now rather than waiting for the drop below.
-    let _ = stream.shutdown(Shutdown::Write);
+    let Some(acceptor) = &shared.tls else {
+        if stream.set_read_timeout(Some(POLL)).is_err() {
+            return;
+        }
+        while let Ok(true) = serve_one(&mut stream, &mut buf, shared) {}
+        // Send FIN now rather than waiting for the drop below.
+        let _ = stream.shutdown(Shutdown::Write);
+        return;
+    };
+    // The handshake gets a plain deadline; a client that refuses the certificate just
+    // closes the connection, which ends it here.
+    if stream.set_read_timeout(Some(WRITE_TIMEOUT)).is_err() {
+        return;
+    }
+    let Ok(mut tls) = acceptor.accept(stream) else {
+        return;
+    };
+    if tls.get_ref().set_read_timeout(Some(POLL)).is_err() {
+        return;
+    }
+    while let Ok(true) = serve_one(&mut tls, &mut buf, shared) {}
+    let _ = tls.shutdown();
+    let _ = tls.get_ref().shutdown(Shutdown::Write);
 }
 
 /// Serves one request. `Ok(true)` means keep the connection open.
 /// Errors (client gone, server stopped) just close the connection.
-fn serve_one(stream: &mut TcpStream, buf: &mut Vec<u8>, shared: &Shared) -> io::Result<bool> {
+fn serve_one(stream: &mut impl ReadWrite, buf: &mut Vec<u8>, shared: &Shared) -> io::Result<bool> {
     if shared.stopped() {
         return Ok(false);
     }
@@ -436,7 +499,7 @@ impl Drop for Answering<'_> {
 
 /// Reads more bytes into `buf`. `Ok(0)` means the client closed.
 /// Fails once the server is stopped, so idle connections end on drop.
-fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, shared: &Shared) -> io::Result<usize> {
+fn read_more(stream: &mut impl ReadWrite, buf: &mut Vec<u8>, shared: &Shared) -> io::Result<usize> {
     let mut chunk = [0u8; 8192];
     loop {
         match stream.read(&mut chunk) {
@@ -463,7 +526,7 @@ fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, shared: &Shared) -> io::
 
 /// Reads and drops `len` body bytes, starting with any already in `buf`.
 fn discard(
-    stream: &mut TcpStream,
+    stream: &mut impl ReadWrite,
     buf: &mut Vec<u8>,
     mut len: usize,
     shared: &Shared,
@@ -506,7 +569,7 @@ fn parse_head(head: &str) -> Option<(Request, String)> {
 /// Writes the whole response in one `write_all`. The caller treats a write
 /// error as "client gone" and just closes the connection.
 fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut impl ReadWrite,
     reply: &Reply,
     head_only: bool,
     keep_alive: bool,
