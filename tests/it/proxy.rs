@@ -381,3 +381,72 @@ fn with_the_address_guard_on_the_proxy_is_asked_for_the_checked_address_only() {
         daemon.stop().await;
     });
 }
+
+#[test]
+fn a_proxy_refusing_a_connect_tunnel_fails_the_job_after_retries_naming_it() {
+    block_on(async {
+        let site = TestServer::pages("127.0.0.1");
+        let guarded = TestProxy::http_with_login("127.0.0.87", "ann", "s3cret");
+        let daemon = RunningDaemon::start(|s| {
+            s.retry.max_attempts = std::num::NonZeroU32::new(2).unwrap();
+            // The guard makes curl tunnel to the checked address (see the test above).
+            s.fetch.addresses.block_private = true;
+            s.fetch.addresses.allowed =
+                vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()];
+            s.fetch.proxies.default = proxy(&guarded.url());
+        })
+        .await;
+        let id = daemon
+            .insert(&format!("http://localhost:{}/a", site.addr().port()))
+            .await;
+        let job = daemon.wait_finished(id).await;
+        assert_eq!(job.status, "failed");
+        // curl 8 reports a refused CONNECT (here a 407) as a failure to connect ("refused
+        // the connection or is unreachable, or could not connect to localhost"), curl 7 as
+        // a broken exchange ("network error on the way to localhost"); never as an answer.
+        // Either way it is retried like a proxy that is down, and the error names it.
+        assert_eq!(job.attempts, 2, "{job:?}");
+        let error = job.error.unwrap();
+        assert!(
+            error.contains(&format!(
+                "GET http://localhost:{}/a: proxy {}: ",
+                site.addr().port(),
+                guarded.url()
+            )) && (error.contains("could not connect to localhost")
+                || error.contains("network error on the way to localhost")),
+            "{error}"
+        );
+        let hits = guarded.hits();
+        assert_eq!(hits.len(), 2, "{hits:?}");
+        assert!(hits.iter().all(|hit| hit.method == "CONNECT"), "{hits:?}");
+        assert!(site.hits().is_empty());
+        daemon.stop().await;
+    });
+}
+
+/// No TLS test server here (the HTTPS work brings one): this shows only that an https://
+/// page goes through a CONNECT tunnel named by host and port, never forwarded in the clear.
+#[test]
+fn an_https_page_goes_through_a_connect_tunnel() {
+    block_on(async {
+        let plain = TestServer::pages("127.0.0.88");
+        let carrier = TestProxy::http("127.0.0.89");
+        let daemon = RunningDaemon::start(|s| {
+            s.retry.max_attempts = std::num::NonZeroU32::new(1).unwrap();
+            s.fetch.proxies.default = proxy(&carrier.url());
+        })
+        .await;
+        let url = format!("https://{}/a", plain.addr());
+        let id = daemon.insert(&url).await;
+        let job = daemon.wait_finished(id).await;
+        // TLS to a plain HTTP port cannot succeed; the tunnel to it did.
+        assert_eq!(job.status, "failed");
+        let error = job.error.unwrap();
+        assert!(error.contains(&format!("GET {url}: ")), "{error}");
+        let hits = carrier.hits();
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].method, "CONNECT");
+        assert_eq!(hits[0].target, plain.addr().to_string());
+        daemon.stop().await;
+    });
+}
