@@ -335,6 +335,13 @@ impl Proxy {
         if value.is_empty() || value.eq_ignore_ascii_case("none") {
             return Ok(None);
         }
+        // curl would take "proxy.example:3128" for http://; a setting says which it means.
+        if !value.contains("://") {
+            return Err(
+                "must start with its scheme, as in \"http://proxy.example:3128\" \
+                        (http, https, socks5 or socks5h)",
+            );
+        }
         let url = url::Url::parse(value).map_err(|_| {
             "must be a proxy URL such as \"http://proxy.example:3128\" or \"socks5://user:password@10.0.0.2:1080\", or \"none\""
         })?;
@@ -1224,8 +1231,13 @@ mod tests {
                 && !scheme.contains("s3cret"),
             "{scheme}"
         );
-        let no_host = refused("[fetch]\nproxy = \"proxy.internal:3128\"\n");
-        assert!(no_host.contains("`fetch.proxy`"), "{no_host}");
+        let no_scheme = refused("[fetch]\nproxy = \"proxy.internal:3128\"\n");
+        assert!(
+            no_scheme.contains("`fetch.proxy`") && no_scheme.contains("must start with its scheme"),
+            "{no_scheme}"
+        );
+        let no_host = refused("[fetch]\nproxy = \"socks5://\"\n");
+        assert!(no_host.contains("must name the proxy's host"), "{no_host}");
         let path = refused("[fetch]\nproxy = \"http://proxy:3128/x\"\n");
         assert!(path.contains("without a path"), "{path}");
         let host = refused("[limits.hosts.\"a.example\"]\nproxy = \"socks4://p:1\"\n");
