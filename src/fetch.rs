@@ -22,12 +22,13 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, FutureExt};
+use isahc::auth::{Authentication, Credentials};
 use isahc::config::{CaCertificate, Configurable, Dialer, DnsCache, RedirectPolicy};
 use url::Url;
 
 use crate::limits::RateLimits;
 use crate::runtime;
-use crate::settings::FetchSettings;
+use crate::settings::{FetchSettings, Proxy};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum FetchError {
@@ -67,6 +68,19 @@ pub enum FetchError {
     /// protocol version in common, a connection reset mid-handshake).
     #[error("TLS handshake with {host} failed: {reason}")]
     Handshake { host: String, reason: String },
+    /// A failure on the way through a proxy: the proxy itself, or the site behind it
+    /// (curl does not tell which), named by the proxy (`proxy` is shown masked).
+    #[error("proxy {proxy}: {problem}")]
+    Proxy {
+        proxy: String,
+        host: String,
+        problem: String,
+    },
+    #[error(
+        "proxy {proxy} answered 407 Proxy Authentication Required: the user:password@ in \
+         its URL is missing or wrong"
+    )]
+    ProxyAuth { proxy: String, host: String },
 }
 
 /// For a certificate from an issuer crawlq does not trust: where to name one it should.
@@ -92,24 +106,59 @@ impl FetchError {
     }
 
     /// Whether nothing could be reached at all: the name does not resolve, or no
-    /// connection could be made (refused, unreachable, timed out).
+    /// connection could be made (refused, unreachable, timed out). A proxy failing counts:
+    /// it says nothing about the site (its robots.txt is not "unreachable" for it). A
+    /// proxy refusing crawlq's credentials is not transient, and fails the job at once.
     pub fn is_no_connection(&self) -> bool {
         matches!(
             self,
             FetchError::Resolve { .. }
                 | FetchError::Connect { .. }
                 | FetchError::ConnectTimeout { .. }
+                | FetchError::Proxy { .. }
         )
     }
 
-    /// Whether trying the same request later might work.
+    /// Whether trying the same request later might work. A proxy that is down may be back
+    /// later; one that refuses crawlq's credentials wants the configuration changed.
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
             FetchError::BodyTooLarge { .. }
                 | FetchError::Refused { .. }
                 | FetchError::Certificate { .. }
+                | FetchError::ProxyAuth { .. }
         )
+    }
+
+    /// The same failure met through `proxy`: the connection crawlq makes is to the proxy,
+    /// so a refused connection, a connect timeout or a broken exchange may be the proxy's
+    /// or the site's (curl reports a tunnel the proxy would not open as a failed connect),
+    /// and the message names the proxy.
+    fn through(self, proxy: &Proxy) -> FetchError {
+        let (host, problem) = match &self {
+            FetchError::ConnectTimeout { host, after } => (
+                host,
+                format!(
+                    "timed out after {} connecting through it to {host}",
+                    secs(*after)
+                ),
+            ),
+            FetchError::Connect { host, .. } => (
+                host,
+                format!("refused the connection or is unreachable, or could not connect to {host}"),
+            ),
+            FetchError::Network { host, reason } => (
+                host,
+                format!("network error on the way to {host}: {reason}"),
+            ),
+            _ => return self,
+        };
+        FetchError::Proxy {
+            proxy: proxy.to_string(),
+            host: host.clone(),
+            problem,
+        }
     }
 }
 
@@ -196,6 +245,21 @@ impl Fetcher {
         let trusted_cas = trusted_cas(settings);
         let client = build_client(settings, idle_connections, trusted_cas.as_deref())?;
         tracing::debug!(idle_connections, ?trusted_cas, "HTTP client");
+        let proxies = &settings.proxies;
+        for proxy in proxies
+            .default
+            .iter()
+            .chain(proxies.hosts.values().flatten())
+        {
+            // Checked as a URL with the settings; the HTTP client's own URI type is
+            // stricter about some host names, and a request is a late place to find out.
+            if let Err(e) = proxy.address().parse::<isahc::http::Uri>() {
+                return Err(format!("the HTTP client does not take proxy {proxy}: {e}"));
+            }
+        }
+        if let Some(proxy) = &proxies.default {
+            tracing::info!(%proxy, no_proxy = ?proxies.no_proxy, "requests go through a proxy");
+        }
         Ok(Fetcher {
             client: RwLock::new((0, client)),
             settings: settings.clone(),
@@ -254,12 +318,16 @@ impl Fetcher {
     #[tracing::instrument(level = "debug", name = "fetch", skip_all, fields(url = %url))]
     pub async fn get(&self, url: &Url, options: GetOptions<'_>) -> Result<Response, FetchError> {
         let host = url.host_str().unwrap_or_default().to_owned();
+        let proxy = crate::urls::host_key(url).and_then(|key| self.settings.proxies.for_host(&key));
+        if let Some(proxy) = proxy {
+            tracing::debug!(%proxy, "through a proxy");
+        }
         let limit = self.settings.timeout;
         let timed_out = |_| FetchError::Timeout {
             host: host.clone(),
             after: limit,
         };
-        let request = runtime::timeout(limit, self.request(url, &host, options))
+        let request = runtime::timeout(limit, self.request(url, &host, proxy, options))
             .await
             .map_err(timed_out)??;
         // As late as we can, just before the request is handed over; outside the time
@@ -269,7 +337,8 @@ impl Fetcher {
             limits.until_sendable(&key).await;
         }
         let started = Instant::now();
-        let exchanged = runtime::timeout(limit, self.exchange(request, &host, options)).await;
+        let exchanged =
+            runtime::timeout(limit, self.exchange(request, &host, proxy, options)).await;
         if let (Some(limits), Some(key)) = (options.pace, crate::urls::host_key(url)) {
             limits.answered(&key, started);
         }
@@ -339,15 +408,25 @@ impl Fetcher {
             })
     }
 
-    /// The GET to send: its headers, and the address it must go to when the address guard
-    /// is on (resolved and checked here).
+    /// The GET to send: its headers, the proxy it goes through, and the address it must go
+    /// to (resolved and checked here).
+    ///
+    /// Through a proxy, the name is left to the proxy (or to curl, for `socks5://`), so
+    /// names only the proxy's network knows work, unless the address guard is on: then the
+    /// name is resolved and checked here as without a proxy, and the checked address is
+    /// what the proxy is asked to connect to (curl tunnels with CONNECT to it through an
+    /// HTTP proxy, and hands it to a SOCKS proxy), so the proxy cannot pick another.
     async fn request(
         &self,
         url: &Url,
         host: &str,
+        proxy: Option<&Proxy>,
         options: GetOptions<'_>,
     ) -> Result<surf::Request, FetchError> {
-        let pinned = self.checked_address(url, host).await?;
+        let pinned = match proxy {
+            Some(_) if !self.settings.addresses.block_private => None,
+            _ => self.checked_address(url, host).await?,
+        };
         let mut request = self
             .client()
             .1
@@ -372,6 +451,7 @@ impl Fetcher {
         if let Some(address) = pinned {
             request.set_ext(PinnedAddress(address));
         }
+        request.set_ext(Route(proxy.cloned()));
         Ok(request)
     }
 
@@ -385,12 +465,35 @@ impl Fetcher {
         &self,
         request: surf::Request,
         host: &str,
+        proxy: Option<&Proxy>,
         options: GetOptions<'_>,
     ) -> Result<Response, FetchError> {
         let (generation, client) = self.client();
         let exchanged = AssertUnwindSafe(self.exchange_on(&client, request, host, options))
             .catch_unwind()
             .await;
+        let Some(proxy) = proxy else {
+            return self.caught(exchanged, generation, host);
+        };
+        match self.caught(exchanged, generation, host) {
+            // Only a proxy sends 407; it is not the site's answer. (Refusing a CONNECT
+            // tunnel, a proxy's 407 reaches us only as curl's failure to connect.)
+            Ok(response) if response.status == 407 => Err(FetchError::ProxyAuth {
+                proxy: proxy.to_string(),
+                host: host.to_owned(),
+            }),
+            Ok(response) => Ok(response),
+            Err(e) => Err(e.through(proxy)),
+        }
+    }
+
+    /// The exchange's outcome, a panic in the HTTP client turned into an error.
+    fn caught(
+        &self,
+        exchanged: Result<Result<Response, FetchError>, Box<dyn std::any::Any + Send>>,
+        generation: u64,
+        host: &str,
+    ) -> Result<Response, FetchError> {
         exchanged.unwrap_or_else(|panic| {
             let reason = crate::runtime::panic_message(&*panic);
             // isahc's words when its thread is gone: "agent thread terminated prematurely",
@@ -416,10 +519,11 @@ impl Fetcher {
         host: &str,
         options: GetOptions<'_>,
     ) -> Result<Response, FetchError> {
-        let target = (
-            request.url().clone(),
-            request.ext::<PinnedAddress>().map(|pinned| pinned.0),
-        );
+        let target = Target {
+            url: request.url().clone(),
+            pinned: request.ext::<PinnedAddress>().map(|pinned| pinned.0),
+            proxy: request.ext::<Route>().and_then(|route| route.0.clone()),
+        };
         let mut response = match client.send(request).await {
             Ok(response) => response,
             Err(e) => return Err(self.explain(self.classify(e, host), target).await),
@@ -540,7 +644,7 @@ impl Fetcher {
     /// Why a TLS handshake failed, in curl's words (which isahc does not pass on): the same
     /// handshake once more on a connection of its own, made only when one failed. Any
     /// other error comes back unchanged.
-    async fn explain(&self, error: FetchError, target: (Url, Option<SocketAddr>)) -> FetchError {
+    async fn explain(&self, error: FetchError, target: Target) -> FetchError {
         let (FetchError::Certificate { reason, .. } | FetchError::Handshake { reason, .. }) =
             &error
         else {
@@ -549,11 +653,10 @@ impl Fetcher {
         if !reason.is_empty() {
             return error;
         }
-        let (url, pinned) = target;
         let trusted_cas = self.trusted_cas.clone();
         let connect_timeout = self.settings.connect_timeout;
         let words = runtime::run_blocking(move || {
-            tls_failure(&url, pinned, trusted_cas.as_deref(), connect_timeout)
+            tls_failure(&target, trusted_cas.as_deref(), connect_timeout)
         })
         .await
         .unwrap_or_else(|| "no detail from the TLS library".to_owned());
@@ -571,24 +674,42 @@ impl Fetcher {
     }
 }
 
-/// Connects to `url` (at `pinned` if set) as far as the TLS handshake with curl's blocking
-/// API, which keeps curl's error message, and returns that message.
-fn tls_failure(
-    url: &Url,
+/// Where a request went: its URL, the address it was pinned to, the proxy it went through.
+struct Target {
+    url: Url,
     pinned: Option<SocketAddr>,
+    proxy: Option<Proxy>,
+}
+
+/// Connects to the target as far as the TLS handshake, the way the request did, with
+/// curl's blocking API, which keeps curl's error message, and returns that message.
+fn tls_failure(
+    target: &Target,
     trusted_cas: Option<&Path>,
     connect_timeout: Duration,
 ) -> Option<String> {
+    let Target { url, pinned, proxy } = target;
     let mut easy = curl::easy::Easy::new();
     let set_up = (|| -> Result<(), curl::Error> {
         easy.url(url.as_str())?;
+        match proxy {
+            Some(proxy) => {
+                easy.proxy(proxy.address())?;
+                if let Some((user, password)) = proxy.credentials() {
+                    easy.proxy_username(user)?;
+                    easy.proxy_password(password)?;
+                }
+            }
+            // Not the environment's http_proxy either, as for the request itself.
+            None => easy.noproxy("*")?,
+        }
         easy.connect_only(true)?;
         easy.connect_timeout(connect_timeout)?;
         easy.timeout(connect_timeout * 2)?;
         if let Some(file) = trusted_cas {
             easy.cainfo(file)?;
         }
-        if let Some(address) = pinned {
+        if let Some(address) = *pinned {
             let host = url.host_str().unwrap_or_default();
             let port = url.port_or_known_default().unwrap_or(443);
             let ip = match address.ip() {
@@ -659,6 +780,9 @@ fn build_client(
         // crawlq resolves names itself and pins the address (see `crate::dns`): curl's
         // cache would be walked whole at the end of every transfer.
         .dns_cache(DnsCache::Disable)
+        // curl would otherwise take a proxy from http_proxy / HTTPS_PROXY / ALL_PROXY in
+        // the daemon's environment; each request names its own (see `Route`).
+        .proxy(None)
         .build()
         .map_err(|e| format!("could not start the HTTP client: {e}"))?;
     Ok(surf::Client::with_http_client(CurlBackend {
@@ -726,6 +850,11 @@ fn basic_auth(url: &Url) -> Option<String> {
 #[derive(Debug, Clone, Copy)]
 struct PinnedAddress(SocketAddr);
 
+/// The proxy a request goes through (`fetch.proxy`, `fetch.no_proxy`, a host's own
+/// `proxy`); None: direct, whatever the environment says.
+#[derive(Debug, Clone)]
+struct Route(Option<Proxy>);
+
 /// The status line's code as sent; surf's own status type only holds codes it knows.
 #[derive(Debug, Clone, Copy)]
 struct RawStatus(u16);
@@ -755,6 +884,27 @@ impl http_client::HttpClient for CurlBackend {
             .method(method);
         if let Some(PinnedAddress(address)) = request.ext().get::<PinnedAddress>() {
             builder = builder.dial(Dialer::ip_socket(*address));
+        }
+        match request
+            .ext()
+            .get::<Route>()
+            .and_then(|route| route.0.as_ref())
+        {
+            Some(proxy) => {
+                let uri = proxy.address().parse::<isahc::http::Uri>().map_err(|e| {
+                    http_client::Error::from_str(
+                        StatusCode::BadRequest,
+                        format!("proxy {proxy}: {e}"),
+                    )
+                })?;
+                builder = builder.proxy(Some(uri));
+                if let Some((user, password)) = proxy.credentials() {
+                    builder = builder
+                        .proxy_authentication(Authentication::basic())
+                        .proxy_credentials(Credentials::new(user, password));
+                }
+            }
+            None => builder = builder.proxy(None),
         }
         for (name, values) in request.iter() {
             for value in values.iter() {

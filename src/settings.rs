@@ -285,6 +285,169 @@ pub struct FetchSettings {
     pub addresses: AddressPolicy,
     /// PEM file of the CA certificates to trust instead of the system's (`fetch.ca_file`).
     pub ca_file: Option<PathBuf>,
+    /// Which proxy, if any, each host is reached through.
+    pub proxies: Proxies,
+}
+
+/// Which proxy each host is reached through: `fetch.proxy`, `fetch.no_proxy` and the hosts'
+/// own `limits.hosts."NAME".proxy`. The `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` /
+/// `NO_PROXY` environment variables are not read: a daemon inherits its environment from
+/// whatever started it, and where requests go should be in its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Proxies {
+    /// `fetch.proxy`; None: direct.
+    pub default: Option<Proxy>,
+    /// `fetch.no_proxy`: lower case, without a leading dot; "*" is every host.
+    pub no_proxy: Vec<String>,
+    /// A host's own choice (lower case, no port), which beats the two above; None: direct.
+    pub hosts: HashMap<String, Option<Proxy>>,
+}
+
+impl Proxies {
+    /// The proxy for requests to `host` (a host key: lower case, no port), None for direct:
+    /// the host's own `proxy` if it has one, else direct for a `fetch.no_proxy` match
+    /// (the name itself or a subdomain of it, as curl's NO_PROXY), else `fetch.proxy`.
+    pub fn for_host(&self, host: &str) -> Option<&Proxy> {
+        if let Some(own) = self.hosts.get(host) {
+            return own.as_ref();
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let exempt = self.no_proxy.iter().any(|entry| {
+            entry == "*"
+                || bare == entry
+                || bare
+                    .strip_suffix(entry.as_str())
+                    .is_some_and(|rest| rest.ends_with('.'))
+        });
+        if exempt {
+            return None;
+        }
+        self.default.as_ref()
+    }
+}
+
+/// A proxy, checked: `http://`, `https://`, `socks5://` or `socks5h://` (the proxy resolves
+/// host names), a host, a port (the scheme's default, 1080 for SOCKS, when left out) and
+/// optional `user:password@`. Display and Debug show the password as `***`, so a proxy can
+/// be named in any log line or job error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// `scheme://host:port`, without credentials: what the HTTP client is given.
+    address: String,
+    /// Percent-decoded user name and password.
+    credentials: Option<(String, String)>,
+    /// The URL as messages show it, password masked.
+    shown: String,
+}
+
+const PROXY_SCHEMES: &[&str] = &["http", "https", "socks5", "socks5h"];
+
+impl Proxy {
+    /// A `proxy` setting: `Ok(None)` for "" or "none" (direct), else a proxy URL, or why it
+    /// is not one.
+    pub fn parse_setting(value: &str) -> Result<Option<Proxy>, &'static str> {
+        let value = value.trim();
+        if value.is_empty() || value.eq_ignore_ascii_case("none") {
+            return Ok(None);
+        }
+        // curl would take "proxy.example:3128" for http://; a setting says which it means.
+        if !value.contains("://") {
+            return Err(
+                "must start with its scheme, as in \"http://proxy.example:3128\" \
+                        (http, https, socks5 or socks5h)",
+            );
+        }
+        let url = url::Url::parse(value).map_err(|_| {
+            "must be a proxy URL such as \"http://proxy.example:3128\" or \"socks5://user:password@10.0.0.2:1080\", or \"none\""
+        })?;
+        let scheme = url.scheme();
+        if !PROXY_SCHEMES.contains(&scheme) {
+            return Err("the proxy's scheme must be http, https, socks5 or socks5h");
+        }
+        let host = match url.host_str() {
+            Some(host) if !host.is_empty() => host,
+            _ => return Err("must name the proxy's host, as in \"http://proxy.example:3128\""),
+        };
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err("must be scheme://[user:password@]host[:port], without a path or query");
+        }
+        let port = url.port_or_known_default().unwrap_or(1080);
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let credentials = (!url.username().is_empty() || url.password().is_some()).then(|| {
+            (
+                decode(url.username()),
+                decode(url.password().unwrap_or_default()),
+            )
+        });
+        let address = format!("{scheme}://{host}:{port}");
+        let shown = match (url.username(), url.password()) {
+            ("", None) => address.clone(),
+            (user, None) => format!("{scheme}://{user}@{host}:{port}"),
+            (user, Some(_)) => format!("{scheme}://{user}:***@{host}:{port}"),
+        };
+        Ok(Some(Proxy {
+            address,
+            credentials,
+            shown,
+        }))
+    }
+
+    /// `scheme://host:port`, without credentials.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The user name and password to give the proxy, decoded.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        self.credentials
+            .as_ref()
+            .map(|(user, password)| (user.as_str(), password.as_str()))
+    }
+}
+
+impl std::fmt::Display for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Proxy").field(&self.shown).finish()
+    }
+}
+
+/// A setting's value for an error message, quoted, with any URL password masked.
+fn masked_value(value: &str) -> String {
+    format!("{:?}", crate::telemetry::mask_url_passwords(value))
+}
+
+/// A `fetch.no_proxy` entry: a host name or domain (covering its subdomains; a leading
+/// "." or "*." is the same), an IP address, or "*" for every host.
+fn no_proxy_entry(entry: &str) -> Result<String, SettingsError> {
+    let cleaned = entry.trim().to_ascii_lowercase();
+    let cleaned = cleaned
+        .strip_prefix("*.")
+        .or_else(|| cleaned.strip_prefix('.'))
+        .unwrap_or(&cleaned)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let is_ip = cleaned.parse::<IpAddr>().is_ok();
+    if cleaned.is_empty() || cleaned.contains(['/', '@', ' ']) || (cleaned.contains(':') && !is_ip)
+    {
+        return Err(invalid(
+            "fetch.no_proxy",
+            format!("{entry:?}"),
+            "each entry must be a host name or domain (\"example.com\" also covers its \
+             subdomains), an IP address, or \"*\", without a scheme or port",
+        ));
+    }
+    Ok(cleaned)
 }
 
 #[derive(Debug, Clone)]
@@ -556,6 +719,8 @@ struct RawFetch {
     allowed_private_addresses: Vec<String>,
     #[serde(default)]
     ca_file: Option<PathBuf>,
+    proxy: String,
+    no_proxy: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -586,6 +751,7 @@ struct RawHostLimits {
     rps: Option<f64>,
     burst: Option<u32>,
     in_flight: Option<usize>,
+    proxy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -705,6 +871,33 @@ impl RawSettings {
                     .iter()
                     .map(|entry| network(entry))
                     .collect::<Result<_, _>>()?,
+            },
+            proxies: Proxies {
+                default: Proxy::parse_setting(&f.proxy)
+                    .map_err(|reason| invalid("fetch.proxy", masked_value(&f.proxy), reason))?,
+                no_proxy: f
+                    .no_proxy
+                    .iter()
+                    .map(|entry| no_proxy_entry(entry))
+                    .collect::<Result<_, _>>()?,
+                hosts: self
+                    .limits
+                    .hosts
+                    .iter()
+                    .filter_map(|(host, raw)| Some((host, raw.proxy.as_ref()?)))
+                    .map(|(host, proxy)| {
+                        let route = Proxy::parse_setting(proxy).map_err(|reason| {
+                            SettingsError::InvalidHost {
+                                host: host.clone(),
+                                field: "proxy",
+                                value: masked_value(proxy),
+                                reason,
+                                origin: None,
+                            }
+                        })?;
+                        Ok((host.trim().to_ascii_lowercase(), route))
+                    })
+                    .collect::<Result<_, SettingsError>>()?,
             },
         };
 
@@ -1064,6 +1257,73 @@ mod tests {
             "an empty value means the system's CAs"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn proxies_are_chosen_per_host_then_no_proxy_then_the_global_one() {
+        let s = Settings::load_from_str(
+            r#"
+            [fetch]
+            proxy = "http://ann:p%40ss@proxy.internal:3128"
+            no_proxy = [".Intranet.example", "10.0.0.7"]
+            [limits.hosts."a.example"]
+            proxy = "socks5h://10.0.0.2"
+            [limits.hosts."b.example"]
+            proxy = "none"
+            [limits.hosts."c.example"]
+            rps = 1.0
+            "#,
+        )
+        .unwrap();
+        let p = &s.fetch.proxies;
+        let global = p.for_host("www.example.org").expect("the global proxy");
+        assert_eq!(global.address(), "http://proxy.internal:3128");
+        assert_eq!(global.credentials(), Some(("ann", "p@ss")));
+        assert_eq!(global.to_string(), "http://ann:***@proxy.internal:3128");
+        assert!(!format!("{global:?}").contains("p%40ss"), "{global:?}");
+        let own = p.for_host("a.example").expect("its own proxy");
+        assert_eq!(own.address(), "socks5h://10.0.0.2:1080");
+        assert_eq!(own.credentials(), None);
+        assert_eq!(p.for_host("b.example"), None);
+        assert_eq!(
+            p.for_host("c.example"),
+            Some(global),
+            "rps alone keeps the global"
+        );
+        assert_eq!(p.for_host("intranet.example"), None);
+        assert_eq!(p.for_host("wiki.intranet.example"), None);
+        assert_eq!(p.for_host("notintranet.example"), Some(global));
+        assert_eq!(p.for_host("10.0.0.7"), None);
+        let direct = Settings::defaults();
+        assert_eq!(direct.fetch.proxies.for_host("example.com"), None);
+    }
+
+    #[test]
+    fn a_bad_proxy_is_refused_naming_its_key_without_its_password() {
+        let refused = |toml: &str| Settings::load_from_str(toml).unwrap_err().to_string();
+        let scheme = refused("[fetch]\nproxy = \"ftp://ann:s3cret@proxy:21\"\n");
+        assert!(
+            scheme.contains("`fetch.proxy` = \"ftp://ann:***@proxy:21\"")
+                && scheme.contains("http, https, socks5 or socks5h")
+                && !scheme.contains("s3cret"),
+            "{scheme}"
+        );
+        let no_scheme = refused("[fetch]\nproxy = \"proxy.internal:3128\"\n");
+        assert!(
+            no_scheme.contains("`fetch.proxy`") && no_scheme.contains("must start with its scheme"),
+            "{no_scheme}"
+        );
+        let no_host = refused("[fetch]\nproxy = \"socks5://\"\n");
+        assert!(no_host.contains("must name the proxy's host"), "{no_host}");
+        let path = refused("[fetch]\nproxy = \"http://proxy:3128/x\"\n");
+        assert!(path.contains("without a path"), "{path}");
+        let host = refused("[limits.hosts.\"a.example\"]\nproxy = \"socks4://p:1\"\n");
+        assert!(
+            host.contains("`limits.hosts.\"a.example\".proxy` = \"socks4://p:1\""),
+            "{host}"
+        );
+        let entry = refused("[fetch]\nno_proxy = [\"http://a.example/\"]\n");
+        assert!(entry.contains("`fetch.no_proxy`"), "{entry}");
     }
 
     #[test]

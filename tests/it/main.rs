@@ -31,6 +31,7 @@ mod many_hosts;
 mod postgres;
 mod postgres_tls;
 mod properties;
+mod proxy;
 mod refetch;
 mod robots;
 mod security;

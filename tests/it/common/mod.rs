@@ -5,6 +5,7 @@
 //! once per backend.
 
 pub mod postgres;
+pub mod proxy;
 pub mod server;
 mod sql;
 pub mod tls;
