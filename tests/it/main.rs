@@ -33,4 +33,5 @@ mod properties;
 mod refetch;
 mod robots;
 mod security;
+mod sitemap;
 mod store;
