@@ -267,7 +267,7 @@ impl Crawler {
         let keep_body = self.settings.fetch.store_body;
         let span = tracing::debug_span!("sitemap", bytes = response.body.len());
         let ok = (200..300).contains(&status);
-        let mut page = sitemap_record(start, &final_url, &response);
+        let mut page = bare_record(start, &final_url, &response);
         let bytes = response.body;
         // Checking 50 000 URLs against scope and patterns takes most of a second: it runs
         // on the blocking thread too, with the crawl rules built again there from the
@@ -590,29 +590,13 @@ impl Crawler {
         response: Response,
         selectors: SelectorSet,
     ) -> PageRecord {
-        let bytes = response.body.len() as u64;
         let keep_body = self.settings.fetch.store_body && response.status != 304;
         let html = parse::is_html(response.content_type.as_deref()) && !response.body.is_empty();
-        let mut page = PageRecord {
-            url: start.to_string(),
-            final_url: final_url.to_string(),
-            http_status: response.status,
-            content_type: response.content_type.clone(),
-            title: None,
-            description: None,
-            links: Vec::new(),
-            data: Default::default(),
-            bytes,
-            elapsed: response.elapsed,
-            unchanged_since: None,
-            validators: response.validators.clone(),
-            gzipped_body: None,
-            redirect_target: None,
-        };
+        let mut page = bare_record(start, &final_url, &response);
         if !html && !keep_body {
             return page;
         }
-        let span = tracing::debug_span!("parse", bytes);
+        let span = tracing::debug_span!("parse", bytes = page.bytes);
         let body = response.body;
         let content_type = response.content_type;
         let (parsed, gzipped) = runtime::run_cpu_bound(move || {
@@ -653,8 +637,8 @@ impl From<sitemap::SitemapError> for SitemapFailure {
     }
 }
 
-/// A sitemap's `results` row before its body is read: what the server answered.
-fn sitemap_record(start: &Url, final_url: &Url, response: &Response) -> PageRecord {
+/// A `results` row before the body is read: what the server answered.
+fn bare_record(start: &Url, final_url: &Url, response: &Response) -> PageRecord {
     PageRecord {
         url: start.to_string(),
         final_url: final_url.to_string(),

@@ -308,6 +308,16 @@ mod tests {
         assert!(err("<urlset><url><loc>x</loc>").contains("before its <urlset>"));
         assert!(err("<urlset>&nbsp;</urlset>").contains("unknown entity &nbsp;"));
         assert!(err("<urlset/><urlset/>").contains("second root element"));
+        // The protocol asks for UTF-8: other bytes are refused, not guessed at.
+        let latin1 = b"<urlset><url><loc>http://a.test/caf\xe9</loc></url></urlset>";
+        assert!(parse(latin1, LIMITS).is_err());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_fine() {
+        let xml =
+            "\u{feff}<?xml version=\"1.0\"?><urlset><url><loc>http://a.test/</loc></url></urlset>";
+        assert_eq!(parse(xml.as_bytes(), LIMITS).unwrap().entries.len(), 1);
     }
 
     #[test]

@@ -84,6 +84,19 @@ async fn crawl_jobs(
         .collect()
 }
 
+/// Inserts a sitemap job for `url`, with more columns and their values (SQL text) if
+/// given; returns its id.
+async fn insert_sitemap(daemon: &RunningDaemon, url: &str, columns: &str, values: &str) -> i64 {
+    daemon
+        .sql
+        .query(format!(
+            "INSERT INTO jobs (url, kind{columns}) VALUES ($1, 'sitemap'{values}) RETURNING id"
+        ))
+        .bind(url)
+        .int()
+        .await
+}
+
 async fn a_sitemap_queues_its_pages_in_scope_once_within_the_budget(backend: Backend) {
     let other = TestServer::pages("127.0.0.2");
     let off_host = other.url("/off");
@@ -104,12 +117,7 @@ async fn a_sitemap_queues_its_pages_in_scope_once_within_the_budget(backend: Bac
     });
     let daemon = RunningDaemon::on(backend, |_| {}).await;
     // Budget: the sitemap and four pages.
-    let root = daemon
-        .sql
-        .query("INSERT INTO jobs (url, kind, max_pages) VALUES ($1, 'sitemap', 5) RETURNING id")
-        .bind(main.url("/sitemap.xml"))
-        .int()
-        .await;
+    let root = insert_sitemap(&daemon, &main.url("/sitemap.xml"), ", max_pages", ", 5").await;
     wait_settled(&daemon, root).await;
 
     let jobs = crawl_jobs(&daemon, &main, root).await;
@@ -168,10 +176,13 @@ async fn an_index_queues_its_sitemaps_and_gzip_is_read_either_way(backend: Backe
                 here("/encoded.xml")
             )),
             "/plain.xml" => xml(listing("/from-plain")),
-            // A .xml.gz file: gzip bytes as the body, no Content-Encoding.
+            // A .xml.gz file: gzip bytes as the body, no Content-Encoding. It lists a page
+            // another sitemap of the crawl lists too.
             "/packed.xml.gz" => Reply::bytes(
                 "application/gzip",
-                crawlq::body::gzip(listing("/from-packed").as_bytes()),
+                crawlq::body::gzip(
+                    urlset(&[(here("/from-packed"), None), (here("/from-plain"), None)]).as_bytes(),
+                ),
             ),
             // gzip as a Content-Encoding of the response.
             "/encoded.xml" => Reply::bytes(
@@ -183,12 +194,7 @@ async fn an_index_queues_its_sitemaps_and_gzip_is_read_either_way(backend: Backe
         }
     });
     let daemon = RunningDaemon::on(backend, |_| {}).await;
-    let root = daemon
-        .sql
-        .query("INSERT INTO jobs (url, kind) VALUES ($1, 'sitemap') RETURNING id")
-        .bind(main.url("/index.xml"))
-        .int()
-        .await;
+    let root = insert_sitemap(&daemon, &main.url("/index.xml"), "", "").await;
     wait_settled(&daemon, root).await;
     let jobs = crawl_jobs(&daemon, &main, root).await;
     let done = |kind: &str| ("done".to_owned(), kind.to_owned(), 0);
@@ -204,6 +210,9 @@ async fn an_index_queues_its_sitemaps_and_gzip_is_read_either_way(backend: Backe
             ("/from-encoded".to_owned(), done("page")),
         ])
     );
+    for page in ["/from-plain", "/from-packed", "/from-encoded"] {
+        assert_eq!(main.hits_for(page).len(), 1, "{page} fetched once");
+    }
     let result = daemon.result(root).await.unwrap();
     assert_eq!(result.data["sitemap_kind"][0], "sitemapindex");
     daemon.stop().await;
@@ -270,12 +279,7 @@ async fn a_reread_sitemap_queues_only_pages_whose_lastmod_moved(backend: Backend
         }
     });
     let daemon = RunningDaemon::on(backend, |_| {}).await;
-    let root = daemon
-        .sql
-        .query("INSERT INTO jobs (url, kind, recrawl_every) VALUES ($1, 'sitemap', 1) RETURNING id")
-        .bind(main.url("/sitemap.xml"))
-        .int()
-        .await;
+    let root = insert_sitemap(&daemon, &main.url("/sitemap.xml"), ", recrawl_every", ", 1").await;
     let hits = |path: &str| main.hits_for(path).len();
     wait_until("the pages to be fetched once", || async {
         hits("/same") == 1 && hits("/moved") == 1 && hits("/undated") == 1
@@ -423,22 +427,10 @@ async fn what_is_not_a_usable_sitemap_fails_with_a_reason(backend: Backend) {
     ];
     let mut ids = Vec::new();
     for (url, _) in &failing {
-        ids.push(
-            daemon
-                .sql
-                .query("INSERT INTO jobs (url, kind) VALUES ($1, 'sitemap') RETURNING id")
-                .bind(url)
-                .int()
-                .await,
-        );
+        ids.push(insert_sitemap(&daemon, url, "", "").await);
     }
     // 50 001 URLs: the first 50 000 are read (none queued: the budget is the sitemap).
-    let many = daemon
-        .sql
-        .query("INSERT INTO jobs (url, kind, max_pages) VALUES ($1, 'sitemap', 1) RETURNING id")
-        .bind(main.url("/many.xml"))
-        .int()
-        .await;
+    let many = insert_sitemap(&daemon, &main.url("/many.xml"), ", max_pages", ", 1").await;
     let page = daemon.insert(&main.url("/after")).await;
 
     for (id, (url, reason)) in ids.iter().zip(&failing) {
