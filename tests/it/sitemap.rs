@@ -231,9 +231,10 @@ async fn robots_txt_sitemaps_are_queued_only_when_asked(backend: Backend) {
             _ => Reply::html("<html><title>p</title></html>"),
         }
     });
-    for follow in [false, true] {
+    // robots.txt is read for its Sitemap: lines even when its rules are not obeyed.
+    for (follow, obey) in [(false, true), (true, true), (true, false)] {
         let daemon = RunningDaemon::on(backend, |s| {
-            s.crawl.obey_robots = true;
+            s.crawl.obey_robots = obey;
             s.crawl.follow_sitemaps = follow;
         })
         .await;
@@ -255,10 +256,13 @@ async fn robots_txt_sitemaps_are_queued_only_when_asked(backend: Backend) {
             expected.insert("/sm.xml".to_owned(), done("sitemap", 0));
             expected.insert("/listed".to_owned(), done("page", 0));
         }
-        assert_eq!(jobs, expected, "crawl.follow_sitemaps = {follow}");
+        assert_eq!(
+            jobs, expected,
+            "follow_sitemaps = {follow}, obey_robots = {obey}"
+        );
         daemon.stop().await;
     }
-    assert_eq!(main.hits_for("/sm.xml").len(), 1, "read only when asked");
+    assert_eq!(main.hits_for("/sm.xml").len(), 2, "read only when asked");
 }
 
 async fn a_reread_sitemap_queues_only_pages_whose_lastmod_moved(backend: Backend) {
