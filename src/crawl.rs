@@ -2,7 +2,7 @@
 //! redirects (each hop asks robots.txt and waits for the limiter again), parse, and say
 //! how it ended.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -13,12 +13,13 @@ use url::Url;
 use crate::body;
 use crate::fetch::{self, FetchError, Fetcher, GetOptions, Response, Validators};
 use crate::follow::{self, Child, Follow, QueryFilter};
-use crate::job::{self, Attempt, ClaimedJob, Ending, PageRecord, RedirectTarget};
+use crate::job::{self, Attempt, ClaimedJob, Ending, JobKind, PageRecord, RedirectTarget};
 use crate::limits::{RateLimits, Ticket};
 use crate::parse::{self, SelectorSet};
 use crate::robots::{self, Permission, Robots};
 use crate::runtime::{self, Counted};
 use crate::settings::Settings;
+use crate::sitemap::{self, Sitemap, SitemapKind};
 use crate::store::{FetchedRobots, RobotsAnswer, Store};
 use crate::urls;
 
@@ -172,12 +173,13 @@ impl Crawler {
             Err(reason) => return Outcome::ended(Ending::Fatal(reason)),
         };
         // A page whose links this crawl follows is fetched in full: a 304 carries no
-        // links to follow.
+        // links to follow. So is a sitemap: a re-read compares what it lists now.
+        let is_sitemap = job.kind == JobKind::Sitemap;
         let follows_links = job.crawl.depth < job.crawl.max_depth;
         let known = job
             .known_version
             .as_ref()
-            .filter(|_| self.settings.fetch.conditional_get && !follows_links);
+            .filter(|_| self.settings.fetch.conditional_get && !follows_links && !is_sitemap);
         let if_changed = known.map(|k| &k.validators);
         let mut claimed_targets = ClaimedTargets {
             running: &self.redirect_targets,
@@ -216,6 +218,9 @@ impl Crawler {
                 ..Outcome::ended(Ending::NotModified)
             };
         }
+        if is_sitemap {
+            return Box::pin(self.read_sitemap(job, &start, final_url, response, pause)).await;
+        }
         let mut page = Box::pin(self.record(&start, final_url, response, selectors)).await;
         if job.in_crawl() && page.final_url != page.url {
             let target = Url::parse(&page.final_url).expect("final_url was a Url");
@@ -224,11 +229,13 @@ impl Crawler {
                 host: urls::host_key(&target).expect("fetched URLs have a host"),
             });
         }
-        let children = if (200..300).contains(&status) {
-            follow.children(&page.links, &self.query_filter)
-        } else {
-            Vec::new()
-        };
+        let mut children = Vec::new();
+        if (200..300).contains(&status) {
+            if self.settings.crawl.follow_sitemaps && follows_links && job.id.0 == job.root_id {
+                children = self.sitemaps_from_robots(&start, &follow, ticket).await;
+            }
+            children.extend(follow.children(&page.links, &self.query_filter));
+        }
         if !children.is_empty() {
             tracing::debug!(children = children.len(), "links to follow");
         }
@@ -238,6 +245,126 @@ impl Crawler {
             children,
             pause,
         }
+    }
+
+    /// A sitemap job's response: a sitemap (or index) read on a blocking thread, its URLs
+    /// in the crawl's scope become the attempt's children (pages, or for an index,
+    /// sitemaps). Its `results` row lists the URLs it kept (`links`) and counts them
+    /// (`data`). What cannot be read as a sitemap fails the job, naming the URL and why.
+    async fn read_sitemap(
+        &self,
+        job: &ClaimedJob,
+        start: &Url,
+        final_url: Url,
+        response: Response,
+        pause: Option<(String, Duration)>,
+    ) -> Outcome {
+        let status = response.status;
+        let limits = sitemap::Limits {
+            max_bytes: self.settings.crawl.sitemap_max_bytes,
+            max_urls: self.settings.crawl.sitemap_max_urls,
+        };
+        let keep_body = self.settings.fetch.store_body;
+        let span = tracing::debug_span!("sitemap", bytes = response.body.len());
+        let ok = (200..300).contains(&status);
+        let mut page = bare_record(start, &final_url, &response);
+        let bytes = response.body;
+        // Checking 50 000 URLs against scope and patterns takes most of a second: it runs
+        // on the blocking thread too, with the crawl rules built again there from the
+        // job's columns (cheap, and they stay out of the async task's state).
+        let (crawl, host, filter) = (
+            job.crawl.clone(),
+            job.host.clone(),
+            self.query_filter.clone(),
+        );
+        let (read, gzipped) = runtime::run_cpu_bound(move || {
+            span.in_scope(|| {
+                let gzipped = keep_body.then(|| body::gzip(&bytes));
+                let read = ok.then(|| {
+                    let sitemap = sitemap::read(&bytes, limits)?;
+                    drop(bytes);
+                    let follow = Follow::new(&crawl, &host).map_err(SitemapFailure::Rules)?;
+                    let kind = match sitemap.kind {
+                        SitemapKind::UrlSet => JobKind::Page,
+                        SitemapKind::Index => JobKind::Sitemap,
+                    };
+                    let children = follow.listed(
+                        sitemap
+                            .entries
+                            .iter()
+                            .map(|e| (e.loc.as_str(), kind, e.lastmod.as_deref())),
+                        &filter,
+                    );
+                    Ok::<_, SitemapFailure>((sitemap, children))
+                });
+                (read, gzipped)
+            })
+        })
+        .await;
+        page.gzipped_body = gzipped;
+        let (sitemap, children) = match read {
+            None => {
+                return Outcome {
+                    page: Some(page),
+                    pause,
+                    ..Outcome::ended(Ending::Response(status))
+                }
+            }
+            Some(Err(SitemapFailure::Read(e))) => {
+                return Outcome {
+                    page: Some(page),
+                    pause,
+                    ..Outcome::ended(Ending::Fatal(format!("sitemap {final_url}: {e}")))
+                }
+            }
+            Some(Err(SitemapFailure::Rules(reason))) => {
+                return Outcome {
+                    page: Some(page),
+                    pause,
+                    ..Outcome::ended(Ending::Fatal(reason))
+                }
+            }
+            Some(Ok(read)) => read,
+        };
+        if sitemap.left_out() > 0 {
+            tracing::warn!(url = %final_url, listed = sitemap.listed, kept = sitemap.entries.len(), "sitemap lists more URLs than crawl.sitemap_max_urls; the rest are left out");
+        }
+        tracing::debug!(
+            listed = sitemap.listed,
+            in_scope = children.len(),
+            "sitemap read"
+        );
+        page.data = sitemap_summary(&sitemap, children.len(), limits.max_urls);
+        page.links = sitemap.entries.into_iter().map(|e| e.loc).collect();
+        Outcome {
+            page: Some(page),
+            ending: Ending::Response(status),
+            children,
+            pause,
+        }
+    }
+
+    /// The sitemaps the crawl root's robots.txt names, as sitemap jobs of its crawl (in
+    /// its scope). Asked after the root's own fetch, so its robots.txt is known already.
+    async fn sitemaps_from_robots(
+        &self,
+        start: &Url,
+        follow: &Follow,
+        ticket: &Ticket,
+    ) -> Vec<Child> {
+        let named = self
+            .robots
+            .sitemaps(start, |robots_url| self.fetch_robots(robots_url, ticket))
+            .await;
+        if !named.is_empty() {
+            tracing::debug!(sitemaps = named.len(), "robots.txt names sitemaps");
+        }
+        follow.listed(
+            named
+                .iter()
+                .map(|url| (url.as_str(), JobKind::Sitemap, None)),
+            &self.query_filter,
+        )
     }
 
     /// A 429 or 503 with Retry-After pauses the whole host (at most
@@ -329,6 +456,7 @@ impl Crawler {
                 pace: Some(&self.limits),
                 cut_body_at: Some(robots::MAX_ROBOTS_BYTES),
                 if_changed: None,
+                max_body: None,
             };
             let response = Box::pin(self.fetcher.get(&url, options)).await;
             self.limits.space_from_now(&host);
@@ -386,6 +514,12 @@ impl Crawler {
                 pace: Some(&self.limits),
                 if_changed: if_changed.filter(|_| chain.len() == 1),
                 cut_body_at: None,
+                // A sitemap may be larger than a page (50 MB by the protocol): it has its
+                // own cap, which is also what bounds its memory.
+                max_body: (job.kind == JobKind::Sitemap).then_some((
+                    self.settings.crawl.sitemap_max_bytes,
+                    "crawl.sitemap_max_bytes",
+                )),
             };
             let response = Box::pin(self.fetcher.get(&url, options))
                 .await
@@ -462,29 +596,13 @@ impl Crawler {
         response: Response,
         selectors: SelectorSet,
     ) -> PageRecord {
-        let bytes = response.body.len() as u64;
         let keep_body = self.settings.fetch.store_body && response.status != 304;
         let html = parse::is_html(response.content_type.as_deref()) && !response.body.is_empty();
-        let mut page = PageRecord {
-            url: start.to_string(),
-            final_url: final_url.to_string(),
-            http_status: response.status,
-            content_type: response.content_type.clone(),
-            title: None,
-            description: None,
-            links: Vec::new(),
-            data: Default::default(),
-            bytes,
-            elapsed: response.elapsed,
-            unchanged_since: None,
-            validators: response.validators.clone(),
-            gzipped_body: None,
-            redirect_target: None,
-        };
+        let mut page = bare_record(start, &final_url, &response);
         if !html && !keep_body {
             return page;
         }
-        let span = tracing::debug_span!("parse", bytes);
+        let span = tracing::debug_span!("parse", bytes = page.bytes);
         let body = response.body;
         let content_type = response.content_type;
         let (parsed, gzipped) = runtime::run_cpu_bound(move || {
@@ -509,6 +627,71 @@ impl Crawler {
         }
         page
     }
+}
+
+/// Why a fetched sitemap gave no URLs: it could not be read, or the job's crawl rules
+/// (checked at admission; the row may have been edited since) are bad.
+#[derive(Debug)]
+enum SitemapFailure {
+    Read(sitemap::SitemapError),
+    Rules(String),
+}
+
+impl From<sitemap::SitemapError> for SitemapFailure {
+    fn from(e: sitemap::SitemapError) -> SitemapFailure {
+        SitemapFailure::Read(e)
+    }
+}
+
+/// A `results` row before the body is read: what the server answered.
+fn bare_record(start: &Url, final_url: &Url, response: &Response) -> PageRecord {
+    PageRecord {
+        url: start.to_string(),
+        final_url: final_url.to_string(),
+        http_status: response.status,
+        content_type: response.content_type.clone(),
+        title: None,
+        description: None,
+        links: Vec::new(),
+        data: Default::default(),
+        bytes: response.body.len() as u64,
+        elapsed: response.elapsed,
+        unchanged_since: None,
+        validators: response.validators.clone(),
+        gzipped_body: None,
+        redirect_target: None,
+    }
+}
+
+/// What a sitemap's `results.data` says about it, readable with plain SQL
+/// (`data->'sitemap_urls'->>0`): which kind it is, how many URLs it lists, how many of
+/// those are in the crawl's scope, and, past `crawl.sitemap_max_urls`, how many were left
+/// out.
+fn sitemap_summary(
+    sitemap: &Sitemap,
+    in_scope: usize,
+    max_urls: usize,
+) -> BTreeMap<String, Vec<String>> {
+    let kind = match sitemap.kind {
+        SitemapKind::UrlSet => "urlset",
+        SitemapKind::Index => "sitemapindex",
+    };
+    let mut data = BTreeMap::from([
+        ("sitemap_kind".to_owned(), vec![kind.to_owned()]),
+        ("sitemap_urls".to_owned(), vec![sitemap.listed.to_string()]),
+        ("sitemap_in_scope".to_owned(), vec![in_scope.to_string()]),
+    ]);
+    if sitemap.left_out() > 0 {
+        data.insert(
+            "sitemap_left_out".to_owned(),
+            vec![format!(
+                "{} of {} URLs left out: only the first {max_urls} are read (crawl.sitemap_max_urls)",
+                sitemap.left_out(),
+                sitemap.listed
+            )],
+        );
+    }
+    data
 }
 
 /// The redirect targets one attempt claimed, released when the attempt ends.

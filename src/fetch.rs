@@ -40,8 +40,8 @@ pub enum FetchError {
     Resolve { host: String },
     #[error("could not connect to {host}: {reason}")]
     Connect { host: String, reason: String },
-    #[error("response body is larger than fetch.max_body_bytes ({limit} bytes)")]
-    BodyTooLarge { limit: u64 },
+    #[error("response body is larger than {setting} ({limit} bytes)")]
+    BodyTooLarge { limit: u64, setting: &'static str },
     #[error("network error talking to {host}: {reason}")]
     Network { host: String, reason: String },
     #[error(
@@ -213,6 +213,9 @@ pub struct GetOptions<'a> {
     pub cut_body_at: Option<u64>,
     /// Ask for the page only if it changed since the copy these came with.
     pub if_changed: Option<&'a Validators>,
+    /// The body cap and the setting that holds it, in place of `fetch.max_body_bytes`
+    /// (a sitemap's own cap, `crawl.sitemap_max_bytes`).
+    pub max_body: Option<(u64, &'static str)>,
 }
 
 impl Response {
@@ -554,13 +557,15 @@ impl Fetcher {
         if parsed.is_redirect() {
             return Ok(parsed);
         }
-        let max = self.settings.max_body_bytes;
+        let (max, setting) = options
+            .max_body
+            .unwrap_or((self.settings.max_body_bytes, "fetch.max_body_bytes"));
         let (limit, cut) = match options.cut_body_at {
             Some(cut) => (cut.min(max), true),
             None => (max, false),
         };
         if !cut && declared_length.is_some_and(|len| len > limit) {
-            return Err(FetchError::BodyTooLarge { limit });
+            return Err(FetchError::BodyTooLarge { limit, setting });
         }
         // Read one byte past the limit to tell "exactly at the limit" from "over it".
         let mut body = response.take_body().into_reader().take(limit + 1);
@@ -575,7 +580,7 @@ impl Fetcher {
             })?;
         if buffer.len() as u64 > limit {
             if !cut {
-                return Err(FetchError::BodyTooLarge { limit });
+                return Err(FetchError::BodyTooLarge { limit, setting });
             }
             buffer.truncate(limit as usize);
         }

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use regex::Regex;
 use url::Url;
 
+use crate::job::JobKind;
 use crate::urls;
 
 /// The crawl columns of a job, as stored.
@@ -125,6 +126,11 @@ fn registrable_domain(host: &str) -> String {
 pub struct Child {
     pub url: String,
     pub host: String,
+    /// A page (a link, a sitemap's URL) or a sitemap (a sitemap index's entry, a
+    /// robots.txt `Sitemap:` line).
+    pub kind: JobKind,
+    /// The `<lastmod>` a sitemap gave for it, as written.
+    pub lastmod: Option<String>,
 }
 
 /// A job's compiled crawl rules.
@@ -160,9 +166,25 @@ impl Follow {
         if !self.follows {
             return Vec::new();
         }
+        self.listed(
+            links
+                .iter()
+                .map(|link| (link.as_str(), JobKind::Page, None)),
+            filter,
+        )
+    }
+
+    /// The URLs a sitemap (or robots.txt) lists that this crawl takes, as (URL, kind,
+    /// lastmod): the same scope, allow, deny and canonical form as links, whatever the
+    /// depth (a sitemap's URLs are where a crawl starts, not links it follows).
+    pub fn listed<'a>(
+        &self,
+        urls: impl IntoIterator<Item = (&'a str, JobKind, Option<&'a str>)>,
+        filter: &QueryFilter,
+    ) -> Vec<Child> {
         let mut seen = std::collections::HashSet::new();
         let mut children = Vec::new();
-        for link in links {
+        for (link, kind, lastmod) in urls {
             let Ok(url) = Url::parse(link) else { continue };
             let url = canonical(&url, filter);
             let Some(host) = urls::host_key(&url) else {
@@ -175,13 +197,21 @@ impl Follow {
             if text.len() > urls::MAX_URL_BYTES {
                 continue;
             }
-            if self.allow.as_ref().is_some_and(|a| !a.is_match(&text))
-                || self.deny.as_ref().is_some_and(|d| d.is_match(&text))
+            // A sitemap is fetched whatever allow and deny say: they pick pages, and a
+            // crawl started from a sitemap would otherwise need its URL in `allow`.
+            if kind == JobKind::Page
+                && (self.allow.as_ref().is_some_and(|a| !a.is_match(&text))
+                    || self.deny.as_ref().is_some_and(|d| d.is_match(&text)))
             {
                 continue;
             }
             if seen.insert(text.clone()) {
-                children.push(Child { url: text, host });
+                children.push(Child {
+                    url: text,
+                    host,
+                    kind,
+                    lastmod: lastmod.map(str::to_owned),
+                });
             }
         }
         children

@@ -53,6 +53,33 @@ impl Status {
     }
 }
 
+/// What a job fetches (`jobs.kind`; the table's CHECK allows exactly these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum JobKind {
+    /// A page: parsed as HTML, its links followed in a crawl.
+    #[default]
+    Page,
+    /// A sitemap: its URLs (or, for an index, its sitemaps) are queued in its crawl.
+    Sitemap,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Page => "page",
+            JobKind::Sitemap => "sitemap",
+        }
+    }
+
+    /// From the column as stored; anything else (the CHECK forbids it) reads as a page.
+    pub fn from_column(value: Option<&str>) -> JobKind {
+        match value {
+            Some("sitemap") => JobKind::Sitemap,
+            _ => JobKind::Page,
+        }
+    }
+}
+
 /// A new job that passed admission: its URL parses, is http(s) and has a host, and its
 /// selectors and crawl rules (if any) are valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +132,8 @@ pub struct ClaimedJob {
     pub canonical_url: Option<String>,
     /// The version of this URL stored before, if the server gave it validators.
     pub known_version: Option<KnownVersion>,
+    /// A page or a sitemap.
+    pub kind: JobKind,
 }
 
 impl ClaimedJob {
@@ -112,6 +141,12 @@ impl ClaimedJob {
     /// one that does): such pages are fetched at most once per crawl, redirects included.
     pub fn in_crawl(&self) -> bool {
         self.crawl.max_depth > 0
+    }
+
+    /// Whether this is a later read of a sitemap (`recrawl_every`): what it lists may have
+    /// changed since the crawl queued it (see `lastmod` in the README).
+    pub fn is_sitemap_reread(&self) -> bool {
+        self.kind == JobKind::Sitemap && self.fetch_no > 1
     }
 }
 

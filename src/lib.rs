@@ -21,6 +21,7 @@
 //! - [`urls`]      — the rules a URL must pass to be fetched, and its host key (a leaf).
 //! - [`follow`]    — link following: canonical URLs, scope, allow/deny.
 //! - [`robots`]    — the only module that names `texting_robots`: robots.txt rules, cached.
+//! - [`sitemap`]   — the only module that names `quick-xml`: sitemap XML in, owned data out.
 //! - [`schedule`]  — which hosts may be claimed for, and when: a due-time index.
 //! - [`daemon`]    — the scheduler loop: admit, claim fairly, run, store, shut down.
 //! - [`shutdown`]  — the stop signal handed to every long-running loop.
@@ -41,6 +42,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod settings;
 pub mod shutdown;
+pub mod sitemap;
 pub mod store;
 pub mod telemetry;
 pub mod urls;

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crawlq::daemon::{Daemon, RunOptions};
 use crawlq::follow::{CrawlSpec, QueryFilter};
-use crawlq::job::{self, Status};
+use crawlq::job::{self, JobKind, Status};
 use crawlq::runtime;
 use crawlq::settings::{DatabaseLocation, Overrides, Settings};
 use crawlq::shutdown;
@@ -58,6 +58,10 @@ enum Command {
         /// NAME=CSS, or NAME=CSS@attribute; repeat for several.
         #[arg(long = "select", value_name = "NAME=CSS")]
         selectors: Vec<String>,
+        /// The URLs are sitemaps (or sitemap indexes, plain or .gz): each starts a crawl
+        /// of the pages it lists (jobs.kind = 'sitemap').
+        #[arg(long)]
+        sitemap: bool,
     },
     /// Show job counts by status, the queue of the busiest hosts, recent throughput,
     /// errors of the last hour grouped by reason, and the workers.
@@ -137,7 +141,15 @@ fn execute(cli: Cli) -> Result<(), Failure> {
                 urls,
                 priority,
                 selectors,
-            } => add(settings, urls, priority, selectors).await,
+                sitemap,
+            } => {
+                let kind = if sitemap {
+                    JobKind::Sitemap
+                } else {
+                    JobKind::Page
+                };
+                add(settings, urls, priority, selectors, kind).await
+            }
             Command::Status { json } => status(settings, json).await,
             Command::Body { result_id } => body(settings, result_id).await,
             Command::Unpause { host } => unpause(settings, &host).await,
@@ -194,6 +206,7 @@ async fn add(
     urls: Vec<String>,
     priority: i64,
     selectors: Vec<String>,
+    kind: JobKind,
 ) -> Result<(), Failure> {
     let selectors = selectors_json(&selectors).map_err(Failure::config)?;
     // Check everything before inserting anything, so a typo does not queue half a list.
@@ -222,7 +235,7 @@ async fn add(
     }
     for url in &urls {
         let id = store
-            .insert_job(url, priority, selectors.as_deref())
+            .insert_job(url, priority, selectors.as_deref(), kind)
             .await
             .map_err(Failure::runtime)?;
         println!("{id}");

@@ -160,6 +160,22 @@ impl Robots {
         }
     }
 
+    /// The sitemaps the robots.txt of `url`'s origin names in `Sitemap:` lines (for
+    /// `crawl.follow_sitemaps`), as written. Read from the same cached answer as the rules
+    /// (asked for through `fetch_robots` if there is none, even with `obey_robots` off);
+    /// none when robots.txt has no rules for us to read.
+    pub async fn sitemaps<F, Fut>(&self, url: &Url, fetch_robots: F) -> Vec<String>
+    where
+        F: FnOnce(Url) -> Fut,
+        Fut: Future<Output = RobotsAnswer>,
+    {
+        let origin = url.origin().ascii_serialization();
+        match &*self.policy(&origin, fetch_robots).await.0 {
+            Policy::Rules(robot) => robot.sitemaps.clone(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The origin's policy, until when it holds, and whether robots.txt was asked for it
     /// just now (by this call).
     async fn policy<F, Fut>(&self, origin: &str, fetch_robots: F) -> (Arc<Policy>, Instant, bool)

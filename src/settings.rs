@@ -24,6 +24,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "CRAWLQ";
 /// Bodies are held in memory while parsed; more than this per page is a mistake or an attack.
 const MAX_BODY_BYTES: u64 = 1 << 30;
+/// The most URLs `crawl.sitemap_max_urls` may allow (20 times the protocol's 50 000): each
+/// URL kept is held in memory until its sitemap's links are stored.
+const MAX_SITEMAP_URLS: u64 = 1_000_000;
 const MAX_IN_FLIGHT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -506,6 +509,12 @@ pub struct CrawlSettings {
     pub robots_unreachable_wait: Duration,
     /// The longest Crawl-delay honoured; a longer one is cut to this.
     pub max_crawl_delay: Duration,
+    /// A crawl's root page queues the sitemaps its robots.txt names (`Sitemap:` lines).
+    pub follow_sitemaps: bool,
+    /// The most bytes a sitemap may hold, uncompressed (and, gzipped, as sent).
+    pub sitemap_max_bytes: u64,
+    /// The most URLs read from one sitemap; the rest are left out, and the result says so.
+    pub sitemap_max_urls: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -686,6 +695,9 @@ struct RawCrawl {
     robots_cache_secs: f64,
     robots_unreachable_wait_secs: f64,
     max_crawl_delay_secs: f64,
+    follow_sitemaps: bool,
+    sitemap_max_bytes: u64,
+    sitemap_max_urls: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1021,6 +1033,22 @@ impl RawSettings {
             format,
         };
 
+        let c = &self.crawl;
+        if !(1..=MAX_BODY_BYTES).contains(&c.sitemap_max_bytes) {
+            return Err(invalid(
+                "crawl.sitemap_max_bytes",
+                c.sitemap_max_bytes,
+                "must be from 1 to 1073741824 (1 GiB)",
+            ));
+        }
+        if !(1..=MAX_SITEMAP_URLS).contains(&c.sitemap_max_urls) {
+            return Err(invalid(
+                "crawl.sitemap_max_urls",
+                c.sitemap_max_urls,
+                "must be from 1 to 1000000",
+            ));
+        }
+
         Ok(Settings {
             database,
             daemon,
@@ -1039,6 +1067,9 @@ impl RawSettings {
                     "crawl.max_crawl_delay_secs",
                     self.crawl.max_crawl_delay_secs,
                 )?,
+                follow_sitemaps: c.follow_sitemaps,
+                sitemap_max_bytes: c.sitemap_max_bytes,
+                sitemap_max_urls: c.sitemap_max_urls as usize,
             },
             log,
             sources,

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::fetch::Validators;
-use crate::job::{Attempt, ClaimedJob, JobId, KnownVersion, PageRecord, Verdict};
+use crate::job::{Attempt, ClaimedJob, JobId, JobKind, KnownVersion, PageRecord, Verdict};
 
 use super::known_links::KnownLinks;
 use super::HostPick;
@@ -51,12 +51,14 @@ pub(super) fn split_batch(attempts: &[Attempt]) -> (Vec<&Attempt>, Vec<&Attempt>
 }
 
 /// A done first fetch with nothing but a result, validators and links to store: no body,
-/// no 304 copy, no redirect to record, no host pause, no earlier attempt's row to replace.
+/// no 304 copy, no redirect to record, no host pause, no earlier attempt's row to replace,
+/// no re-read sitemap whose pages may go back to the queue.
 pub(super) fn is_plain_first_fetch(attempt: &Attempt) -> bool {
     let Some(page) = &attempt.page else {
         return false;
     };
     attempt.verdict == Verdict::Done
+        && !attempt.job.is_sitemap_reread()
         && attempt.pause.is_none()
         && attempt.job.attempt == 1
         && page.unchanged_since.is_none()
@@ -125,8 +127,8 @@ pub(super) fn validator_changes<'a>(
     changes
 }
 
-/// A link to queue: (parent job id, crawl root id, URL, host).
-pub(super) type Link<'a> = (i64, i64, &'a str, &'a str);
+/// A link to queue: (parent job id, crawl root id, URL, host, kind, lastmod).
+pub(super) type Link<'a> = (i64, i64, &'a str, &'a str, JobKind, Option<&'a str>);
 
 /// The links of done pages to queue as child jobs of their crawls, in page order. A URL
 /// linked from two pages of one crawl is queued once, by the first: a second copy would
@@ -138,23 +140,53 @@ pub(super) fn links_to_queue<'a>(pages: &[&'a Attempt], known: &KnownLinks) -> V
     pages
         .iter()
         .flat_map(|a| {
-            a.children
-                .iter()
-                .map(|c| (a.job.id.0, a.job.root_id, c.url.as_str(), c.host.as_str()))
+            a.children.iter().map(|c| {
+                (
+                    a.job.id.0,
+                    a.job.root_id,
+                    c.url.as_str(),
+                    c.host.as_str(),
+                    c.kind,
+                    c.lastmod.as_deref(),
+                )
+            })
         })
-        .filter(|(_, root, url, _)| linked.insert((*root, *url)) && !known.contains(*root, url))
+        .filter(|(_, root, url, ..)| linked.insert((*root, *url)) && !known.contains(*root, url))
         .collect()
 }
 
-/// Links grouped into runs that share a parent, a crawl and a host, in order:
-/// (parent id, root id, host, URLs). A backend sends each run's URLs as one plain array.
-pub(super) fn link_runs<'a>(links: &[Link<'a>]) -> Vec<(i64, i64, &'a str, Vec<&'a str>)> {
-    let mut runs: Vec<(i64, i64, &str, Vec<&str>)> = Vec::new();
-    for &(parent, root, url, host) in links {
-        match runs.last_mut() {
-            Some((p, r, h, urls)) if (*p, *r, *h) == (parent, root, host) => urls.push(url),
-            _ => runs.push((parent, root, host, vec![url])),
+/// A run of links that share a parent, a crawl, a host and a kind, as a backend sends it
+/// (one JSON array): (parent id, root id, host, URLs, kind, lastmods). `lastmods` is
+/// `None` when no URL of the run has one (links never do), else one per URL.
+pub(super) type LinkRun<'a> = (
+    i64,
+    i64,
+    &'a str,
+    Vec<&'a str>,
+    &'static str,
+    Option<Vec<Option<&'a str>>>,
+);
+
+/// Links grouped into runs (see [`LinkRun`]), in order. A backend sends each run's URLs
+/// as one plain array.
+pub(super) fn link_runs<'a>(links: &[Link<'a>]) -> Vec<LinkRun<'a>> {
+    let mut runs: Vec<LinkRun<'a>> = Vec::new();
+    for &(parent, root, url, host, kind, lastmod) in links {
+        let kind = kind.as_str();
+        let run = match runs.last_mut() {
+            Some(run) if (run.0, run.1, run.2, run.4) == (parent, root, host, kind) => run,
+            _ => {
+                runs.push((parent, root, host, Vec::new(), kind, None));
+                runs.last_mut().expect("just pushed")
+            }
+        };
+        if lastmod.is_some() && run.5.is_none() {
+            run.5 = Some(vec![None; run.3.len()]);
         }
+        if let Some(lastmods) = &mut run.5 {
+            lastmods.push(lastmod);
+        }
+        run.3.push(url);
     }
     runs
 }
@@ -248,6 +280,7 @@ mod tests {
             fetch_no: 1,
             canonical_url: Some(format!("http://a.test/{id}")),
             known_version: None,
+            kind: JobKind::Page,
         }
     }
 
@@ -282,6 +315,8 @@ mod tests {
                 .map(|url| Child {
                     url: (*url).to_owned(),
                     host: "a.test".to_owned(),
+                    kind: JobKind::Page,
+                    lastmod: None,
                 })
                 .collect(),
             job,
@@ -402,10 +437,26 @@ mod tests {
         assert_eq!(
             runs,
             [
-                (1, 1, "a.test", vec!["http://a.test/p", "http://a.test/q"]),
-                (2, 1, "a.test", vec!["http://a.test/r"]),
+                (
+                    1,
+                    1,
+                    "a.test",
+                    vec!["http://a.test/p", "http://a.test/q"],
+                    "page",
+                    None
+                ),
+                (2, 1, "a.test", vec!["http://a.test/r"], "page", None),
             ]
         );
+        // A sitemap's URLs carry their lastmod, one per URL, and a kind change starts a run.
+        let mut listed = links.clone();
+        listed[1].5 = Some("2026-11-30");
+        listed[2].4 = JobKind::Sitemap;
+        listed[2].0 = 1;
+        let runs = link_runs(&listed);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[0].5, Some(vec![None, Some("2026-11-30")]));
+        assert_eq!((runs[1].4, runs[1].5.clone()), ("sitemap", None));
         assert_eq!(count_per_root(&[5, 1, 5]), [(1, 1), (5, 2)]);
     }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::known_links::KnownLinks;
 use super::{FinishReport, StoreError};
-use crate::job::{Attempt, ClaimedJob, PageRecord, RedirectTarget, Verdict};
+use crate::follow::Child;
+use crate::job::{Attempt, ClaimedJob, JobKind, PageRecord, RedirectTarget, Verdict};
 
 /// The statements a finish is made of, inside one transaction.
 pub(super) trait FinishSteps {
@@ -55,6 +56,16 @@ pub(super) trait FinishSteps {
         page: &PageRecord,
         target: &RedirectTarget,
     ) -> Result<(), StoreError>;
+
+    /// A re-read sitemap (see [`ClaimedJob::is_sitemap_reread`]): the pages of its crawl
+    /// it lists that were fetched already (`done` or `failed`) go back to the queue as a
+    /// new fetch if their lastmod changed (or the sitemap gives none), with the new
+    /// lastmod. Returns how many.
+    async fn queue_changed_again(
+        &mut self,
+        job: &ClaimedJob,
+        listed: &[Child],
+    ) -> Result<u64, StoreError>;
 
     /// Queues the links of done pages as child jobs of their crawls, in page order; the
     /// report lists those queued.
@@ -106,6 +117,16 @@ pub(super) async fn finish_one(
     }
     if attempt.verdict == Verdict::Done && !attempt.children.is_empty() {
         steps.queue_children(&[attempt], known, report).await?;
+        if job.is_sitemap_reread() {
+            let pages: Vec<Child> = attempt
+                .children
+                .iter()
+                .filter(|c| c.kind == JobKind::Page)
+                .cloned()
+                .collect();
+            let again = steps.queue_changed_again(job, &pages).await?;
+            tracing::debug!(job = %job.id, again, "pages whose lastmod moved queued again");
+        }
     }
     report.stored += 1;
     Ok(attempt.page.is_some())

@@ -66,7 +66,7 @@ pub use decisions::lease_token;
 pub use error::StoreError;
 pub use types::*;
 
-use crate::job::{Admitted, Attempt, ClaimedJob, JobId};
+use crate::job::{Admitted, Attempt, ClaimedJob, JobId, JobKind};
 use crate::settings::{DatabaseLocation, DatabaseSettings};
 
 use known_links::KnownLinks;
@@ -186,8 +186,9 @@ impl Store {
         url: &str,
         priority: i64,
         selectors: Option<&str>,
+        kind: JobKind,
     ) -> Result<JobId, StoreError> {
-        on_backend!(self, db => db.insert_job(url, priority, selectors).await)
+        on_backend!(self, db => db.insert_job(url, priority, selectors, kind).await)
     }
 
     /// Up to `limit` queued rows nobody has validated yet, oldest first.

@@ -209,6 +209,8 @@ fn done(job: &ClaimedJob, links: &[&str]) -> Attempt {
             .map(|l| Child {
                 url: l.to_string(),
                 host: "a.test".to_owned(),
+                kind: crawlq::job::JobKind::Page,
+                lastmod: None,
             })
             .collect(),
     }

@@ -35,4 +35,5 @@ mod proxy;
 mod refetch;
 mod robots;
 mod security;
+mod sitemap;
 mod store;

@@ -306,6 +306,8 @@ fn done(job: &crawlq::job::ClaimedJob, children: &[&str]) -> crawlq::job::Attemp
             .map(|url| crawlq::follow::Child {
                 url: url.to_string(),
                 host: "s.test".to_owned(),
+                kind: crawlq::job::JobKind::Page,
+                lastmod: None,
             })
             .collect(),
     }

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::{json, PostgresStore};
 use crate::follow::CrawlSpec;
-use crate::job::{Admitted, JobId};
+use crate::job::{Admitted, JobId, JobKind};
 use crate::store::error::Doing;
 use crate::store::{Admissions, NewJob, StoreError};
 
@@ -17,13 +17,16 @@ impl PostgresStore {
         url: &str,
         priority: i64,
         selectors: Option<&str>,
+        kind: JobKind,
     ) -> Result<JobId, StoreError> {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO jobs (url, priority, selectors) VALUES ($1, $2, $3::jsonb) RETURNING id",
+            "INSERT INTO jobs (url, priority, selectors, kind) VALUES ($1, $2, $3::jsonb, $4)
+             RETURNING id",
         )
         .bind(super::text(url).as_ref())
         .bind(priority)
         .bind(selectors)
+        .bind(kind.as_str())
         .fetch_one(&self.pool)
         .await
         .doing("adding a job")?;

@@ -12,7 +12,7 @@ use sqlx::Row;
 use super::PostgresStore;
 use crate::follow::CrawlSpec;
 use crate::job::ClaimedJob;
-use crate::job::JobId;
+use crate::job::{JobId, JobKind};
 use crate::store::error::Doing;
 use crate::store::{decisions, HostPick, StoreError};
 
@@ -92,7 +92,7 @@ impl PostgresStore {
                     jobs.scope, jobs.allow, jobs.deny, jobs.crawl_host, jobs.max_attempts,
                     jobs.selectors::text AS selectors,
                     GREATEST(1, LEAST(jobs.fetch_no, 2147483647)) AS fetch_no,
-                    jobs.canonical_url,
+                    jobs.canonical_url, jobs.kind,
                     -- The version of this URL we hold: [ETag, Last-Modified, result id,
                     -- the selectors that result was parsed with].
                     (SELECT jsonb_build_array(v.etag, v.last_modified, v.result_id,
@@ -212,6 +212,7 @@ fn claimed_job(row: &PgRow) -> Result<ClaimedJob, sqlx::Error> {
         fetch_no: row.try_get("fetch_no")?,
         canonical_url: row.try_get("canonical_url")?,
         known_version: None,
+        kind: JobKind::from_column(row.try_get::<Option<String>, _>("kind")?.as_deref()),
     };
     let known: Option<String> = row.try_get("known_version").ok().flatten();
     Ok(decisions::with_known_version(

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{json, text, PostgresStore, RESULTS_CHANNEL};
+use crate::follow::Child;
 use crate::job::{Attempt, ClaimedJob, PageRecord, RedirectTarget, Verdict};
 use crate::store::error::Doing;
 use crate::store::finish_steps::{self, FinishSteps};
@@ -253,6 +254,33 @@ impl FinishSteps for Tx<'_> {
         Ok(())
     }
 
+    async fn queue_changed_again(
+        &mut self,
+        job: &ClaimedJob,
+        listed: &[Child],
+    ) -> Result<u64, StoreError> {
+        let (urls, lastmods): (Vec<&str>, Vec<Option<&str>>) = listed
+            .iter()
+            .map(|c| (c.url.as_str(), c.lastmod.as_deref()))
+            .unzip();
+        let again = sqlx::query(
+            "UPDATE jobs SET status = 'queued', run_after = now(), attempts = 0, error = NULL,
+                    fetch_no = fetch_no + 1, lastmod = c.lastmod, updated_at = now()
+               FROM unnest($2::text[], $3::text[]) AS c(url, lastmod)
+              WHERE jobs.root_id = $1 AND jobs.canonical_url = c.url
+                AND jobs.kind = 'page' AND jobs.status IN ('done', 'failed')
+                AND (c.lastmod IS NULL OR jobs.lastmod IS DISTINCT FROM c.lastmod)",
+        )
+        .bind(job.root_id)
+        .bind(&urls)
+        .bind(&lastmods)
+        .execute(&mut **self)
+        .await
+        .doing("queueing pages whose lastmod changed")?
+        .rows_affected();
+        Ok(again)
+    }
+
     async fn queue_children(
         &mut self,
         pages: &[&Attempt],
@@ -424,16 +452,28 @@ async fn queue_children_batch(
         // table for every batch, and a crawl got slower with every page it stored.
         "WITH run AS MATERIALIZED (
               SELECT x.ord AS position, (x.r ->> 1)::bigint AS root_id, x.r ->> 2 AS host,
-                     x.r -> 3 AS urls, p.*
+                     x.r -> 3 AS urls, x.r ->> 4 AS kind, x.r -> 5 AS lastmods, p.*
                 FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS x(r, ord)
                CROSS JOIN LATERAL (
                      SELECT p.id AS parent_id, p.priority, p.selectors, p.max_attempts,
                             p.max_depth, p.scope, p.allow, p.deny, p.max_pages,
-                            p.depth + 1 AS depth, COALESCE(p.crawl_host, p.host) AS crawl_host,
-                            p.recrawl_every
+                            -- A link is one hop further; a sitemap, and what a sitemap
+                            -- lists, are where a crawl starts: no hop (README, Sitemaps).
+                            p.depth + CASE WHEN p.kind = 'page' AND x.r ->> 4 = 'page'
+                                           THEN 1 ELSE 0 END AS depth,
+                            COALESCE(p.crawl_host, p.host) AS crawl_host,
+                            -- A sitemap's pages are fetched again when a re-read of it
+                            -- finds their lastmod moved, not on a clock of their own.
+                            CASE WHEN p.kind = 'sitemap' AND x.r ->> 4 = 'page' THEN NULL
+                                 ELSE p.recrawl_every END AS recrawl_every
                        FROM jobs p WHERE p.id = (x.r ->> 0)::bigint LIMIT 1) p),
           link AS MATERIALIZED (
-              SELECT r.*, u.ord AS n_in_run, u.url
+              -- Not r.*: that would copy the run's whole URL array into every link's
+              -- row (a 20 000-URL sitemap took minutes).
+              SELECT r.position, r.root_id, r.host, r.kind, r.parent_id, r.priority,
+                     r.selectors, r.max_attempts, r.max_depth, r.scope, r.allow, r.deny,
+                     r.max_pages, r.depth, r.crawl_host, r.recrawl_every,
+                     u.ord AS n_in_run, u.url, r.lastmods ->> (u.ord - 1)::int AS lastmod
                 FROM run r
                CROSS JOIN LATERAL jsonb_array_elements_text(r.urls) WITH ORDINALITY AS u(url, ord)
                 LEFT JOIN LATERAL (SELECT 1 AS found FROM jobs d
@@ -450,9 +490,10 @@ async fn queue_children_batch(
                                     LIMIT 1) budget ON true)
          INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
                            max_depth, scope, allow, deny, max_pages, parent_id, root_id,
-                           depth, crawl_host, recrawl_every)
+                           depth, crawl_host, recrawl_every, kind, lastmod)
          SELECT url, host, url, priority, selectors, max_attempts, max_depth, scope, allow,
-                deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every
+                deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every, kind,
+                lastmod
            FROM (SELECT l.*, room.room,
                         ROW_NUMBER() OVER (PARTITION BY l.root_id
                                                ORDER BY l.position, l.n_in_run) AS n

@@ -5,7 +5,7 @@ use sqlx::{Connection, Row};
 
 use super::{lossy_text, SqliteStore};
 use crate::follow::CrawlSpec;
-use crate::job::{Admitted, JobId};
+use crate::job::{Admitted, JobId, JobKind};
 use crate::store::error::Doing;
 use crate::store::{Admissions, NewJob, StoreError};
 
@@ -25,13 +25,15 @@ impl SqliteStore {
         url: &str,
         priority: i64,
         selectors: Option<&str>,
+        kind: JobKind,
     ) -> Result<JobId, StoreError> {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO jobs (url, priority, selectors) VALUES (?1, ?2, ?3) RETURNING id",
+            "INSERT INTO jobs (url, priority, selectors, kind) VALUES (?1, ?2, ?3, ?4) RETURNING id",
         )
         .bind(url)
         .bind(priority)
         .bind(selectors)
+        .bind(kind.as_str())
         .fetch_one(&mut *self.writer().await.doing("adding a job")?)
         .await
         .doing("adding a job")?;

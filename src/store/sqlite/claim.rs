@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::{lossy_text, SqliteStore};
 use crate::follow::CrawlSpec;
-use crate::job::{ClaimedJob, JobId};
+use crate::job::{ClaimedJob, JobId, JobKind};
 use crate::store::error::Doing;
 use crate::store::{decisions, HostPick, StoreError};
 
@@ -221,7 +221,7 @@ async fn claim_from(
                     CAST(max_attempts AS INTEGER) AS max_attempts,
                     CAST(selectors AS TEXT) AS selectors,
                     MAX(1, MIN(CAST(fetch_no AS INTEGER), 2147483647)) AS fetch_no,
-                    CAST(canonical_url AS BLOB) AS canonical_url,
+                    CAST(canonical_url AS BLOB) AS canonical_url, CAST(kind AS TEXT) AS kind,
                     -- The version of this URL we hold: [ETag, Last-Modified, result id,
                     -- the selectors that result was parsed with]. As bytes, read leniently:
                     -- a version that does not decode means a plain GET, never a failed claim.
@@ -282,6 +282,7 @@ fn claimed_job(row: &SqliteRow) -> Result<ClaimedJob, sqlx::Error> {
         fetch_no: row.try_get("fetch_no")?,
         canonical_url: lossy_text(row, "canonical_url")?,
         known_version: None,
+        kind: JobKind::from_column(lossy_text(row, "kind")?.as_deref()),
     };
     let known: Option<Vec<u8>> = row.try_get("known_version").ok().flatten();
     Ok(decisions::with_known_version(job, known.as_deref()))

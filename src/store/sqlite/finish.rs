@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::Connection;
 
 use super::SqliteStore;
+use crate::follow::Child;
 use crate::job::{Attempt, ClaimedJob, PageRecord, RedirectTarget, Verdict};
 use crate::store::error::Doing;
 use crate::store::finish_steps::{self, FinishSteps};
@@ -283,6 +284,39 @@ impl FinishSteps for sqlx::Transaction<'_, sqlx::Sqlite> {
         Ok(())
     }
 
+    async fn queue_changed_again(
+        &mut self,
+        job: &ClaimedJob,
+        listed: &[Child],
+    ) -> Result<u64, StoreError> {
+        let listed: Vec<(&str, Option<&str>)> = listed
+            .iter()
+            .map(|c| (c.url.as_str(), c.lastmod.as_deref()))
+            .collect();
+        let mut again = 0;
+        for slice in listed.chunks(LINKS_PER_STATEMENT) {
+            again += sqlx::query(concat!(
+                "UPDATE jobs SET status = 'queued', run_after = ",
+                now!(),
+                ", attempts = 0, error = NULL, fetch_no = fetch_no + 1,
+                     lastmod = c.value ->> 1, updated_at = ",
+                now!(),
+                "
+                   FROM json_each(?2) AS c
+                  WHERE jobs.root_id = ?1 AND jobs.canonical_url = c.value ->> 0
+                    AND jobs.kind = 'page' AND jobs.status IN ('done', 'failed')
+                    AND (c.value ->> 1 IS NULL OR jobs.lastmod IS NOT c.value ->> 1)"
+            ))
+            .bind(job.root_id)
+            .bind(serde_json::to_string(slice).expect("strings serialize"))
+            .execute(&mut **self)
+            .await
+            .doing("queueing pages whose lastmod changed")?
+            .rows_affected();
+        }
+        Ok(again)
+    }
+
     async fn queue_children(
         &mut self,
         pages: &[&Attempt],
@@ -412,23 +446,33 @@ async fn queue_children_batch(
     let queued: Vec<(i64, String)> = sqlx::query_as(
         "INSERT INTO jobs (url, host, canonical_url, priority, selectors, max_attempts,
                            max_depth, scope, allow, deny, max_pages, parent_id, root_id,
-                           depth, crawl_host, recrawl_every)
+                           depth, crawl_host, recrawl_every, kind, lastmod)
          WITH run AS MATERIALIZED (
                   SELECT key AS position, value ->> 0 AS parent_id, value ->> 1 AS root_id,
-                         value ->> 2 AS host, value -> 3 AS urls
+                         value ->> 2 AS host, value -> 3 AS urls, value ->> 4 AS kind,
+                         value -> 5 AS lastmods
                     FROM json_each(?1)),
               link AS MATERIALIZED (
                   SELECT r.position, u.key AS n_in_run, r.parent_id, r.root_id, r.host,
-                         u.value AS url
+                         u.value AS url, r.kind, r.lastmods ->> u.key AS lastmod
                     FROM run r JOIN json_each(r.urls) AS u
                    WHERE NOT EXISTS (SELECT 1 FROM jobs d
                                       WHERE d.root_id = r.root_id AND d.canonical_url = u.value))
          SELECT url, host, url, priority, selectors, max_attempts, max_depth, scope, allow,
-                deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every
+                deny, max_pages, parent_id, root_id, depth, crawl_host, recrawl_every, kind,
+                lastmod
            FROM (SELECT l.url, l.host, p.priority, p.selectors, p.max_attempts, p.max_depth,
                         p.scope, p.allow, p.deny, p.max_pages, p.id AS parent_id, l.root_id,
-                        CAST(p.depth AS INTEGER) + 1 AS depth,
-                        COALESCE(p.crawl_host, p.host) AS crawl_host, p.recrawl_every,
+                        -- A link is one hop further; a sitemap, and what a sitemap lists,
+                        -- are where a crawl starts: no hop (README, Sitemaps).
+                        CAST(p.depth AS INTEGER)
+                            + (p.kind = 'page' AND l.kind = 'page') AS depth,
+                        COALESCE(p.crawl_host, p.host) AS crawl_host,
+                        -- A sitemap's pages are fetched again when a re-read of it finds
+                        -- their lastmod moved, not on a clock of their own.
+                        CASE WHEN p.kind = 'sitemap' AND l.kind = 'page' THEN NULL
+                             ELSE p.recrawl_every END AS recrawl_every,
+                        l.kind, l.lastmod,
                         l.position, l.n_in_run,
                         ROW_NUMBER() OVER (PARTITION BY l.root_id
                                                ORDER BY l.position, l.n_in_run) AS n,
