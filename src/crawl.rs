@@ -16,11 +16,11 @@ use crate::follow::{self, Child, Follow, QueryFilter};
 use crate::job::{self, Attempt, ClaimedJob, Ending, JobKind, PageRecord, RedirectTarget};
 use crate::limits::{RateLimits, Ticket};
 use crate::parse::{self, SelectorSet};
-use crate::robots::{self, Permission, Robots};
+use crate::robots::{self, Permission, Robots, UnsavedRobots};
 use crate::runtime::{self, Counted};
 use crate::settings::Settings;
 use crate::sitemap::{self, Sitemap, SitemapKind};
-use crate::store::{FetchedRobots, RobotsAnswer, Store};
+use crate::store::{RobotsAnswer, Store};
 use crate::urls;
 
 /// Redirects followed for robots.txt (RFC 9309 asks for at least five).
@@ -105,14 +105,14 @@ impl Crawler {
             .keep_connections(hosts_with_work <= self.fetcher.idle_connections());
     }
 
-    /// robots.txt answers fetched and not yet stored (see [`Robots::take_unsaved`]).
-    pub fn take_unsaved_robots(&self) -> Vec<FetchedRobots> {
-        self.robots.take_unsaved()
+    /// robots.txt answers fetched and not yet stored (see [`Robots::unsaved`]).
+    pub fn unsaved_robots(&self) -> UnsavedRobots {
+        self.robots.unsaved()
     }
 
-    /// Answers that could not be stored, to try again at the next turn.
-    pub fn put_back_unsaved_robots(&self, answers: Vec<FetchedRobots>) {
-        self.robots.put_back_unsaved(answers)
+    /// Those answers are in the table now.
+    pub fn robots_saved(&self, batch: &UnsavedRobots) {
+        self.robots.saved(batch)
     }
 
     /// The canonical-URL rules, shared with admission.

@@ -440,10 +440,13 @@ impl<'d> Scheduler<'d> {
     /// Stores the robots.txt answers fetched since the last turn, in one statement. Best
     /// effort: they are obeyed from memory either way, and fetched again after a restart.
     async fn store_robots(&mut self) {
-        let answers = self.daemon.crawler.take_unsaved_robots();
-        if let Err(e) = self.store().save_robots(&answers).await {
-            tracing::warn!(origins = answers.len(), error = %e, "could not store robots.txt answers; trying again at the next turn");
-            self.daemon.crawler.put_back_unsaved_robots(answers);
+        let batch = self.daemon.crawler.unsaved_robots();
+        match self.store().save_robots(&batch.answers).await {
+            Ok(()) => self.daemon.crawler.robots_saved(&batch),
+            // They stay unsaved, and are in the next turn's batch.
+            Err(e) => {
+                tracing::warn!(origins = batch.answers.len(), error = %e, "could not store robots.txt answers; trying again at the next turn")
+            }
         }
     }
 

@@ -103,7 +103,60 @@ pub struct Robots {
     settings: CrawlSettings,
     slots: Mutex<HashMap<String, Slot>>,
     /// Answers fetched but not yet stored: the scheduler stores them in batches.
-    unsaved: Mutex<Vec<FetchedRobots>>,
+    unsaved: Mutex<Unsaved>,
+}
+
+/// Answers fetched and not yet in the table, numbered in the order they came. One stays
+/// here until a save that included it has committed, not only until it is handed out:
+/// while it is being saved it is in neither place, and a failed answer that is in
+/// neither reads as one `crawlq unpause` deleted.
+#[derive(Default)]
+struct Unsaved {
+    next: u64,
+    answers: Vec<(u64, FetchedRobots)>,
+}
+
+impl Unsaved {
+    fn push(&mut self, fetched: FetchedRobots) {
+        self.answers.push((self.next, fetched));
+        self.next += 1;
+    }
+
+    /// The newest answer of each origin, in the order they came.
+    fn batch(&self) -> UnsavedRobots {
+        let mut seen = std::collections::HashSet::new();
+        let mut answers: Vec<FetchedRobots> = self
+            .answers
+            .iter()
+            .rev()
+            .filter(|(_, fetched)| seen.insert(fetched.origin.clone()))
+            .map(|(_, fetched)| fetched.clone())
+            .collect();
+        answers.reverse();
+        UnsavedRobots {
+            answers,
+            up_to: self.answers.last().map(|(number, _)| *number),
+        }
+    }
+
+    fn saved(&mut self, batch: &UnsavedRobots) {
+        if let Some(up_to) = batch.up_to {
+            self.answers.retain(|(number, _)| *number > up_to);
+        }
+    }
+
+    fn has(&self, origin: &str) -> bool {
+        self.answers
+            .iter()
+            .any(|(_, fetched)| fetched.origin == origin)
+    }
+}
+
+/// Answers to store in one go (the newest for each origin), up to answer number `up_to`
+/// (None: there were none).
+pub struct UnsavedRobots {
+    pub answers: Vec<FetchedRobots>,
+    up_to: Option<u64>,
 }
 
 impl Robots {
@@ -113,7 +166,7 @@ impl Robots {
             agent: product_token(user_agent),
             settings: settings.clone(),
             slots: Mutex::new(HashMap::new()),
-            unsaved: Mutex::new(Vec::new()),
+            unsaved: Mutex::new(Unsaved::default()),
         }
     }
 
@@ -282,11 +335,21 @@ impl Robots {
         (answer, fresh_for)
     }
 
-    /// The answers fetched since the last call, for the scheduler to store in one go. Until
-    /// then (and if storing fails) they are obeyed from memory; a restart fetches them
-    /// again.
-    pub fn take_unsaved(&self) -> Vec<FetchedRobots> {
-        std::mem::take(&mut *self.unsaved.lock().expect("unsaved robots lock"))
+    /// The answers not stored yet, for the scheduler to store in one go (only the newest
+    /// of an origin's: one statement cannot upsert a row twice). They stay unsaved until
+    /// [`Robots::saved`]; until then (and if storing fails) they are obeyed from memory,
+    /// and a restart fetches them again.
+    pub fn unsaved(&self) -> UnsavedRobots {
+        self.unsaved.lock().expect("unsaved robots lock").batch()
+    }
+
+    /// `batch` is in the table now: its answers (and older ones of the same origins) are
+    /// no longer unsaved. Answers fetched since it was taken stay.
+    pub fn saved(&self, batch: &UnsavedRobots) {
+        self.unsaved
+            .lock()
+            .expect("unsaved robots lock")
+            .saved(batch)
     }
 
     /// Drops expired and surplus origins nobody is using, so memory does not grow with
@@ -319,30 +382,12 @@ impl Robots {
         }
     }
 
-    /// Answers whose storing failed go back in the queue (behind any newer answer for the
-    /// same origin), so they are tried again and, meanwhile, still count as unsaved: a
-    /// failed answer not in the table must not read as one `crawlq unpause` deleted.
-    pub fn put_back_unsaved(&self, answers: Vec<FetchedRobots>) {
-        let mut unsaved = self.unsaved.lock().expect("unsaved robots lock");
-        let newer: std::collections::HashSet<String> = unsaved
-            .iter()
-            .map(|fetched| fetched.origin.clone())
-            .collect();
-        let mut kept: Vec<FetchedRobots> = answers
-            .into_iter()
-            .filter(|fetched| !newer.contains(&fetched.origin))
-            .collect();
-        kept.append(&mut unsaved);
-        *unsaved = kept;
-    }
-
     /// Whether an answer for `origin` was fetched but is not in the table yet.
     fn is_unsaved(&self, origin: &str) -> bool {
         self.unsaved
             .lock()
             .expect("unsaved robots lock")
-            .iter()
-            .any(|fetched| fetched.origin == origin)
+            .has(origin)
     }
 
     /// Origins whose rules are in memory (for tests and stats).
@@ -419,6 +464,44 @@ mod tests {
             | Policy::NoConnection(_)
             | Policy::Fatal(_) => false,
         }
+    }
+
+    #[test]
+    fn an_answer_stays_unsaved_until_the_save_that_took_it_has_committed() {
+        let answer = |origin: &str, status| FetchedRobots {
+            origin: origin.to_owned(),
+            answer: fetched(status, ""),
+            expires: Instant::now(),
+        };
+        let mut unsaved = Unsaved::default();
+        unsaved.saved(&unsaved.batch());
+        unsaved.push(answer("http://a", 503));
+        unsaved.push(answer("http://b", 200));
+        unsaved.push(answer("http://a", 200));
+        let batch = unsaved.batch();
+        let origins: Vec<(&str, u16)> = batch
+            .answers
+            .iter()
+            .map(|f| match f.answer {
+                RobotsAnswer::Fetched { status, .. } => (f.origin.as_str(), status),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            origins,
+            [("http://b", 200), ("http://a", 200)],
+            "newest of each"
+        );
+        // Being saved: still unsaved (the table does not have it yet).
+        assert!(unsaved.has("http://a"));
+        unsaved.push(answer("http://c", 503));
+        unsaved.saved(&batch);
+        assert!(!unsaved.has("http://a") && !unsaved.has("http://b"));
+        assert!(unsaved.has("http://c"), "fetched after the batch was taken");
+        // An empty batch saves nothing, whatever came after it.
+        let empty = Unsaved::default().batch();
+        unsaved.saved(&empty);
+        assert!(unsaved.has("http://c"));
     }
 
     #[test]

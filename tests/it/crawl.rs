@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::common::server::{Reply, TestServer};
-use crate::common::{on_both_backends, wait_until, Backend, RunningDaemon};
+use crate::common::{on_both_backends, Backend, RunningDaemon};
 
 on_both_backends!(
     depth_zero_one_and_two_fetch_exactly_the_expected_pages_once,
@@ -101,7 +101,7 @@ async fn crawl(
         .bind(site.main.url("/"))
         .int()
         .await;
-    wait_crawl_settled(daemon, root).await;
+    daemon.wait_crawl_settled(root).await;
     let rows: Vec<(String, String)> = daemon
         .sql
         .query("SELECT url, status FROM jobs WHERE root_id = $1 ORDER BY id")
@@ -112,23 +112,6 @@ async fn crawl(
     rows.into_iter()
         .map(|(url, status)| (url.replace(&base, ""), status))
         .collect()
-}
-
-/// Waits until no job of crawl `root` is queued or running.
-async fn wait_crawl_settled(daemon: &RunningDaemon, root: i64) {
-    wait_until("the crawl to finish", || async {
-        let open = daemon
-            .sql
-            .query(
-                "SELECT COUNT(*) FROM jobs
-                  WHERE COALESCE(root_id, id) = $1 AND status IN ('queued', 'running')",
-            )
-            .bind(root)
-            .int()
-            .await;
-        open == 0
-    })
-    .await;
 }
 
 fn paths(jobs: &BTreeMap<String, String>) -> BTreeSet<&str> {
@@ -331,7 +314,7 @@ async fn a_page_reached_through_several_redirects_is_fetched_once_per_crawl(back
         .bind(server.url("/"))
         .int()
         .await;
-    wait_crawl_settled(&daemon, root).await;
+    daemon.wait_crawl_settled(root).await;
     assert_eq!(server.hits_for("/new").len(), 1, "{:?}", server.hits());
     let rows: Vec<(String, String, Option<String>)> = daemon
         .sql

@@ -49,23 +49,6 @@ fn html_linking(to: &str) -> Reply {
     ))
 }
 
-/// Waits until no job of crawl `root` is queued or running.
-async fn wait_settled(daemon: &RunningDaemon, root: i64) {
-    wait_until("the crawl to settle", || async {
-        daemon
-            .sql
-            .query(
-                "SELECT COUNT(*) FROM jobs
-                  WHERE COALESCE(root_id, id) = $1 AND status IN ('queued', 'running')",
-            )
-            .bind(root)
-            .int()
-            .await
-            == 0
-    })
-    .await;
-}
-
 /// The crawl's jobs: path → (status, kind, depth).
 async fn crawl_jobs(
     daemon: &RunningDaemon,
@@ -118,7 +101,7 @@ async fn a_sitemap_queues_its_pages_in_scope_once_within_the_budget(backend: Bac
     let daemon = RunningDaemon::on(backend, |_| {}).await;
     // Budget: the sitemap and four pages.
     let root = insert_sitemap(&daemon, &main.url("/sitemap.xml"), ", max_pages", ", 5").await;
-    wait_settled(&daemon, root).await;
+    daemon.wait_crawl_settled(root).await;
 
     let jobs = crawl_jobs(&daemon, &main, root).await;
     let expected: BTreeMap<String, (String, String, i64)> = [
@@ -195,7 +178,7 @@ async fn an_index_queues_its_sitemaps_and_gzip_is_read_either_way(backend: Backe
     });
     let daemon = RunningDaemon::on(backend, |_| {}).await;
     let root = insert_sitemap(&daemon, &main.url("/index.xml"), "", "").await;
-    wait_settled(&daemon, root).await;
+    daemon.wait_crawl_settled(root).await;
     let jobs = crawl_jobs(&daemon, &main, root).await;
     let done = |kind: &str| ("done".to_owned(), kind.to_owned(), 0);
     assert_eq!(
@@ -244,7 +227,7 @@ async fn robots_txt_sitemaps_are_queued_only_when_asked(backend: Backend) {
             .bind(main.url("/"))
             .int()
             .await;
-        wait_settled(&daemon, root).await;
+        daemon.wait_crawl_settled(root).await;
         let jobs = crawl_jobs(&daemon, &main, root).await;
         let done = |kind: &str, depth| ("done".to_owned(), kind.to_owned(), depth);
         let mut expected = BTreeMap::from([
@@ -492,7 +475,7 @@ async fn crawlq_add_sitemap_starts_a_sitemap_crawl(backend: Backend) {
     );
     let id: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     let daemon = RunningDaemon::start_on(db, |_| {}, |_| async {}).await;
-    wait_settled(&daemon, id).await;
+    daemon.wait_crawl_settled(id).await;
     let jobs = crawl_jobs(&daemon, &main, id).await;
     let done = |kind: &str| ("done".to_owned(), kind.to_owned(), 0);
     assert_eq!(

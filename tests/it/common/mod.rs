@@ -371,6 +371,23 @@ impl RunningDaemon {
         self.job(id).await
     }
 
+    /// Waits until no job of crawl `root` is queued or running.
+    pub async fn wait_crawl_settled(&self, root: i64) {
+        wait_until("the crawl to settle", || async {
+            let open = self
+                .sql
+                .query(
+                    "SELECT COUNT(*) FROM jobs
+                      WHERE COALESCE(root_id, id) = $1 AND status IN ('queued', 'running')",
+                )
+                .bind(root)
+                .int()
+                .await;
+            open == 0
+        })
+        .await;
+    }
+
     /// Waits for each job in `ids` to finish and asserts it ended `done`.
     pub async fn wait_all_done(&self, ids: &[i64]) {
         for &id in ids {

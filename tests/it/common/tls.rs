@@ -13,7 +13,7 @@ use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
 use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
-use openssl::x509::{X509NameBuilder, X509};
+use openssl::x509::{X509Builder, X509NameBuilder, X509NameRef, X509};
 
 /// A CA made for one test; its certificate is written to `ca.pem` in a temp dir, the file
 /// a test names in `fetch.ca_file`.
@@ -60,20 +60,33 @@ fn serial() -> openssl::asn1::Asn1Integer {
     serial.to_asn1_integer().expect("serial")
 }
 
+/// A v3 certificate for `common_name` and `key`, with a random serial, issued by `issuer`
+/// (None: itself); validity, extensions and signature are the caller's.
+fn certificate(
+    common_name: &str,
+    key: &PKey<Private>,
+    issuer: Option<&X509NameRef>,
+) -> X509Builder {
+    let mut subject = X509NameBuilder::new().expect("name");
+    subject
+        .append_entry_by_nid(Nid::COMMONNAME, common_name)
+        .expect("CN");
+    let subject = subject.build();
+    let mut builder = X509::builder().expect("X509 builder");
+    builder.set_version(2).expect("v3");
+    builder.set_serial_number(&serial()).expect("serial");
+    builder.set_subject_name(&subject).expect("subject");
+    builder
+        .set_issuer_name(issuer.unwrap_or(&subject))
+        .expect("issuer");
+    builder.set_pubkey(key).expect("key");
+    builder
+}
+
 impl TestCa {
     pub fn new(name: &str) -> TestCa {
         let key = key();
-        let mut subject = X509NameBuilder::new().expect("name");
-        subject
-            .append_entry_by_nid(Nid::COMMONNAME, &format!("crawlq test CA {name}"))
-            .expect("CN");
-        let subject = subject.build();
-        let mut builder = X509::builder().expect("X509 builder");
-        builder.set_version(2).expect("v3");
-        builder.set_serial_number(&serial()).expect("serial");
-        builder.set_subject_name(&subject).expect("subject");
-        builder.set_issuer_name(&subject).expect("issuer");
-        builder.set_pubkey(&key).expect("key");
+        let mut builder = certificate(&format!("crawlq test CA {name}"), &key, None);
         builder.set_not_before(&time(-1)).expect("not before");
         builder.set_not_after(&time(2)).expect("not after");
         builder
@@ -112,19 +125,11 @@ impl TestCa {
     /// A server certificate for `names` (host names, or IP addresses such as "127.0.0.1").
     pub fn issue(&self, names: &[&str], validity: Validity) -> Identity {
         let key = key();
-        let mut subject = X509NameBuilder::new().expect("name");
-        subject
-            .append_entry_by_nid(Nid::COMMONNAME, names.first().copied().unwrap_or("server"))
-            .expect("CN");
-        let subject = subject.build();
-        let mut builder = X509::builder().expect("X509 builder");
-        builder.set_version(2).expect("v3");
-        builder.set_serial_number(&serial()).expect("serial");
-        builder.set_subject_name(&subject).expect("subject");
-        builder
-            .set_issuer_name(self.certificate.subject_name())
-            .expect("issuer");
-        builder.set_pubkey(&key).expect("key");
+        let mut builder = certificate(
+            names.first().copied().unwrap_or("server"),
+            &key,
+            Some(self.certificate.subject_name()),
+        );
         let (from, to) = match validity {
             Validity::Current => (time(-1), time(1)),
             Validity::Expired => (time(-3), time(-1)),
