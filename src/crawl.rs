@@ -371,12 +371,13 @@ impl Crawler {
     /// `retry.max_retry_after_secs`), at once for requests already waiting here, and, once
     /// stored, for claims and restarts too.
     fn honour_retry_after(&self, url: &Url, response: &Response) -> Option<(String, Duration)> {
-        if !matches!(response.status, 429 | 503) {
-            return None;
-        }
         let value = response.retry_after.as_deref()?;
-        let asked = fetch::retry_after(value, SystemTime::now())?;
-        let how_long = asked.min(self.settings.retry.max_retry_after);
+        let how_long = retry_after_pause(
+            response.status,
+            value,
+            SystemTime::now(),
+            self.settings.retry.max_retry_after,
+        )?;
         let host = urls::host_key(url)?;
         self.limits.pause(&host, how_long);
         tracing::info!(
@@ -694,6 +695,23 @@ fn sitemap_summary(
     data
 }
 
+/// How long a response pauses its host for its `Retry-After`: what the value asks from
+/// `now`, at most `cap` (`retry.max_retry_after_secs`), for a 429 or 503 only; None for
+/// other statuses or a value that is neither seconds nor a date. Public for the fuzz
+/// target `headers`.
+pub fn retry_after_pause(
+    status: u16,
+    retry_after: &str,
+    now: SystemTime,
+    cap: Duration,
+) -> Option<Duration> {
+    if !matches!(status, 429 | 503) {
+        return None;
+    }
+    let asked = fetch::retry_after(retry_after, now)?;
+    Some(asked.min(cap))
+}
+
 /// The redirect targets one attempt claimed, released when the attempt ends.
 struct ClaimedTargets<'a> {
     /// The crawler's set of targets running attempts hold.
@@ -774,4 +792,26 @@ fn show_chain(chain: &[Url]) -> String {
         .map(Url::as_str)
         .collect::<Vec<_>>()
         .join(" -> ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_pauses_only_429_and_503_and_at_most_the_cap() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let cap = Duration::from_secs(60);
+        assert_eq!(
+            retry_after_pause(503, "5", now, cap),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(retry_after_pause(429, "86400", now, cap), Some(cap));
+        assert_eq!(
+            retry_after_pause(429, "99999999999999999999999", now, cap),
+            Some(cap)
+        );
+        assert_eq!(retry_after_pause(500, "5", now, cap), None);
+        assert_eq!(retry_after_pause(503, "soon", now, cap), None);
+    }
 }

@@ -185,21 +185,13 @@ impl Robots {
         let (policy, expires, asked_now) = self.policy(&origin, fetch_robots).await;
         match &*policy {
             Policy::AllowAll => Permission::Allowed { crawl_delay: None },
-            Policy::Rules(robot) if robot.allowed(url.as_str()) => Permission::Allowed {
-                crawl_delay: robot
-                    .delay
-                    .filter(|d| *d > 0.0)
-                    // A delay too large for a Duration (1e30) is simply "the most we honour".
-                    .map(|d| {
-                        Duration::try_from_secs_f32(d)
-                            .unwrap_or(Duration::MAX)
-                            .min(self.settings.max_crawl_delay)
-                    }),
-            },
-            Policy::Rules(_) => Permission::Disallowed(format!(
-                "disallowed by robots.txt ({origin}/robots.txt, rules for {:?})",
-                self.agent
-            )),
+            Policy::Rules(robot) => rule_on(
+                robot,
+                url,
+                &origin,
+                &self.agent,
+                self.settings.max_crawl_delay,
+            ),
             Policy::NotAsked(reason) => Permission::NotAsked(reason.clone()),
             Policy::NoConnection(reason) => Permission::NoConnection(reason.clone()),
             Policy::Fatal(reason) => Permission::Fatal(reason.clone()),
@@ -430,6 +422,55 @@ fn policy_of(answer: &RobotsAnswer, agent: &str, origin: &str) -> Policy {
     }
 }
 
+/// What a site's rules say about `url`: allowed, with the Crawl-delay crawlq honours (at
+/// most `max_crawl_delay`), or disallowed.
+fn rule_on(
+    robot: &texting_robots::Robot,
+    url: &Url,
+    origin: &str,
+    agent: &str,
+    max_crawl_delay: Duration,
+) -> Permission {
+    if !robot.allowed(url.as_str()) {
+        return Permission::Disallowed(format!(
+            "disallowed by robots.txt ({origin}/robots.txt, rules for {agent:?})"
+        ));
+    }
+    Permission::Allowed {
+        crawl_delay: robot
+            .delay
+            .filter(|d| *d > 0.0)
+            // A delay too large for a Duration (1e30) is simply "the most we honour".
+            .map(|d| {
+                Duration::try_from_secs_f32(d)
+                    .unwrap_or(Duration::MAX)
+                    .min(max_crawl_delay)
+            }),
+    }
+}
+
+/// What a robots.txt body, fetched with a 2xx status, says about `url` for `user_agent`:
+/// the reading [`Robots::permission`] makes of such an answer, without its cache and store
+/// (one parse per call). The fuzz target `robots` drives the parser through it.
+pub fn read_rules(
+    body: &[u8],
+    user_agent: &str,
+    url: &Url,
+    max_crawl_delay: Duration,
+) -> Permission {
+    let agent = product_token(user_agent);
+    let origin = url.origin().ascii_serialization();
+    let answer = RobotsAnswer::Fetched {
+        status: 200,
+        body: body.to_vec(),
+    };
+    match policy_of(&answer, &agent, &origin) {
+        Policy::Rules(robot) => rule_on(&robot, url, &origin, &agent, max_crawl_delay),
+        // A 2xx answer is rules or, when the parser refuses it, no rules at all.
+        _ => Permission::Allowed { crawl_delay: None },
+    }
+}
+
 /// "crawlq/0.1 (+https://…)" → "crawlq": the name robots.txt groups are matched against.
 fn product_token(user_agent: &str) -> String {
     let token: String = user_agent
@@ -535,6 +576,28 @@ mod tests {
         assert!(matches!(
             policy_of(&RobotsAnswer::Failed("timed out".into()), "crawlq", "o"),
             Policy::Unreachable(reason) if reason.contains("timed out")
+        ));
+    }
+
+    #[test]
+    fn crawl_delays_are_positive_and_capped() {
+        let url = Url::parse("http://a.example/page").unwrap();
+        let max = Duration::from_secs(30);
+        let delay_of = |body: &str| match read_rules(body.as_bytes(), "crawlq/0.1", &url, max) {
+            Permission::Allowed { crawl_delay } => crawl_delay,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            delay_of("User-agent: *\nCrawl-delay: 2.5\n"),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(delay_of("User-agent: *\nCrawl-delay: 1e30\n"), Some(max));
+        assert_eq!(delay_of("User-agent: *\nCrawl-delay: 0\n"), None);
+        assert_eq!(delay_of("User-agent: *\nCrawl-delay: -3\n"), None);
+        assert_eq!(delay_of(""), None);
+        assert!(matches!(
+            read_rules(b"User-agent: crawlq\nDisallow: /page\n", "crawlq/0.1", &url, max),
+            Permission::Disallowed(reason) if reason.contains("http://a.example/robots.txt")
         ));
     }
 
