@@ -2,7 +2,7 @@
 //! redirects (each hop asks robots.txt and waits for the limiter again), parse, and say
 //! how it ended.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -47,9 +47,9 @@ impl Outcome {
 
 pub struct Crawler {
     store: Store,
-    /// Redirect targets (crawl, canonical URL) that running attempts are fetching: a
-    /// second redirect to one of them is caught before its result is stored.
-    redirect_targets: Mutex<HashSet<(i64, String)>>,
+    /// The pages (crawl, canonical URL) attempts are fetching, their own URLs and their
+    /// redirect targets, until their results are committed (see [`ClaimedTargets`]).
+    targets: Arc<Mutex<Targets>>,
     fetcher: Fetcher,
     limits: RateLimits,
     robots: Robots,
@@ -68,7 +68,7 @@ impl Crawler {
             limits: RateLimits::new(&settings.limits),
             robots: Robots::new(store.clone(), &settings.fetch.user_agent, &settings.crawl),
             store,
-            redirect_targets: Mutex::new(HashSet::new()),
+            targets: Arc::default(),
             query_filter: QueryFilter::new(&settings.crawl.strip_query_params),
             settings,
             on_the_network: Arc::new(AtomicUsize::new(0)),
@@ -120,11 +120,47 @@ impl Crawler {
         &self.query_filter
     }
 
+    /// For the scheduler, as it starts an attempt of a claimed job: the job's own URL,
+    /// held for it unless another attempt of its crawl holds it (a redirect there), in
+    /// which case the attempt gives way. Taken in the scheduler's task rather than in the
+    /// attempt's, so in a fixed order with the commits that record what other attempts
+    /// fetched (see [`ClaimedTargets`]). The scheduler keeps the returned value until the
+    /// attempt's result is committed.
+    pub fn claim_targets(&self, job: &ClaimedJob) -> ClaimedTargets {
+        let mut held = Vec::new();
+        let mut own_url_taken = None;
+        if let (true, Ok(start)) = (job.in_crawl(), urls::check_url(&job.url)) {
+            let key = target_key(job.root_id, &start, &self.query_filter);
+            let mut targets = self.targets.lock().expect("targets lock");
+            // Redirects only asking about it do not stop it: they will find this job in
+            // the database, or its hold.
+            let page = targets.pages.entry(key.clone()).or_default();
+            if page.held {
+                own_url_taken = Some(start);
+            } else {
+                page.held = true;
+                held.push(key);
+            }
+        }
+        ClaimedTargets(Arc::new(Claimed {
+            targets: self.targets.clone(),
+            held: Mutex::new(held),
+            own_url_taken,
+        }))
+    }
+
     /// Runs one attempt of a claimed job and applies the retry policy to its ending. The
     /// `ticket` is the request to the job's host that the scheduler was granted when it
     /// claimed the job (see [`RateLimits::grant`]); `network` counts the attempt in
-    /// [`Crawler::on_the_network`] until its last response is in.
-    pub async fn attempt(&self, job: ClaimedJob, ticket: Ticket, network: Counted) -> Attempt {
+    /// [`Crawler::on_the_network`] until its last response is in; `targets` is what
+    /// [`Crawler::claim_targets`] gave for the job.
+    pub async fn attempt(
+        &self,
+        job: ClaimedJob,
+        ticket: Ticket,
+        network: Counted,
+        targets: ClaimedTargets,
+    ) -> Attempt {
         let span = tracing::debug_span!(
             "job",
             job.id = %job.id,
@@ -134,7 +170,7 @@ impl Crawler {
         );
         async move {
             tracing::debug!("claimed");
-            let outcome = self.run(&job, &ticket, network).await;
+            let outcome = self.run(&job, &ticket, network, &targets).await;
             let max_attempts = job
                 .max_attempts
                 .unwrap_or(self.settings.retry.max_attempts.get());
@@ -158,7 +194,13 @@ impl Crawler {
         .await
     }
 
-    async fn run(&self, job: &ClaimedJob, ticket: &Ticket, network: Counted) -> Outcome {
+    async fn run(
+        &self,
+        job: &ClaimedJob,
+        ticket: &Ticket,
+        network: Counted,
+        targets: &ClaimedTargets,
+    ) -> Outcome {
         // Admission checked these already; the row may have been edited since.
         let selectors = match SelectorSet::from_optional_json(job.selectors.as_deref()) {
             Ok(selectors) => selectors,
@@ -181,26 +223,16 @@ impl Crawler {
             .as_ref()
             .filter(|_| self.settings.fetch.conditional_get && !follows_links && !is_sitemap);
         let if_changed = known.map(|k| &k.validators);
-        let mut claimed_targets = ClaimedTargets {
-            running: &self.redirect_targets,
-            held: Vec::new(),
-        };
-        // Its own URL too: a redirect of another job of the crawl may be fetching it.
-        if job.in_crawl() && !claimed_targets.hold(job.root_id, &start, &self.query_filter) {
+        // A redirect of another job of the crawl is fetching it (see `claim_targets`).
+        if let Some(taken) = targets.own_url_taken() {
             return Outcome::ended(Ending::Skipped(format!(
-                "another job of this crawl is fetching {start} (it redirected there)"
+                "another job of this crawl is fetching {taken} (it redirected there)"
             )));
         }
         let fetched = {
             let _on_the_network = network;
-            self.fetch_following_redirects(
-                job,
-                start.clone(),
-                if_changed,
-                &mut claimed_targets,
-                ticket,
-            )
-            .await
+            self.fetch_following_redirects(job, start.clone(), if_changed, targets, ticket)
+                .await
         };
         let (final_url, response) = match fetched {
             Ok(found) => found,
@@ -500,7 +532,7 @@ impl Crawler {
         job: &ClaimedJob,
         start: Url,
         if_changed: Option<&Validators>,
-        targets: &mut ClaimedTargets<'_>,
+        targets: &ClaimedTargets,
         ticket: &Ticket,
     ) -> Result<(Url, Response), Ending> {
         let max_redirects = self.settings.fetch.max_redirects;
@@ -553,39 +585,56 @@ impl Crawler {
     /// page's redirect target) is not followed: the page is fetched once per crawl, like
     /// links are. Best effort: if the database cannot be asked, the redirect is followed.
     ///
-    /// The database is asked before the target is held. The other way round, a job of the
-    /// crawl for the target that started during the lookup found the target held and gave
-    /// way to this attempt, and then the lookup found that job and made this attempt give
-    /// way to it: neither fetched the page. Asked first, a job that starts later either
-    /// holds the target before this attempt (which then gives way) or finds it held (and
-    /// gives way): one of the two fetches it.
+    /// The target is held (see [`ClaimedTargets`]) only if the database does not have it
+    /// and no other attempt holds it. The database is asked first: held first, a job of the
+    /// crawl for the target that started during the lookup would give way to this attempt,
+    /// and the lookup then find that job and make this attempt give way too: neither would
+    /// fetch the page. A job that starts during the lookup holds its URL instead, and this
+    /// attempt gives way to it. While it asks, the target is marked as asked about, so
+    /// that a hold released meanwhile (its result just committed, which the lookup may
+    /// not have seen) is noticed: the database is asked again.
     async fn not_already_in_crawl(
         &self,
         job: &ClaimedJob,
         target: &Url,
-        targets: &mut ClaimedTargets<'_>,
+        targets: &ClaimedTargets,
     ) -> Result<(), Ending> {
         if !job.in_crawl() {
             return Ok(());
         }
-        let canonical = follow::canonical(target, &self.query_filter);
-        match self.store.crawl_job_for(job, canonical.as_str()).await {
-            Ok(Some(other)) => {
-                return Err(Ending::Skipped(format!(
-                    "redirects to {target}, which this crawl already has as job {other}"
-                )))
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, %target, "could not check the crawl for a redirect target; following it");
-            }
-        }
-        if !targets.hold(job.root_id, target, &self.query_filter) {
-            return Err(Ending::Skipped(format!(
+        let key = target_key(job.root_id, target, &self.query_filter);
+        let fetching = || {
+            Ending::Skipped(format!(
                 "redirects to {target}, which another job of this crawl is fetching"
-            )));
+            ))
+        };
+        loop {
+            let asking = match targets.ask(&key) {
+                Asked::Mine => return Ok(()), // e.g. a redirect that only drops a tracking parameter
+                Asked::Held => return Err(fetching()),
+                Asked::Free(asking) => asking,
+            };
+            match self.store.crawl_job_for(job, &key.1).await {
+                Ok(Some(other)) => {
+                    return Err(Ending::Skipped(format!(
+                        "redirects to {target}, which this crawl already has as job {other}"
+                    )))
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, %target, "could not check the crawl for a redirect target; following it");
+                }
+            }
+            match asking.hold() {
+                Hold::Taken => return Ok(()),
+                Hold::Held => return Err(fetching()),
+                // Each round needs another attempt to take the target and have its result
+                // committed during the lookup; the next lookup sees that result.
+                Hold::ReleasedMeanwhile => {
+                    tracing::debug!(%target, "a hold on the redirect target ended during the lookup; asking again");
+                }
+            }
         }
-        Ok(())
     }
 
     /// Builds the `results` row; HTML is parsed (and a kept body compressed) on a blocking
@@ -712,41 +761,183 @@ pub fn retry_after_pause(
     Some(asked.min(cap))
 }
 
-/// The redirect targets one attempt claimed, released when the attempt ends.
-struct ClaimedTargets<'a> {
-    /// The crawler's set of targets running attempts hold.
-    running: &'a Mutex<HashSet<(i64, String)>>,
-    held: Vec<(i64, String)>,
+/// A page of a crawl: (root id, canonical URL).
+type TargetKey = (i64, String);
+
+fn target_key(root_id: i64, url: &Url, filter: &QueryFilter) -> TargetKey {
+    (root_id, String::from(follow::canonical(url, filter)))
 }
 
-impl ClaimedTargets<'_> {
-    /// Marks `url` of crawl `root_id` as being fetched by this attempt; false if another
-    /// running attempt already is.
-    fn hold(&mut self, root_id: i64, url: &Url, filter: &QueryFilter) -> bool {
-        let key = (root_id, String::from(follow::canonical(url, filter)));
-        if self.held.contains(&key) {
-            return true; // e.g. a redirect that only drops a tracking parameter
+/// The pages of crawls that attempts hold or redirects are asking the database about.
+#[derive(Debug, Default)]
+struct Targets {
+    pages: HashMap<TargetKey, Target>,
+}
+
+#[derive(Debug, Default)]
+struct Target {
+    /// An attempt holds it: it is fetching the page, or has fetched it and its result is
+    /// not committed yet.
+    held: bool,
+    /// Redirects asking the database about it right now.
+    asking: usize,
+    /// Holds released while redirects were asking (see [`Asking::hold`]).
+    releases: u64,
+}
+
+impl Targets {
+    /// Forgets a page nobody holds or asks about, so the map stays as small as the work in
+    /// progress.
+    fn tidy(&mut self, key: &TargetKey) {
+        if self
+            .pages
+            .get(key)
+            .is_some_and(|page| !page.held && page.asking == 0)
+        {
+            self.pages.remove(key);
         }
-        let fresh = self
-            .running
-            .lock()
-            .expect("redirect targets lock")
-            .insert(key.clone());
-        if fresh {
-            self.held.push(key);
-        }
-        fresh
     }
 }
 
-impl Drop for ClaimedTargets<'_> {
+/// The pages one attempt holds: its own URL, and the redirect targets it fetches. Another
+/// attempt of the crawl that meets one of them gives way (a job starting for it is
+/// skipped, a redirect to it is not followed).
+///
+/// Held until the attempt's result is committed, not only until its last response: the
+/// scheduler keeps a clone until then (the hold ends when the last clone goes). Released
+/// at the response, a page fetched through a redirect was known neither here nor in the
+/// database until the commit recorded it, and a job for it starting meanwhile, or another
+/// redirect to it, fetched it again. From the commit on, the database says the crawl has
+/// it: the redirect target's row, or, where a job for the page was queued before, that
+/// job, which the commit marks skipped (see the store's `mark_redirect_target`).
+#[derive(Clone)]
+pub struct ClaimedTargets(Arc<Claimed>);
+
+impl std::fmt::Debug for ClaimedTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.0.held.lock().expect("claimed targets lock");
+        f.debug_struct("ClaimedTargets")
+            .field("held", &*held)
+            .field("own_url_taken", &self.0.own_url_taken)
+            .finish()
+    }
+}
+
+struct Claimed {
+    targets: Arc<Mutex<Targets>>,
+    held: Mutex<Vec<TargetKey>>,
+    /// The job's own URL, when another attempt held it as the job started.
+    own_url_taken: Option<Url>,
+}
+
+/// What [`ClaimedTargets::ask`] found.
+enum Asked<'a> {
+    /// This attempt holds the page already.
+    Mine,
+    /// Another attempt holds it.
+    Held,
+    /// Nobody holds it: ask the database, then [`Asking::hold`].
+    Free(Asking<'a>),
+}
+
+/// What [`Asking::hold`] came to.
+enum Hold {
+    Taken,
+    Held,
+    /// A hold on it ended during the lookup: the database may have it now.
+    ReleasedMeanwhile,
+}
+
+/// A redirect asking the database about a page; the mark goes when this is dropped.
+struct Asking<'a> {
+    claimed: &'a Claimed,
+    key: TargetKey,
+    /// The page's releases when the lookup began.
+    releases: u64,
+}
+
+impl ClaimedTargets {
+    /// The job's own URL if another attempt held it when the job started.
+    fn own_url_taken(&self) -> Option<&Url> {
+        self.0.own_url_taken.as_ref()
+    }
+
+    /// Before a redirect's lookup: whether anyone holds `key`, and if nobody does, marks
+    /// it as asked about.
+    fn ask(&self, key: &TargetKey) -> Asked<'_> {
+        if self
+            .0
+            .held
+            .lock()
+            .expect("claimed targets lock")
+            .contains(key)
+        {
+            return Asked::Mine;
+        }
+        let mut targets = self.0.targets.lock().expect("targets lock");
+        let page = targets.pages.entry(key.clone()).or_default();
+        if page.held {
+            return Asked::Held;
+        }
+        page.asking += 1;
+        Asked::Free(Asking {
+            claimed: &self.0,
+            key: key.clone(),
+            releases: page.releases,
+        })
+    }
+}
+
+impl Asking<'_> {
+    /// After the lookup found nothing: holds the page, unless another attempt took it
+    /// meanwhile, or a hold on it ended meanwhile (that attempt's result was committed
+    /// during the lookup, which may not have seen it).
+    fn hold(self) -> Hold {
+        let mut targets = self.claimed.targets.lock().expect("targets lock");
+        let page = targets
+            .pages
+            .get_mut(&self.key)
+            .expect("a page asked about stays in the map");
+        if page.held {
+            return Hold::Held;
+        }
+        if page.releases != self.releases {
+            return Hold::ReleasedMeanwhile;
+        }
+        page.held = true;
+        drop(targets);
+        self.claimed
+            .held
+            .lock()
+            .expect("claimed targets lock")
+            .push(self.key.clone());
+        Hold::Taken
+    }
+}
+
+impl Drop for Asking<'_> {
     fn drop(&mut self) {
-        if self.held.is_empty() {
+        let mut targets = self.claimed.targets.lock().expect("targets lock");
+        if let Some(page) = targets.pages.get_mut(&self.key) {
+            page.asking -= 1;
+        }
+        targets.tidy(&self.key);
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        let held = std::mem::take(self.held.get_mut().expect("claimed targets lock"));
+        if held.is_empty() {
             return;
         }
-        let mut targets = self.running.lock().expect("redirect targets lock");
-        for key in self.held.drain(..) {
-            targets.remove(&key);
+        let mut targets = self.targets.lock().expect("targets lock");
+        for key in held {
+            if let Some(page) = targets.pages.get_mut(&key) {
+                page.held = false;
+                page.releases += 1;
+            }
+            targets.tidy(&key);
         }
     }
 }

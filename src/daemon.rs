@@ -15,7 +15,7 @@ use std::panic::AssertUnwindSafe;
 use futures_lite::FutureExt;
 use tracing::Instrument;
 
-use crate::crawl::Crawler;
+use crate::crawl::{ClaimedTargets, Crawler};
 use crate::job::{self, Attempt, ClaimedJob, JobId, Verdict};
 use crate::limits::{Grant, Ticket};
 use crate::runtime;
@@ -213,6 +213,9 @@ struct InFlight {
 struct Running {
     job: ClaimedJob,
     task: runtime::JoinHandle<()>,
+    /// The pages of its crawl the attempt holds, kept until its result is committed (the
+    /// entry is removed then): until then only this daemon's memory knows it fetched them.
+    _targets: ClaimedTargets,
 }
 
 impl InFlight {
@@ -220,11 +223,12 @@ impl InFlight {
         self.attempts.len()
     }
 
-    fn add(&mut self, job: &ClaimedJob, task: runtime::JoinHandle<()>) {
+    fn add(&mut self, job: &ClaimedJob, task: runtime::JoinHandle<()>, targets: ClaimedTargets) {
         let key = (job.id, job.lease.clone());
         let running = Running {
             job: job.clone(),
             task,
+            _targets: targets,
         };
         if self.attempts.insert(key, running).is_none() {
             *self.by_host.entry(job.host.clone()).or_default() += 1;
@@ -879,11 +883,17 @@ impl<'d> Scheduler<'d> {
         let crawler = self.daemon.crawler.clone();
         let finished = self.finished_tx.clone();
         let network = crawler.network_phase();
+        // Here, not in the attempt: between a claim and this the loop commits nothing, so
+        // a page another attempt fetched is either still held, or was recorded by a commit
+        // before the claim (which skipped this job if it was queued for that page; see
+        // `ClaimedTargets`).
+        let targets = crawler.claim_targets(&job);
+        let held = targets.clone();
         let task = runtime::spawn(async move {
             // Every claimed job must report back, or its slot leaks and its lease is renewed
             // forever: a panic (say, in the HTTP client on a hostile response) fails the job.
             let fallback = job.clone();
-            let attempt = match AssertUnwindSafe(crawler.attempt(job, ticket, network))
+            let attempt = match AssertUnwindSafe(crawler.attempt(job, ticket, network, held))
                 .catch_unwind()
                 .await
             {
@@ -906,7 +916,7 @@ impl<'d> Scheduler<'d> {
             // The receiver lives until the daemon exits; after that the job is released.
             let _ = finished.send(attempt).await;
         });
-        self.in_flight.add(&claimed, task);
+        self.in_flight.add(&claimed, task, targets);
     }
 
     async fn is_idle(&self) -> Result<bool, StoreError> {

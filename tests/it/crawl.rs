@@ -15,6 +15,7 @@ on_both_backends!(
     bad_crawl_rules_fail_the_job_before_any_fetch,
     a_seed_added_to_a_crawl_shares_its_scope_budget_and_dedupe,
     a_page_reached_through_several_redirects_is_fetched_once_per_crawl,
+    a_link_queued_while_a_redirect_fetches_its_page_is_not_fetched_again,
     a_crawl_whose_root_was_inserted_with_its_own_id_follows_its_links,
     a_crawl_deleted_and_started_again_under_the_same_id_follows_its_links_again,
 );
@@ -334,6 +335,68 @@ async fn a_page_reached_through_several_redirects_is_fetched_once_per_crawl(back
     }
     assert!(
         rows.iter().all(|(_, s, _)| s == "done" || s == "skipped"),
+        "{rows:?}"
+    );
+    daemon.stop().await;
+}
+
+/// A link to a page that a redirect of the crawl is fetching, queued before that redirect's
+/// result is stored: the link's job must not fetch the page again after the redirect's
+/// result is stored. One job per host at a time makes the order certain: /later, on the
+/// second host, queues /new while /old1 is fetching it, and that job for /new cannot be
+/// claimed before /old1's attempt is stored (it holds the main host's only slot).
+async fn a_link_queued_while_a_redirect_fetches_its_page_is_not_fetched_again(backend: Backend) {
+    let new_url = std::sync::Arc::new(std::sync::OnceLock::<String>::new());
+    let later = TestServer::start("127.0.0.2", {
+        let new_url = new_url.clone();
+        move |request| match request.path.as_str() {
+            // Answers while /new is being fetched through /old1's redirect.
+            "/later" => page(&[new_url.get().expect("set before the crawl").clone()])
+                .with_delay(std::time::Duration::from_millis(150)),
+            _ => Reply::status(404),
+        }
+    });
+    let main = TestServer::start("127.0.0.1", {
+        let later = later.url("/later");
+        move |request| match request.path.as_str() {
+            "/" => page(&["/old1".into(), later.clone()]),
+            "/old1" => Reply::redirect(301, "/new"),
+            "/new" => page(&[]).with_delay(std::time::Duration::from_millis(600)),
+            _ => Reply::status(404),
+        }
+    });
+    new_url.set(main.url("/new")).expect("set once");
+    let daemon = RunningDaemon::on(backend, |s| {
+        s.limits.per_host.in_flight = std::num::NonZeroUsize::new(1).expect("1 > 0");
+    })
+    .await;
+    let root = daemon
+        .sql
+        .query("INSERT INTO jobs (url, max_depth, scope) VALUES ($1, 3, 'any') RETURNING id")
+        .bind(main.url("/"))
+        .int()
+        .await;
+    daemon.wait_crawl_settled(root).await;
+    assert_eq!(later.hits_for("/later").len(), 1, "{:?}", later.hits());
+    assert_eq!(main.hits_for("/new").len(), 1, "{:?}", main.hits());
+    let rows: Vec<(String, String, Option<String>)> = daemon
+        .sql
+        .query("SELECT url, status, error FROM jobs WHERE root_id = $1 ORDER BY id")
+        .bind(root)
+        .all()
+        .await;
+    let new_jobs: Vec<_> = rows
+        .iter()
+        .filter(|(url, _, _)| url.ends_with("/new"))
+        .collect();
+    assert_eq!(new_jobs.len(), 1, "{rows:?}");
+    let (_, status, error) = new_jobs[0];
+    assert_eq!(status, "skipped", "{rows:?}");
+    assert!(
+        error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("redirect target of job"),
         "{rows:?}"
     );
     daemon.stop().await;

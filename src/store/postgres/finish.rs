@@ -69,6 +69,18 @@ const FINISH_FAILED: &str = concat!(fetch_finished!("failed"), ", error = $4", w
 /// Like a finished fetch: a recrawled job is tried again at its next recrawl.
 const FINISH_SKIPPED: &str = concat!(fetch_finished!("skipped"), ", error = $4", while_leased!());
 
+/// A job of the crawl queued for the page a redirect of job $1 fetched (crawl $2, canonical
+/// URL $3), which the redirect target's row met. Queued after that redirect asked whether
+/// the crawl had the page (a link found meanwhile), it has not started (it would have
+/// given way to the hold, see `crawl::ClaimedTargets`), and would fetch the page again:
+/// it ends as a job that gives way does (skipped; recrawled, it comes back at its next
+/// recrawl).
+const SKIP_QUEUED_TWIN: &str = concat!(
+    fetch_finished!("skipped"),
+    ", error = 'fetched as the redirect target of job ' || $1::bigint",
+    " WHERE root_id = $2 AND canonical_url = $3 AND status = 'queued' AND id <> $1::bigint"
+);
+
 impl FinishSteps for Tx<'_> {
     async fn set_status(&mut self, attempt: &Attempt) -> Result<bool, StoreError> {
         let job = &attempt.job;
@@ -106,7 +118,7 @@ impl FinishSteps for Tx<'_> {
         page: &PageRecord,
         target: &RedirectTarget,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO jobs (url, status, host, canonical_url, error, parent_id, root_id, depth,
                                max_depth, scope, crawl_host, finished_at)
              SELECT $2, 'skipped', $3, $4, 'fetched as the redirect target of job ' || p.id, p.id,
@@ -122,7 +134,17 @@ impl FinishSteps for Tx<'_> {
         .bind(job.root_id)
         .execute(&mut **self)
         .await
-        .doing("recording a redirect target")?;
+        .doing("recording a redirect target")?
+        .rows_affected();
+        if inserted == 0 {
+            sqlx::query(SKIP_QUEUED_TWIN)
+                .bind(job.id.0)
+                .bind(job.root_id)
+                .bind(text(&target.canonical_url))
+                .execute(&mut **self)
+                .await
+                .doing("recording a redirect target")?;
+        }
         Ok(())
     }
 
