@@ -975,6 +975,9 @@ fn an_idle_daemon_recovers_from_a_locked_database() {
             s.database.busy_timeout = Duration::from_millis(100);
         })
         .await;
+        // Running first: its start-up write (its `workers` row) meeting the lock would
+        // stop it before its loop began, which is start-up failing, not what this is about.
+        daemon.sql.wait_for_workers(1).await;
         // Nothing is in flight, so no finished job will be what finds the database usable.
         common::hold_write_lock(&daemon.db.path, Duration::from_millis(1500)).await;
         let id = daemon.insert(&server.url("/after-lock")).await;
