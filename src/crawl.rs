@@ -64,7 +64,7 @@ impl Crawler {
     /// The store is read for robots.txt answers and for the URLs a crawl already has.
     pub fn new(settings: Arc<Settings>, store: Store) -> Result<Crawler, String> {
         Ok(Crawler {
-            fetcher: Fetcher::new(&settings.fetch, settings.limits.max_in_flight.get())?,
+            fetcher: Fetcher::new(&settings.fetch, &settings.limits)?,
             limits: RateLimits::new(&settings.limits),
             robots: Robots::new(store.clone(), &settings.fetch.user_agent, &settings.crawl),
             store,
@@ -99,10 +99,15 @@ impl Crawler {
         Counted::new(&self.on_the_network)
     }
 
-    /// See [`Fetcher::keep_connections`]: the scheduler knows how many hosts have work.
-    pub fn keep_connections(&self, hosts_with_work: usize) {
-        self.fetcher
-            .keep_connections(hosts_with_work <= self.fetcher.idle_connections());
+    /// See [`Fetcher::keep_connections_to`]: the scheduler knows which hosts it is
+    /// crawling at their pace (see [`crate::schedule`]).
+    pub fn keep_connections_to(&self, host: &str, keep: bool) {
+        self.fetcher.keep_connections_to(host, keep);
+    }
+
+    /// Hosts whose connections the HTTP client's cache can keep.
+    pub fn idle_connections(&self) -> usize {
+        self.fetcher.idle_connections()
     }
 
     /// robots.txt answers fetched and not yet stored (see [`Robots::unsaved`]).

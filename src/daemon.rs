@@ -306,7 +306,9 @@ impl<'d> Scheduler<'d> {
             finished_tx,
             finished_rx,
             unstored: Vec::new(),
-            hosts: HostSchedule::new(SCHEDULED_HOSTS),
+            // A margin in the connection cache for redirects to other hosts and for the
+            // connections of sessions just over (closed as the cache needs room).
+            hosts: HostSchedule::new(SCHEDULED_HOSTS, daemon.crawler.idle_connections() * 3 / 4),
             walk_cursor: String::new(),
             last_walk: long_ago,
             walk_every: WALK_QUEUE_EVERY,
@@ -695,12 +697,14 @@ impl<'d> Scheduler<'d> {
         if self.last_walk.elapsed() >= self.walk_every {
             self.walk_queue().await?;
         }
-        self.daemon.crawler.keep_connections(self.hosts.len());
         let free = self.free_slots();
         if free == 0 {
             return Ok(());
         }
         let (picks, next_due) = self.pick_hosts(free);
+        for (host, keep) in self.hosts.connection_changes() {
+            self.daemon.crawler.keep_connections_to(&host, keep);
+        }
         if picks.is_empty() {
             return Ok(());
         }
@@ -738,6 +742,7 @@ impl<'d> Scheduler<'d> {
             // Fewer jobs than asked for: nothing more is due there (a later walk of the
             // queue, or the rows that give it work, bring it back).
             if per_host.get(&pick.host).copied().unwrap_or(0) < pick.jobs {
+                self.hosts.leave(&pick.host);
                 continue;
             }
             let cap = self.settings().limits.for_host(&pick.host).in_flight.get();

@@ -14,11 +14,11 @@
 //! [`FetchError::Certificate`], never retried; isahc drops curl's reason for it, so the
 //! handshake is made once more with curl's blocking API to learn it ([`tls_failure`]).
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, FutureExt};
@@ -28,7 +28,7 @@ use url::Url;
 
 use crate::limits::RateLimits;
 use crate::runtime;
-use crate::settings::{FetchSettings, Proxy};
+use crate::settings::{FetchSettings, LimitSettings, Proxy};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum FetchError {
@@ -229,25 +229,32 @@ pub struct Fetcher {
     /// stops (see [`Fetcher::restart_client`]).
     client: RwLock<(u64, surf::Client)>,
     settings: FetchSettings,
-    /// Kept-alive connections the client may hold; see [`crate::descriptors`].
-    idle_connections: usize,
+    /// The connections the client keeps.
+    pool: Pool,
     /// Host names resolved lately (curl's own DNS cache is off).
     dns: crate::dns::DnsCache,
-    /// Whether connections are kept open for the next request (see
-    /// [`Fetcher::keep_connections`]).
-    keep_alive: AtomicBool,
+    /// The hosts whose connections are kept open for their next request (see
+    /// [`Fetcher::keep_connections_to`]).
+    kept_hosts: Mutex<HashSet<String>>,
     /// The CA certificates servers are checked against (see [`trusted_cas`]).
     trusted_cas: Option<PathBuf>,
 }
 
 impl Fetcher {
-    /// `max_in_flight` requests at once at most (the scheduler's cap): the connection
-    /// cache is sized from the descriptors that leave.
-    pub fn new(settings: &FetchSettings, max_in_flight: usize) -> Result<Fetcher, String> {
-        let idle_connections = crate::descriptors::idle_connections(max_in_flight);
+    /// `limits.max_in_flight` requests at once at most (the scheduler's cap): the
+    /// connection cache is sized from the descriptors that leave. A connection idle for
+    /// twice the default per-host interval (at least 1 s) is closed: its host's next
+    /// request would have come by then, so the host is done, and a cache full of such
+    /// connections makes curl walk all of them each time one is handed back (a sixth of
+    /// the HTTP client's CPU at 10 000 hosts, perf).
+    pub fn new(settings: &FetchSettings, limits: &LimitSettings) -> Result<Fetcher, String> {
+        let pool = Pool {
+            idle_connections: crate::descriptors::idle_connections(limits.max_in_flight.get()),
+            idle_for: (limits.per_host.rate.period() * 2).max(Duration::from_secs(1)),
+        };
         let trusted_cas = trusted_cas(settings);
-        let client = build_client(settings, idle_connections, trusted_cas.as_deref())?;
-        tracing::debug!(idle_connections, ?trusted_cas, "HTTP client");
+        let client = build_client(settings, pool, trusted_cas.as_deref())?;
+        tracing::debug!(?pool, ?trusted_cas, "HTTP client");
         let proxies = &settings.proxies;
         for proxy in proxies
             .default
@@ -266,24 +273,37 @@ impl Fetcher {
         Ok(Fetcher {
             client: RwLock::new((0, client)),
             settings: settings.clone(),
-            idle_connections,
+            pool,
             dns: crate::dns::DnsCache::default(),
-            keep_alive: AtomicBool::new(true),
+            kept_hosts: Mutex::new(HashSet::new()),
             trusted_cas,
         })
     }
 
     /// Kept-alive connections the client may hold.
     pub fn idle_connections(&self) -> usize {
-        self.idle_connections
+        self.pool.idle_connections
     }
 
-    /// Whether requests ask to keep their connection open. When more hosts are being
-    /// crawled than the connection cache holds, a connection is never used again before
-    /// it is evicted, and each eviction walks the whole cache (11 % of the CPU at 10 000
-    /// hosts, perf): the daemon then asks servers to close connections instead.
-    pub fn keep_connections(&self, keep: bool) {
-        self.keep_alive.store(keep, Ordering::Relaxed);
+    /// Whether requests to `host` ask to keep their connection open: the scheduler names
+    /// the hosts it is crawling at a pace that brings their next request soon (at most
+    /// what the connection cache holds). A request to any other host (a redirect to a
+    /// new one) keeps its connection too while those are few. Otherwise it asks the
+    /// server to close it: with more hosts than the cache holds, a connection would be
+    /// evicted before it is used again, and each eviction walks the whole cache (11 % of
+    /// the CPU at 10 000 hosts, perf).
+    pub fn keep_connections_to(&self, host: &str, keep: bool) {
+        let mut kept = self.kept_hosts.lock().expect("kept hosts lock");
+        if keep {
+            kept.insert(host.to_owned());
+        } else {
+            kept.remove(host);
+        }
+    }
+
+    fn keeps_connection_to(&self, host: &str) -> bool {
+        let kept = self.kept_hosts.lock().expect("kept hosts lock");
+        kept.contains(host) || kept.len() < self.pool.idle_connections / 2
     }
 
     /// The HTTP client in use, with its generation.
@@ -300,11 +320,7 @@ impl Fetcher {
         if client.0 != failed {
             return;
         }
-        match build_client(
-            &self.settings,
-            self.idle_connections,
-            self.trusted_cas.as_deref(),
-        ) {
+        match build_client(&self.settings, self.pool, self.trusted_cas.as_deref()) {
             Ok(new) => {
                 tracing::error!("the HTTP client stopped; started a new one");
                 *client = (failed + 1, new);
@@ -343,7 +359,7 @@ impl Fetcher {
         let exchanged =
             runtime::timeout(limit, self.exchange(request, &host, proxy, options)).await;
         if let (Some(limits), Some(key)) = (options.pace, crate::urls::host_key(url)) {
-            limits.answered(&key, started);
+            limits.answered(&key);
         }
         let mut response = exchanged.map_err(timed_out)??;
         response.elapsed = started.elapsed();
@@ -439,7 +455,7 @@ impl Fetcher {
         if let Some(credentials) = basic_auth(url) {
             request = request.header("Authorization", credentials.as_str());
         }
-        if !self.keep_alive.load(Ordering::Relaxed) {
+        if !self.keeps_connection_to(host) {
             request = request.header("Connection", "close");
         }
         if let Some(known) = options.if_changed {
@@ -761,10 +777,19 @@ fn tidy(words: &str) -> String {
     words.to_owned()
 }
 
+/// What the HTTP client's connection cache keeps (see [`Fetcher::new`]).
+#[derive(Debug, Clone, Copy)]
+struct Pool {
+    /// Kept-alive connections at most; see [`crate::descriptors`].
+    idle_connections: usize,
+    /// How long a connection may stay idle and still be kept.
+    idle_for: Duration,
+}
+
 /// The client crawlq sends with: curl through isahc, with a bounded connection cache.
 fn build_client(
     settings: &FetchSettings,
-    idle_connections: usize,
+    pool: Pool,
     trusted_cas: Option<&Path>,
 ) -> Result<surf::Client, String> {
     let mut builder = isahc::HttpClient::builder();
@@ -781,7 +806,8 @@ fn build_client(
         // with thousands of hosts they would otherwise take every descriptor. (No cap on
         // open connections: curl queues a request past one instead of closing an idle
         // connection for it, and the scheduler already caps requests in flight.)
-        .connection_cache_size(idle_connections)
+        .connection_cache_size(pool.idle_connections)
+        .connection_cache_ttl(pool.idle_for)
         // crawlq resolves names itself and pins the address (see `crate::dns`): curl's
         // cache would be walked whole at the end of every transfer.
         .dns_cache(DnsCache::Disable)
