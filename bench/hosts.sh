@@ -195,23 +195,36 @@ if os.path.exists(f"{work}/wire.txt"):
         for i, line in enumerate(f):
             if i >= wire_from:
                 t, addr, uri = line.split()
-                times[addr].append(float(t))
+                times[addr].append((float(t), uri))
 else:
     source = "nginx (1 ms)"
     with open(f"{work}/access.log") as f:
         for i, line in enumerate(f):
             if i >= log_from:
                 msec, rt, addr, status, uri = line.split()[:5]
-                times[addr].append(float(msec) - float(rt))
+                times[addr].append((float(msec) - float(rt), uri))
 times.pop("127.0.0.1", None)
-over, worst, requests = 0, 0.0, 0
+# For each window, whether each request opened its connection (nginx's request number on
+# it is 1): a request on a kept connection reaches the wire sooner after its send.
+first_on_connection = {}
+with open(f"{work}/access.log") as f:
+    for i, line in enumerate(f):
+        if i >= log_from:
+            fields = line.split()
+            first_on_connection[(fields[2], fields[4])] = fields[5] == "1"
+over, worst, requests, shown = 0, 0.0, 0, []
 for addr, ts in times.items():
     ts.sort()
     requests += len(ts)
-    for a, b in zip(ts, ts[1:]):
+    for (a, uri_a), (b, uri_b) in zip(ts, ts[1:]):
         if b - a < 1 / Q - RES:
             over += 1
             worst = max(worst, 1 / Q - (b - a))
+            shown.append((b - a, addr, uri_a, uri_b))
+for gap, addr, uri_a, uri_b in sorted(shown)[:5]:
+    new = lambda uri: "new" if first_on_connection.get((addr, uri)) else "kept"
+    print(f"      window: {addr} {uri_a} ({new(uri_a)} connection) then {uri_b} "
+          f"({new(uri_b)}) {1000 * gap:.1f} ms apart")
 
 # Connections nginx accepted for the many-host crawl (its first request on each).
 opened = answered = 0
