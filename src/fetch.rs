@@ -186,6 +186,11 @@ pub struct Response {
     /// "HTTP/1.1", "HTTP/2.0": the protocol the exchange used (HTTP/2 when a server offers
     /// it through ALPN).
     pub protocol: &'static str,
+    /// How long the server took from our request being sent to the first byte of its
+    /// answer, by curl's timers (its pretransfer and starttransfer times); zero when curl
+    /// did not say. The request was on the wire no later than this before the answer was
+    /// in (see [`Fetcher::get`]).
+    pub server_wait: Duration,
 }
 
 /// What identifies the version of a page we have: sent back as `If-None-Match` and
@@ -359,7 +364,14 @@ impl Fetcher {
         let exchanged =
             runtime::timeout(limit, self.exchange(request, &host, proxy, options)).await;
         if let (Some(limits), Some(key)) = (options.pace, crate::urls::host_key(url)) {
-            limits.answered(&key);
+            // Through a proxy the wait includes the proxy's own hop to the site, and the
+            // request reached the site somewhere in it: only the answer bounds it then.
+            let server_wait = match &exchanged {
+                Ok(Ok(response)) if proxy.is_none() => response.server_wait,
+                _ => Duration::ZERO,
+            };
+            let now = Instant::now();
+            limits.answered(&key, now.checked_sub(server_wait).unwrap_or(now));
         }
         let mut response = exchanged.map_err(timed_out)??;
         response.elapsed = started.elapsed();
@@ -368,6 +380,7 @@ impl Fetcher {
             protocol = response.protocol,
             bytes = response.body.len(),
             elapsed_ms = response.elapsed.as_millis() as u64,
+            server_wait_us = response.server_wait.as_micros() as u64,
             "fetched"
         );
         Ok(response)
@@ -560,6 +573,7 @@ impl Fetcher {
         };
         let declared_length = header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
         let protocol = response.ext::<Protocol>().map_or("HTTP/1.1", |p| p.0);
+        let metrics = response.ext::<isahc::Metrics>().cloned();
         let mut parsed = Response {
             status,
             content_type,
@@ -569,8 +583,10 @@ impl Fetcher {
             body: Vec::new(),
             elapsed: Duration::ZERO,
             protocol,
+            server_wait: Duration::ZERO,
         };
         if parsed.is_redirect() {
+            parsed.server_wait = metrics.as_ref().map_or(Duration::ZERO, server_wait);
             return Ok(parsed);
         }
         let (max, setting) = options
@@ -601,6 +617,8 @@ impl Fetcher {
             buffer.truncate(limit as usize);
         }
         parsed.body = buffer;
+        // Read last: curl fills its timers in as the transfer goes.
+        parsed.server_wait = metrics.as_ref().map_or(Duration::ZERO, server_wait);
         Ok(parsed)
     }
 
@@ -802,6 +820,8 @@ fn build_client(
         // mean the connect timeout and the two are told apart in the error.
         .redirect_policy(RedirectPolicy::None)
         .tcp_nodelay()
+        // Each response's timers: when its request was sent (see `server_wait`).
+        .metrics(true)
         // Kept-alive connections beyond this are closed, the least recently used first:
         // with thousands of hosts they would otherwise take every descriptor. (No cap on
         // open connections: curl queues a request past one instead of closing an idle
@@ -819,6 +839,19 @@ fn build_client(
     Ok(surf::Client::with_http_client(CurlBackend {
         client: isahc,
     }))
+}
+
+/// From the request being sent (curl's pretransfer time: connected, and the request
+/// written out) to the first byte of the answer (its starttransfer time). Both are from the
+/// same start, so the difference holds whatever delays came before the send (a queue in
+/// curl's thread, a new connection). A timer curl has not filled in yet reads as zero,
+/// and so then does the wait.
+fn server_wait(metrics: &isahc::Metrics) -> Duration {
+    let sent = metrics.pretransfer_time();
+    if sent.is_zero() {
+        return Duration::ZERO;
+    }
+    metrics.transfer_start_time().saturating_sub(sent)
 }
 
 /// isahc's Display is "Variant: description"; the description alone reads better.
@@ -956,6 +989,9 @@ impl http_client::HttpClient for CurlBackend {
         let mut response =
             http_client::Response::new(StatusCode::try_from(code).unwrap_or(StatusCode::Ok));
         response.ext_mut().insert(RawStatus(code));
+        if let Some(metrics) = parts.extensions.get::<isahc::Metrics>() {
+            response.ext_mut().insert(metrics.clone());
+        }
         response.ext_mut().insert(Protocol(match parts.version {
             isahc::http::Version::HTTP_09 => "HTTP/0.9",
             isahc::http::Version::HTTP_10 => "HTTP/1.0",

@@ -318,19 +318,23 @@ impl RateLimits {
         self.pause(host, self.quota_interval(host));
     }
 
-    /// A request to `host` has its answer (or failed) now. On a host with a burst of 1,
-    /// the next request is spaced a quota interval from this answer: the request reached
-    /// the wire somewhere between its hand-over and now, and only now is sure to be after
-    /// it. Any earlier instant is a guess about the HTTP client's thread, which puts
-    /// requests on the wire late when it is busy: requests handed over together (hosts
-    /// whose robots.txt came in at once, then their first pages) waited their turn there,
-    /// so a guess of the hand-over plus 15 ms let the next ones, handed over later onto
-    /// an idle thread, reach a server up to 5 ms sooner than its quota (bench/hosts.sh at
-    /// 10 000 hosts). The cost: a host that is slow to answer gets its requests that much
-    /// further apart (see the README, "How the daemon schedules work").
-    pub fn answered(&self, host: &str) {
-        if self.settings.for_host(host).rate.burst.get() == 1 {
-            self.space_from_now(host);
+    /// A request to `host` has its answer (or failed) now, and was on the wire by
+    /// `on_the_wire_by`: the answer's arrival less the server's wait by curl's timers (see
+    /// `fetch::server_wait`), or the answer itself when those are not known. On a host
+    /// with a burst of 1 the next request is spaced a quota interval from that instant.
+    /// The hand-over is no guide: the HTTP client's thread, when busy, puts requests on
+    /// the wire late (requests handed over together wait their turn there, the next ones
+    /// do not), which let a guess of the hand-over plus 15 ms bring two requests up to
+    /// 9 ms closer than the quota at a server (bench/hosts.sh at 10 000 hosts).
+    pub fn answered(&self, host: &str, on_the_wire_by: Instant) {
+        let rate = &self.settings.for_host(host).rate;
+        if rate.burst.get() != 1 {
+            return;
+        }
+        let next = on_the_wire_by + rate.period();
+        let now = Instant::now();
+        if next > now {
+            self.pause(host, next - now);
         }
     }
 
@@ -452,33 +456,33 @@ mod tests {
     }
 
     #[test]
-    fn the_next_request_is_spaced_from_the_answer() {
+    fn the_next_request_is_spaced_from_when_the_last_one_was_on_the_wire() {
         // 10 req/s: requests 100 ms apart.
         let settings = Settings::load_from_str("[limits]\nper_host_rps = 10.0\n").unwrap();
         let limits = RateLimits::new(&settings.limits);
         crate::runtime::block_on(async {
-            // The quota was passed 60 ms ago (a slow answer): the next request waits a whole
-            // interval from the answer, not 40 ms more.
-            assert_eq!(limits.grant("a.example"), Grant::Now);
-            crate::runtime::sleep(Duration::from_millis(60)).await;
-            let answered = Instant::now();
-            limits.answered("a.example");
+            // On the wire 30 ms before its answer (a slow server): spaced from the wire.
+            let on_the_wire = Instant::now() - Duration::from_millis(30);
+            limits.answered("a.example", on_the_wire);
             match limits.grant("a.example") {
                 Grant::NotBefore(at) => {
-                    let from = at.duration_since(answered);
+                    let from = at.duration_since(on_the_wire);
                     assert!(from >= Duration::from_millis(100), "{from:?}");
                     assert!(from < Duration::from_millis(105), "{from:?}");
                 }
                 Grant::Now => panic!("granted inside the interval"),
             }
-            let _no_turn = limits.until_ready("a.example", None, &Ticket::none()).await;
+            // Not known before the answer: spaced from the answer.
+            let answered = Instant::now();
+            limits.answered("b.example", answered);
+            let _no_turn = limits.until_ready("b.example", None, &Ticket::none()).await;
             assert!(answered.elapsed() >= Duration::from_millis(100));
         });
         // A burst above 1 is the host's to use: no spacing from answers.
         let settings =
             Settings::load_from_str("[limits]\nper_host_rps = 10.0\nper_host_burst = 3\n").unwrap();
         let limits = RateLimits::new(&settings.limits);
-        limits.answered("a.example");
+        limits.answered("a.example", Instant::now());
         assert_eq!(limits.grant("a.example"), Grant::Now);
     }
 
