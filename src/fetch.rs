@@ -573,7 +573,9 @@ impl Fetcher {
         };
         let declared_length = header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
         let protocol = response.ext::<Protocol>().map_or("HTTP/1.1", |p| p.0);
-        let metrics = response.ext::<isahc::Metrics>().cloned();
+        let server_wait = response
+            .ext::<isahc::TransferTimes>()
+            .map_or(Duration::ZERO, server_wait);
         let mut parsed = Response {
             status,
             content_type,
@@ -583,10 +585,9 @@ impl Fetcher {
             body: Vec::new(),
             elapsed: Duration::ZERO,
             protocol,
-            server_wait: Duration::ZERO,
+            server_wait,
         };
         if parsed.is_redirect() {
-            parsed.server_wait = metrics.as_ref().map_or(Duration::ZERO, server_wait);
             return Ok(parsed);
         }
         let (max, setting) = options
@@ -617,8 +618,6 @@ impl Fetcher {
             buffer.truncate(limit as usize);
         }
         parsed.body = buffer;
-        // Read last: curl fills its timers in as the transfer goes.
-        parsed.server_wait = metrics.as_ref().map_or(Duration::ZERO, server_wait);
         Ok(parsed)
     }
 
@@ -820,8 +819,6 @@ fn build_client(
         // mean the connect timeout and the two are told apart in the error.
         .redirect_policy(RedirectPolicy::None)
         .tcp_nodelay()
-        // Each response's timers: when its request was sent (see `server_wait`).
-        .metrics(true)
         // Kept-alive connections beyond this are closed, the least recently used first:
         // with thousands of hosts they would otherwise take every descriptor. (No cap on
         // open connections: curl queues a request past one instead of closing an idle
@@ -844,14 +841,14 @@ fn build_client(
 /// From the request being sent (curl's pretransfer time: connected, and the request
 /// written out) to the first byte of the answer (its starttransfer time). Both are from the
 /// same start, so the difference holds whatever delays came before the send (a queue in
-/// curl's thread, a new connection). A timer curl has not filled in yet reads as zero,
-/// and so then does the wait.
-fn server_wait(metrics: &isahc::Metrics) -> Duration {
-    let sent = metrics.pretransfer_time();
-    if sent.is_zero() {
+/// curl's thread, a new connection). The vendored isahc reads both once, when it hands the
+/// response over (`isahc::TransferTimes`); a timer curl did not fill in reads as zero, and
+/// so then does the wait.
+fn server_wait(times: &isahc::TransferTimes) -> Duration {
+    if times.pretransfer.is_zero() {
         return Duration::ZERO;
     }
-    metrics.transfer_start_time().saturating_sub(sent)
+    times.starttransfer.saturating_sub(times.pretransfer)
 }
 
 /// isahc's Display is "Variant: description"; the description alone reads better.
@@ -989,8 +986,8 @@ impl http_client::HttpClient for CurlBackend {
         let mut response =
             http_client::Response::new(StatusCode::try_from(code).unwrap_or(StatusCode::Ok));
         response.ext_mut().insert(RawStatus(code));
-        if let Some(metrics) = parts.extensions.get::<isahc::Metrics>() {
-            response.ext_mut().insert(metrics.clone());
+        if let Some(times) = parts.extensions.get::<isahc::TransferTimes>() {
+            response.ext_mut().insert(*times);
         }
         response.ext_mut().insert(Protocol(match parts.version {
             isahc::http::Version::HTTP_09 => "HTTP/0.9",

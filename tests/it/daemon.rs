@@ -458,6 +458,39 @@ fn requests_to_one_host_respect_its_rate() {
 }
 
 #[test]
+fn a_host_slow_to_answer_still_gets_its_quota() {
+    block_on(async {
+        // Every page takes the server 1 s to answer. At the default 2 req/s, burst 1 and 2 in
+        // flight, a request may go 500 ms after the previous one was sent, while that one is
+        // still waiting for its answer. Spacing from the answer instead would leave a 1 s gap
+        // or more whenever the next request waits on an answer (1/Q + 1 s after the send).
+        let server = TestServer::start("127.0.0.3", |req| {
+            Reply::html(format!("<title>{}</title>", req.path)).with_delay(Duration::from_secs(1))
+        });
+        let daemon = RunningDaemon::start(|s| {
+            s.limits.per_host.rate.rps = 2.0;
+            s.limits.per_host.in_flight = 2.try_into().unwrap();
+        })
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(daemon.insert(&server.url(&format!("/p{i}"))).await);
+        }
+        daemon.wait_all_done(&ids).await;
+        let times: Vec<Instant> = server.hits().iter().map(|h| h.at).collect();
+        assert_eq!(times.len(), 5);
+        let gaps = common::assert_spaced(&times, Duration::from_millis(500));
+        eprintln!("2 req/s, 1 s answers: gaps between requests seen by the server: {gaps:?}");
+        let longest = *gaps.iter().max().unwrap();
+        assert!(
+            longest < Duration::from_millis(900),
+            "a request waited on the previous answer: {gaps:?}"
+        );
+        daemon.stop().await;
+    });
+}
+
+#[test]
 fn two_hosts_proceed_in_parallel() {
     block_on(async {
         let a = TestServer::pages("127.0.0.1");

@@ -3,7 +3,7 @@
 use crate::{
     headers,
     response::{LocalAddr, RemoteAddr},
-    Body, Error, Metrics,
+    Body, Error, Metrics, TransferTimes,
 };
 use crossbeam_utils::atomic::AtomicCell;
 use curl::easy::{InfoType, ReadError, SeekResult, WriteError};
@@ -254,6 +254,10 @@ impl RequestHandler {
             // it. Otherwise we're just going to drop it later.
             builder = builder.extension(RequestBody(mem::take(&mut self.request_body)));
 
+            if let Some(times) = self.get_transfer_times() {
+                builder = builder.extension(times);
+            }
+
             // Include metrics in response, but only if it was created. If
             // metrics are disabled then it won't have been created.
             if let Some(metrics) = self.metrics.clone() {
@@ -325,6 +329,37 @@ impl RequestHandler {
         }
 
         Some(port as u16)
+    }
+
+    /// Added for crawlq: see `TransferTimes`.
+    fn get_transfer_times(&mut self) -> Option<TransferTimes> {
+        if self.handle.is_null() {
+            return None;
+        }
+
+        let mut pretransfer: f64 = 0.0;
+        let mut starttransfer: f64 = 0.0;
+
+        unsafe {
+            if curl_sys::curl_easy_getinfo(
+                self.handle,
+                curl_sys::CURLINFO_PRETRANSFER_TIME,
+                &mut pretransfer,
+            ) != curl_sys::CURLE_OK
+                || curl_sys::curl_easy_getinfo(
+                    self.handle,
+                    curl_sys::CURLINFO_STARTTRANSFER_TIME,
+                    &mut starttransfer,
+                ) != curl_sys::CURLE_OK
+            {
+                return None;
+            }
+        }
+
+        Some(TransferTimes {
+            pretransfer: std::time::Duration::try_from_secs_f64(pretransfer).ok()?,
+            starttransfer: std::time::Duration::try_from_secs_f64(starttransfer).ok()?,
+        })
     }
 
     fn get_local_addr(&mut self) -> Option<SocketAddr> {

@@ -256,7 +256,7 @@ pub use crate::{
     body::Body,
     client::{HttpClient, HttpClientBuilder, ResponseFuture},
     error::Error,
-    metrics::Metrics,
+    metrics::{Metrics, TransferTimes},
     request::RequestExt,
     response::ResponseExt,
 };

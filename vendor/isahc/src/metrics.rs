@@ -114,15 +114,6 @@ impl Metrics {
         }
     }
 
-    /// Get the time from the start of the request until it was sent: curl's
-    /// `CURLINFO_PRETRANSFER_TIME` (name lookup, connect, TLS and the request
-    /// itself written out).
-    ///
-    /// Added for crawlq (see `vendor/README.md`): not in isahc 0.9.14.
-    pub fn pretransfer_time(&self) -> Duration {
-        Duration::from_secs_f64(self.inner.pretransfer_time.load())
-    }
-
     /// Get the time it took from the start of the request until the first
     /// byte is either sent or received.
     ///
@@ -176,4 +167,21 @@ impl fmt::Debug for Metrics {
             .field("redirect_time", &self.redirect_time())
             .finish()
     }
+}
+
+/// Two of curl's timers for one transfer, read once when its response is handed
+/// over, whether or not metrics are enabled: `CURLINFO_PRETRANSFER_TIME` (name
+/// lookup, connect, TLS and the request itself written out) and
+/// `CURLINFO_STARTTRANSFER_TIME` (the first byte of the answer). Both count from
+/// the same start.
+///
+/// Added for crawlq (see `vendor/README.md`): not in isahc 0.9.14. `Metrics`
+/// has these too, but it reads nine timers at every progress step of every
+/// transfer to keep them current.
+#[derive(Clone, Copy, Debug)]
+pub struct TransferTimes {
+    /// From the start of the transfer until the request was sent.
+    pub pretransfer: Duration,
+    /// From the start of the transfer until the first byte of the answer.
+    pub starttransfer: Duration,
 }
