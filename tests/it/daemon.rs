@@ -13,7 +13,7 @@ use crate::common::server::{Reply, TestServer};
 use crate::common::{
     self, execute, gaps, on_both_backends, wait_until, Backend, RunningDaemon, TempDb,
 };
-use crawlq::runtime::block_on;
+use crawlq::runtime::{self, block_on};
 
 on_both_backends!(
     a_page_is_fetched_parsed_and_stored,
@@ -486,6 +486,38 @@ fn a_host_slow_to_answer_still_gets_its_quota() {
             longest < Duration::from_millis(900),
             "a request waited on the previous answer: {gaps:?}"
         );
+        daemon.stop().await;
+    });
+}
+
+#[test]
+fn a_connection_idle_for_twice_the_host_interval_is_not_reused() {
+    block_on(async {
+        // At 1 req/s, a connection stays in the HTTP client's cache for 2 s after its last
+        // request (twice the default per-host interval): with thousands of hosts, idle
+        // connections to hosts already done would hold descriptors and be walked by curl
+        // whenever one is handed back (`Pool` in src/fetch.rs).
+        let server = TestServer::pages("127.0.0.4");
+        let daemon = RunningDaemon::start(|s| {
+            s.limits.per_host.rate.rps = 1.0;
+        })
+        .await;
+        let ids = [
+            daemon.insert(&server.url("/first")).await,
+            daemon.insert(&server.url("/second")).await,
+        ];
+        daemon.wait_all_done(&ids).await;
+        let hits = server.hits();
+        // The second request, a quota interval (1 s) after the first, reused its connection.
+        assert_eq!(hits.len(), 2);
+        assert_eq!(hits[0].connection, hits[1].connection, "{hits:?}");
+        // The condition here is time itself: the connection idles past its 2 s.
+        runtime::sleep(Duration::from_millis(2500)).await;
+        let third = daemon.insert(&server.url("/third")).await;
+        assert_eq!(daemon.wait_finished(third).await.status, "done");
+        let hits = server.hits();
+        assert_eq!(hits.len(), 3);
+        assert_ne!(hits[1].connection, hits[2].connection, "{hits:?}");
         daemon.stop().await;
     });
 }

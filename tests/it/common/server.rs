@@ -50,6 +50,8 @@ pub struct Hit {
     /// Headers in the order received; names keep the client's casing.
     pub headers: Vec<(String, String)>,
     pub at: Instant,
+    /// Which of the server's connections it came on, numbered from 0 in accept order.
+    pub connection: usize,
 }
 
 impl Hit {
@@ -349,7 +351,7 @@ impl Drop for TestServer {
 
 /// Owns the listener so that returning from here closes it.
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for conn in listener.incoming() {
+    for (number, conn) in listener.incoming().enumerate() {
         if shared.stopped() {
             break;
         }
@@ -364,11 +366,11 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         // connection close. That beats killing the accept loop.
         let _ = thread::Builder::new()
             .name("test-server-conn".to_string())
-            .spawn(move || serve_connection(stream, &shared));
+            .spawn(move || serve_connection(stream, &shared, number));
     }
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+fn serve_connection(mut stream: TcpStream, shared: &Shared, number: usize) {
     // Without TCP_NODELAY, Nagle plus delayed ACK can add ~40 ms to small
     // writes, which would distort timing tests.
     let _ = stream.set_nodelay(true);
@@ -380,7 +382,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
         if stream.set_read_timeout(Some(POLL)).is_err() {
             return;
         }
-        while let Ok(true) = serve_one(&mut stream, &mut buf, shared) {}
+        while let Ok(true) = serve_one(&mut stream, &mut buf, shared, number) {}
         // Send FIN now rather than waiting for the drop below.
         let _ = stream.shutdown(Shutdown::Write);
         return;
@@ -396,14 +398,19 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
     if tls.get_ref().set_read_timeout(Some(POLL)).is_err() {
         return;
     }
-    while let Ok(true) = serve_one(&mut tls, &mut buf, shared) {}
+    while let Ok(true) = serve_one(&mut tls, &mut buf, shared, number) {}
     let _ = tls.shutdown();
     let _ = tls.get_ref().shutdown(Shutdown::Write);
 }
 
-/// Serves one request. `Ok(true)` means keep the connection open.
-/// Errors (client gone, server stopped) just close the connection.
-fn serve_one(stream: &mut impl ReadWrite, buf: &mut Vec<u8>, shared: &Shared) -> io::Result<bool> {
+/// Serves one request on connection number `connection`. `Ok(true)` means keep the
+/// connection open. Errors (client gone, server stopped) just close the connection.
+fn serve_one(
+    stream: &mut impl ReadWrite,
+    buf: &mut Vec<u8>,
+    shared: &Shared,
+    connection: usize,
+) -> io::Result<bool> {
     if shared.stopped() {
         return Ok(false);
     }
@@ -437,6 +444,7 @@ fn serve_one(stream: &mut impl ReadWrite, buf: &mut Vec<u8>, shared: &Shared) ->
         path: req.path.clone(),
         headers: req.headers.clone(),
         at,
+        connection,
     });
     let _answering = Answering::start(shared);
 
