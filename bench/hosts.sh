@@ -8,6 +8,10 @@
 #                                          soft limit Docker gives a container), hard as the
 #                                          shell has it unless NOFILE_HARD is set
 #   CRAWLQ_BIN=path                        the binary to measure
+#   ROUNDS=5 bench/hosts.sh                each size 5 times over (one-host crawl, then the
+#                                          many-host crawl, each round), then the median of
+#                                          the rounds' ratios: on a noisy machine one round's
+#                                          CPU ratio ranges over +-15 %
 #
 # For each size HxP (H hosts, P pages each, H x P jobs):
 # 1. The one-host crawl of the same H x P pages, in the same sitting: every job on
@@ -39,6 +43,7 @@
 # Needs nginx, sqlite3, python3 and /usr/bin/time (Debian: nginx-light sqlite3 time).
 set -euo pipefail
 SIZES=${SIZES:-"1000x20 10000x5"}
+ROUNDS=${ROUNDS:-1}
 PORT=${PORT:-18120}
 NOFILE=${NOFILE:-1024}
 NOFILE_HARD=${NOFILE_HARD:-}
@@ -151,14 +156,18 @@ status=0
 for size in $SIZES; do
   hosts=${size%x*}
   pages=${size#*x}
-  echo "== $hosts hosts x $pages pages ($((hosts * pages)) jobs), daemon under ulimit -Sn $NOFILE${NOFILE_HARD:+ -Hn $NOFILE_HARD}"
-  crawl "one-host-$size" "$hosts" "$pages" --config "$work/one-host.toml"
-  wire_from=$(wc -l <"$work/wire.txt" 2>/dev/null || echo 0)
-  log_from=$(wc -l <"$work/access.log" 2>/dev/null || echo 0)
-  crawl "hosts-$size" "$hosts" "$pages"
-  kill -USR1 "$(cat "$work/nginx.pid")" 2>/dev/null || true # reopen (flush) the access log
-  sleep 1
-  python3 - "$work" "$size" "$wire_from" "$log_from" <<'PY' || status=1
+  for ((round = 1; round <= ROUNDS; round++)); do
+    label=
+    [ "$ROUNDS" -gt 1 ] && label=", round $round of $ROUNDS"
+    echo "== $hosts hosts x $pages pages ($((hosts * pages)) jobs), daemon under ulimit -Sn $NOFILE${NOFILE_HARD:+ -Hn $NOFILE_HARD}$label"
+    rm -f "$work"/*-"$size".db* "$work"/*-"$size".fds
+    crawl "one-host-$size" "$hosts" "$pages" --config "$work/one-host.toml"
+    wire_from=$(wc -l <"$work/wire.txt" 2>/dev/null || echo 0)
+    log_from=$(wc -l <"$work/access.log" 2>/dev/null || echo 0)
+    crawl "hosts-$size" "$hosts" "$pages"
+    kill -USR1 "$(cat "$work/nginx.pid")" 2>/dev/null || true # reopen (flush) the access log
+    sleep 1
+    python3 - "$work" "$size" "$wire_from" "$log_from" <<'PY' || status=1
 import os, sqlite3, sys
 from collections import defaultdict
 work, size, wire_from, log_from = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -246,8 +255,22 @@ print(f"  requests seen at the {source}: {requests}; windows over quota: {over}"
       + (f", worst {1000 * worst:.1f} ms short of 1/Q" if over else "") + "   (target 0)")
 print(f"  connections opened: {opened} for {answered} requests")
 print(f"  failed jobs: {failed}   (target 0);  peak RSS {many['rss']:.1f} MB   (target <= 60 MB at 10 000 hosts)")
+with open(f"{work}/rounds-{size}.txt", "a") as f:
+    f.write(f"{ratio_cpu} {ratio_pps} {share} {many['rss']} {over}\n")
 ok = over == 0 and failed == 0 and many["done"] == hosts * pages
 sys.exit(0 if ok else 1)
 PY
+  done
+  if [ "$ROUNDS" -gt 1 ]; then
+    python3 - "$work/rounds-$size.txt" "$size" <<'PY'
+import statistics, sys
+rounds = [list(map(float, line.split())) for line in open(sys.argv[1])]
+cpu, pps, share, rss, over = zip(*rounds)
+print(f"== {sys.argv[2]}, median of {len(rounds)} rounds: CPU per page {statistics.median(cpu):.2f}x "
+      f"({', '.join(f'{c:.2f}' for c in cpu)}); pages/s {100 * statistics.median(pps):.0f} %; "
+      f"quota-bound share {100 * statistics.median(share):.0f} %; peak RSS at most {max(rss):.1f} MB; "
+      f"windows over quota {int(sum(over))}")
+PY
+  fi
 done
 exit $status
