@@ -342,7 +342,11 @@ impl Fetcher {
     #[tracing::instrument(level = "debug", name = "fetch", skip_all, fields(url = %url))]
     pub async fn get(&self, url: &Url, options: GetOptions<'_>) -> Result<Response, FetchError> {
         let host = url.host_str().unwrap_or_default().to_owned();
-        let proxy = crate::urls::host_key(url).and_then(|key| self.settings.proxies.for_host(&key));
+        // The key for the proxy settings and for the host's quota, before and after.
+        let key = crate::urls::host_key(url);
+        let proxy = key
+            .as_deref()
+            .and_then(|key| self.settings.proxies.for_host(key));
         if let Some(proxy) = proxy {
             tracing::debug!(%proxy, "through a proxy");
         }
@@ -357,13 +361,13 @@ impl Fetcher {
         // As late as we can, just before the request is handed over; outside the time
         // limit and the clock: a wait for the quota or a pause is not the server's
         // slowness.
-        if let (Some(limits), Some(key)) = (options.pace, crate::urls::host_key(url)) {
-            limits.until_sendable(&key).await;
+        if let (Some(limits), Some(key)) = (options.pace, &key) {
+            limits.until_sendable(key).await;
         }
         let started = Instant::now();
         let exchanged =
             runtime::timeout(limit, self.exchange(request, &host, proxy, options)).await;
-        if let (Some(limits), Some(key)) = (options.pace, crate::urls::host_key(url)) {
+        if let (Some(limits), Some(key)) = (options.pace, &key) {
             // Through a proxy the wait includes the proxy's own hop to the site, and the
             // request reached the site somewhere in it: only the answer bounds it then.
             let server_wait = match &exchanged {
@@ -371,7 +375,7 @@ impl Fetcher {
                 _ => Duration::ZERO,
             };
             let now = Instant::now();
-            limits.answered(&key, now.checked_sub(server_wait).unwrap_or(now));
+            limits.answered(key, now.checked_sub(server_wait).unwrap_or(now));
         }
         let mut response = exchanged.map_err(timed_out)??;
         response.elapsed = started.elapsed();
