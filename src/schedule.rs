@@ -8,7 +8,9 @@
 //!   then find the connection its first one opened, still idle in the HTTP client's
 //!   cache: with more hosts than the cache holds, strict round-robin would come back to
 //!   each host only after its connection had been evicted, and pay a new connection for
-//!   every request (about a sixth of the CPU at 10 000 hosts, `perf`). Only so many
+//!   every request (about a sixth of the CPU at 10 000 hosts, `perf`). A host that runs
+//!   dry keeps its session: work that comes back within it (links being stored, jobs
+//!   admitted after the host's first ones) goes ahead of the line again. Only so many
 //!   sessions at once keep their connections (what the cache holds, less a margin): the
 //!   schedule lists the changes for the HTTP client ([`HostSchedule::connection_changes`]);
 //! - **waiting**: its next request may not go before an instant (its quota, a Crawl-delay,
@@ -142,10 +144,17 @@ impl HostSchedule {
         self.end_sessions(now);
         self.wake(now);
         while let Some(host) = self.returning.pop_front() {
-            if self.places.get(&host) == Some(&Place::Ready) {
-                self.places.remove(&host);
-                return Some(host);
+            if self.places.get(&host) != Some(&Place::Ready) {
+                continue;
             }
+            if !self.sessions.contains_key(&host) {
+                // Its session ended while it stood in line.
+                self.ready.push_back(host);
+                continue;
+            }
+            self.places.remove(&host);
+            self.keep_connection_if_room(&host);
+            return Some(host);
         }
         while let Some(host) = self.ready.pop_front() {
             if self.places.get(&host) == Some(&Place::Ready) {
@@ -157,11 +166,21 @@ impl HostSchedule {
         None
     }
 
-    /// `host` has no work due: it left the index when it was claimed for, and its session
-    /// ends (it gets a new one if work comes).
+    /// `host` has no work due: it left the index when it was claimed for. Its connection
+    /// is no longer kept, but its session runs on: work that comes back within it (a
+    /// page's links once they are stored, jobs admitted after their host's first ones)
+    /// finds the host ahead of the line again, instead of behind every host that has not
+    /// had a turn yet.
     pub fn leave(&mut self, host: &str) {
-        if !self.places.contains_key(host) {
-            self.end_session(host);
+        if self.places.contains_key(host) {
+            return;
+        }
+        if let Some(session) = self.sessions.get_mut(host) {
+            if session.keeps_connection {
+                session.keeps_connection = false;
+                self.keeping -= 1;
+                self.connection_changes.push((host.to_owned(), false));
+            }
         }
     }
 
@@ -225,6 +244,21 @@ impl HostSchedule {
             self.forget_session(host, old);
         }
         self.session_starts.push_back((now, host.to_owned()));
+    }
+
+    /// A session that does not keep its connection (it began when as many did, or its
+    /// host ran dry for a while) keeps it from now on, if fewer sessions do now.
+    fn keep_connection_if_room(&mut self, host: &str) {
+        if self.keeping >= self.most_keeping {
+            return;
+        }
+        if let Some(session) = self.sessions.get_mut(host) {
+            if !session.keeps_connection {
+                session.keeps_connection = true;
+                self.keeping += 1;
+                self.connection_changes.push((host.to_owned(), true));
+            }
+        }
     }
 
     fn end_session(&mut self, host: &str) {
@@ -343,14 +377,47 @@ mod tests {
         s.attempt_ended("b");
         assert_eq!(s.next_due(later).as_deref(), Some("b"));
         assert_eq!(s.next_due(later).as_deref(), Some("a"));
-        // a's new session keeps its connection again (b's never did).
+        // a's session ended: b, in its session still, keeps its connection now (a's
+        // new session does not: one at most may).
         assert_eq!(
             s.connection_changes(),
-            [("a".to_owned(), false), ("a".to_owned(), true)]
+            [("a".to_owned(), false), ("b".to_owned(), true)]
         );
-        // A host with no work left ends its session.
+        // A host with no work left no longer keeps its connection.
+        s.leave("b");
+        assert_eq!(s.connection_changes(), [("b".to_owned(), false)]);
+    }
+
+    #[test]
+    fn a_host_that_ran_dry_goes_first_again_when_work_comes_back_within_its_session() {
+        let t0 = Instant::now();
+        let soon = t0 + Duration::from_secs(1);
+        let mut s = HostSchedule::new(100, 1);
+        s.add("a");
+        assert_eq!(s.next_due(t0).as_deref(), Some("a"));
+        // Nothing more is due on a for now (its next job is not admitted yet).
         s.leave("a");
-        assert_eq!(s.connection_changes(), [("a".to_owned(), false)]);
+        assert_eq!(
+            s.connection_changes(),
+            [("a".to_owned(), true), ("a".to_owned(), false)]
+        );
+        s.add("b");
+        s.add("a");
+        // a's session is not over: it goes ahead of b, and keeps its connection again.
+        assert_eq!(s.next_due(soon).as_deref(), Some("a"));
+        assert_eq!(s.connection_changes(), [("a".to_owned(), true)]);
+        s.wait("a", t0 + SESSION);
+        assert_eq!(s.next_due(soon).as_deref(), Some("b"));
+        // The one session that may keep its connection is a's.
+        assert_eq!(s.connection_changes(), []);
+        s.leave("b");
+        // Once its session is over, a host that comes back waits behind the others.
+        s.add("c");
+        s.add("b");
+        let later = soon + SESSION;
+        assert_eq!(s.next_due(later).as_deref(), Some("c"));
+        assert_eq!(s.next_due(later).as_deref(), Some("a"));
+        assert_eq!(s.next_due(later).as_deref(), Some("b"));
     }
 
     #[test]
