@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures_lite::StreamExt;
+use sqlx::sqlite::SqlitePool;
 use sqlx::{Connection, Row};
 
 use super::{lossy_text, SqliteStore};
@@ -135,12 +137,37 @@ impl SqliteStore {
 
     // ---- robots.txt answers, per origin. ----
 
+    /// The origins with a fresh robots.txt answer in the table, read when a daemon opens
+    /// the database (see [`super::robots_origins`]).
+    pub(super) async fn robots_origins(
+        pool: &SqlitePool,
+    ) -> Result<super::robots_origins::RobotsOrigins, StoreError> {
+        const DOING: &str = "reading which origins have a robots.txt answer";
+        let origins = super::robots_origins::RobotsOrigins::default();
+        let mut rows = sqlx::query_scalar::<_, Option<Vec<u8>>>(concat!(
+            "SELECT CAST(origin AS BLOB) FROM robots WHERE expires_at > ",
+            now!()
+        ))
+        .fetch(pool);
+        while let Some(origin) = rows.next().await {
+            if let Some(origin) = origin.doing(DOING)? {
+                origins.insert(&String::from_utf8_lossy(&origin));
+            }
+        }
+        Ok(origins)
+    }
+
     /// The stored robots.txt answer for `origin` while it is fresh, with how long it
     /// still holds.
     pub async fn robots(
         &self,
         origin: &str,
     ) -> Result<Option<(RobotsAnswer, Duration)>, StoreError> {
+        if let Some(origins) = &self.robots_origins {
+            if !origins.may_hold(origin) {
+                return Ok(None);
+            }
+        }
         let row = sqlx::query(concat!(
             "SELECT http_status, CAST(body AS BLOB) AS body, error,
                     (julianday(expires_at) - julianday('now')) * 86400.0 AS fresh_secs
@@ -205,6 +232,12 @@ impl SqliteStore {
             })
             .collect();
         let rows = serde_json::Value::Array(rows).to_string();
+        // Before the rows exist, so that no look-up misses them.
+        if let Some(origins) = &self.robots_origins {
+            for fetched in answers {
+                origins.insert(&fetched.origin);
+            }
+        }
         sqlx::query(concat!(
             "INSERT INTO robots (origin, http_status, body, error, fetched_at, expires_at)
              SELECT value ->> 0, value ->> 1, unhex(value ->> 2), value ->> 3, ",

@@ -8,6 +8,8 @@
 //! - `finish.rs`    — a batch of finished attempts, results, validators and links, stored.
 //! - `lookups.rs`   — what the crawl asks while it runs: robots.txt, pauses, a URL in a
 //!   crawl, a stored body.
+//! - `robots_origins.rs` — the origins the `robots` table may hold (no SQL: a filter that
+//!   spares the look-up of an origin it cannot hold).
 //! - `workers.rs`   — one row per daemon process: registration and heartbeat.
 //! - `reports.rs`   — what `crawlq status` and `--exit-when-idle` read.
 //!
@@ -46,6 +48,7 @@ mod finish;
 mod lookups;
 mod open;
 mod reports;
+mod robots_origins;
 mod workers;
 
 use std::sync::Arc;
@@ -73,6 +76,9 @@ pub struct SqliteStore {
     lock: Arc<LockFile>,
     /// Whether opening created the database file.
     created: bool,
+    /// The origins the `robots` table may hold, for a daemon's store (which holds the lock
+    /// file, so nothing else adds rows; see [`robots_origins`]). None for the commands.
+    robots_origins: Option<Arc<robots_origins::RobotsOrigins>>,
 }
 
 /// A user-written text column read without trusting it to be UTF-8 (SQLite does not check).

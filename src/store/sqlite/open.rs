@@ -215,6 +215,11 @@ impl SqliteStore {
                 path: name.clone(),
                 source,
             })?;
+        let robots_origins = if lock.is_held() {
+            Some(Arc::new(SqliteStore::robots_origins(&pool).await?))
+        } else {
+            None
+        };
         let writer_options = options.pragma("cache_size", WRITER_CACHE);
         let writer = Writer {
             connection: AsyncMutex::new(Some(writer_options.connect().await.map_err(open_error)?)),
@@ -235,6 +240,7 @@ impl SqliteStore {
             file: Arc::new(file),
             lock: Arc::new(lock),
             created,
+            robots_origins,
         })
     }
 
@@ -333,6 +339,11 @@ impl SqliteStore {
 pub(super) struct LockFile(std::sync::Mutex<Option<std::fs::File>>);
 
 impl LockFile {
+    /// Whether this store is a daemon's (it holds the lock).
+    fn is_held(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     fn release(&self) {
         // Closing the file lets go of the lock.
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
