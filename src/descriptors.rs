@@ -24,13 +24,14 @@ pub fn curl_uses_poll() -> bool {
 /// (per connection), the lock file, the log, the runtime's poller, DNS look-ups,
 /// connections curl is still closing.
 const RESERVED: u64 = 192;
-/// Idle connections kept at most, however high the limit: one to each of the hosts a busy
+/// Idle connections kept at most, however high the limit: one to most of the hosts a busy
 /// daemon is in the middle of (two cores send up to 3 500 requests a second: 1 750 hosts
-/// at once at 2 a second each, and three quarters of the cache, 2 304, are for the hosts
-/// in a session, see `crate::schedule`), without holding ten thousand that will not be
-/// used again in time. Each costs a few KB of the daemon's memory (bench/hosts.sh at
-/// 10 000 hosts: peak RSS 54-58 MB, 52-57 MB with 1 280).
-const MOST_IDLE: u64 = 3072;
+/// at once at 2 a second each; three quarters of the cache, 1 536, are for the hosts in a
+/// session, see `crate::schedule`), without holding ten thousand that will not be used
+/// again in time. Each costs a few KB of the daemon's memory: at 10 000 hosts
+/// (bench/hosts.sh) 3 072 opened 12 000 connections instead of 27 000, at the same CPU per
+/// page, but took peak RSS to 58-60 MB, against 52-57 MB here (target 60 MB).
+const MOST_IDLE: u64 = 2048;
 /// Idle connections kept at least, however low the limit.
 const FEWEST_IDLE: u64 = 16;
 
@@ -97,7 +98,7 @@ fn usable() -> u64 {
 
 /// Idle connections the HTTP client may keep: what the descriptor limit leaves after the
 /// reserve and twice `max_in_flight` (requests and robots.txt look-ups), within 16 and
-/// 3 072.
+/// 2 048.
 pub fn idle_connections(max_in_flight: usize) -> usize {
     let spare = usable().saturating_sub(RESERVED + 2 * max_in_flight as u64);
     spare.clamp(FEWEST_IDLE, MOST_IDLE) as usize
