@@ -52,10 +52,11 @@ const WALK_HOSTS_PER_SECOND: usize = 1000;
 /// at most this many.
 const SCHEDULED_HOSTS: usize = 20_000;
 /// A loop turn woken by a finished attempt begins at least this long after the previous
-/// one began (or when a waiting host falls due, if sooner): with a thousand hosts at 2
-/// requests a second, each finished page woke the loop on its own, for a commit of one
-/// page. Hosts that fall due are claimed for on time: at 20 requests a second, 5 ms late
-/// is a tenth of the quota.
+/// one began (or when a waiting host must be claimed for, if sooner): with a thousand
+/// hosts at 2 requests a second, each finished page and each host falling due woke the
+/// loop on its own, for a commit of one page or a claim of one job. A waiting host is
+/// claimed for at most a hundredth of its interval late (see `Scheduler::lateness`): at
+/// 20 requests a second, 5 ms late would be a tenth of the quota.
 const MIN_TURN: Duration = Duration::from_millis(5);
 /// Attempts that wait (for a quota after a robots.txt, a redirect to another host, a
 /// Crawl-delay) do not count against `limits.max_in_flight`, which counts requests; this
@@ -772,7 +773,8 @@ impl<'d> Scheduler<'d> {
             if self.in_flight.on_host(&pick.host) >= cap {
                 self.hosts.fill(&pick.host);
             } else if let Some(due) = next_due {
-                self.hosts.wait(&pick.host, due);
+                let late = self.lateness(&pick.host);
+                self.hosts.wait_at_most_late(&pick.host, due, late);
             } else {
                 self.hosts.add(&pick.host);
             }
@@ -892,7 +894,9 @@ impl<'d> Scheduler<'d> {
                 }
             }
             if granted == 0 {
-                self.hosts.wait(&host, next.expect("no grant means a time"));
+                let late = self.lateness(&host);
+                self.hosts
+                    .wait_at_most_late(&host, next.expect("no grant means a time"), late);
                 continue;
             }
             left -= granted;
@@ -903,6 +907,14 @@ impl<'d> Scheduler<'d> {
             next_due.push(next);
         }
         (picks, next_due)
+    }
+
+    /// How late `host` may be claimed for after its quota allows it: a hundredth of its
+    /// interval (5 ms at the default 2 requests a second, 0.5 ms at 20), at most
+    /// [`MIN_TURN`]. Hosts that fall due within that of each other share a loop turn and
+    /// a claim instead of waking the loop one by one.
+    fn lateness(&self, host: &str) -> Duration {
+        (self.settings().limits.for_host(host).rate.period() / 100).min(MIN_TURN)
     }
 
     fn start(&mut self, job: ClaimedJob, ticket: Ticket) {

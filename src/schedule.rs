@@ -65,6 +65,10 @@ pub struct HostSchedule {
     /// Hosts whose connections are to be kept (true) or no longer (false), in order.
     connection_changes: Vec<(String, bool)>,
     waiting: BinaryHeap<Reverse<(Instant, String)>>,
+    /// The same hosts by the latest instant each may be woken for (its due instant plus
+    /// the lateness it allows, see [`HostSchedule::wait_at_most_late`]), with the due
+    /// instant that makes an entry current.
+    deadlines: BinaryHeap<Reverse<(Instant, Instant, String)>>,
     /// Work that falls due later on a host that has a place already (a retry on a host
     /// whose in-flight cap is taken): the host is added back then, in case it left the
     /// index meanwhile (a claim found nothing due on it).
@@ -87,6 +91,7 @@ impl HostSchedule {
             most_keeping,
             connection_changes: Vec::new(),
             waiting: BinaryHeap::new(),
+            deadlines: BinaryHeap::new(),
             reminders: BinaryHeap::new(),
             capacity,
         }
@@ -186,8 +191,17 @@ impl HostSchedule {
 
     /// `host` may not be claimed for before `due`.
     pub fn wait(&mut self, host: &str, due: Instant) {
+        self.wait_at_most_late(host, due, Duration::ZERO);
+    }
+
+    /// `host` may not be claimed for before `due`, and may be claimed for up to `late`
+    /// after it: [`HostSchedule::next_wake`] is the earliest such deadline, so that hosts
+    /// falling due within a few milliseconds of each other are claimed for together.
+    pub fn wait_at_most_late(&mut self, host: &str, due: Instant, late: Duration) {
         self.places.insert(host.to_owned(), Place::Waiting(due));
         self.waiting.push(Reverse((due, host.to_owned())));
+        self.deadlines
+            .push(Reverse((due + late, due, host.to_owned())));
     }
 
     /// `host` has its in-flight cap taken; [`HostSchedule::attempt_ended`] makes it ready.
@@ -202,15 +216,16 @@ impl HostSchedule {
         }
     }
 
-    /// When the first waiting host is due, if any is waiting.
+    /// When the first waiting host must be woken for (its due instant, or later by the
+    /// lateness it allows), if any is waiting.
     pub fn next_wake(&mut self) -> Option<Instant> {
         let mut wake = None;
-        while let Some(Reverse((due, host))) = self.waiting.peek() {
+        while let Some(Reverse((deadline, due, host))) = self.deadlines.peek() {
             if self.places.get(host) == Some(&Place::Waiting(*due)) {
-                wake = Some(*due);
+                wake = Some(*deadline);
                 break;
             }
-            self.waiting.pop();
+            self.deadlines.pop();
         }
         let reminder = self.reminders.peek().map(|Reverse((due, _))| *due);
         match (wake, reminder) {
@@ -335,6 +350,23 @@ mod tests {
             Some("a")
         );
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn hosts_falling_due_close_together_are_woken_for_together() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = HostSchedule::new(100, 1);
+        s.wait_at_most_late("slow", t0 + ms(10), ms(5));
+        s.wait_at_most_late("fast", t0 + ms(12), ms(1));
+        // The fast host's deadline comes first: the slow one, due by then, goes with it.
+        assert_eq!(s.next_wake(), Some(t0 + ms(13)));
+        assert_eq!(s.next_due(t0 + ms(13)).as_deref(), Some("slow"));
+        assert_eq!(s.next_due(t0 + ms(13)).as_deref(), Some("fast"));
+        // Never before it is due.
+        s.wait_at_most_late("slow", t0 + ms(100), ms(5));
+        assert_eq!(s.next_due(t0 + ms(99)), None);
+        assert_eq!(s.next_wake(), Some(t0 + ms(105)));
     }
 
     #[test]
