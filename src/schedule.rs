@@ -246,6 +246,9 @@ impl HostSchedule {
     }
 
     fn begin_session(&mut self, host: &str, now: Instant) {
+        // An old session is forgotten first, so that the HTTP client hears of its end
+        // before the new one's start.
+        self.end_session(host);
         let keeps_connection = self.keeping < self.most_keeping;
         if keeps_connection {
             self.keeping += 1;
@@ -255,9 +258,7 @@ impl HostSchedule {
             began: now,
             keeps_connection,
         };
-        if let Some(old) = self.sessions.insert(host.to_owned(), session) {
-            self.forget_session(host, old);
-        }
+        self.sessions.insert(host.to_owned(), session);
         self.session_starts.push_back((now, host.to_owned()));
     }
 
@@ -313,6 +314,15 @@ impl HostSchedule {
                 self.make_ready(host);
             }
         }
+        // A deadline that has passed belongs to a host made ready above or to a stale
+        // entry: either way it is done with, and the heap stays as small as `waiting`
+        // even when `next_wake` is not asked for a while (the database failing).
+        while let Some(Reverse((deadline, _, _))) = self.deadlines.peek() {
+            if *deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+        }
         while let Some(Reverse((due, _))) = self.reminders.peek() {
             if *due > now {
                 break;
@@ -367,6 +377,16 @@ mod tests {
         s.wait_at_most_late("slow", t0 + ms(100), ms(5));
         assert_eq!(s.next_due(t0 + ms(99)), None);
         assert_eq!(s.next_wake(), Some(t0 + ms(105)));
+        // Entries passed by are dropped whether or not anyone asked for the next wake.
+        for i in 0..100 {
+            s.wait_at_most_late("slow", t0 + ms(200 + i), ms(5));
+            assert_eq!(s.next_due(t0 + ms(210 + i)).as_deref(), Some("slow"));
+        }
+        assert!(
+            s.deadlines.len() <= 1,
+            "{} deadlines kept",
+            s.deadlines.len()
+        );
     }
 
     #[test]
