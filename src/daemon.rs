@@ -774,7 +774,7 @@ impl<'d> Scheduler<'d> {
                 self.hosts.fill(&pick.host);
             } else if let Some(due) = next_due {
                 let late = self.lateness(&pick.host);
-                self.hosts.wait_at_most_late(&pick.host, due, late);
+                self.hosts.wait(&pick.host, due, late);
             } else {
                 self.hosts.add(&pick.host);
             }
@@ -896,7 +896,7 @@ impl<'d> Scheduler<'d> {
             if granted == 0 {
                 let late = self.lateness(&host);
                 self.hosts
-                    .wait_at_most_late(&host, next.expect("no grant means a time"), late);
+                    .wait(&host, next.expect("no grant means a time"), late);
                 continue;
             }
             left -= granted;

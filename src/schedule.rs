@@ -66,7 +66,7 @@ pub struct HostSchedule {
     connection_changes: Vec<(String, bool)>,
     waiting: BinaryHeap<Reverse<(Instant, String)>>,
     /// The same hosts by the latest instant each may be woken for (its due instant plus
-    /// the lateness it allows, see [`HostSchedule::wait_at_most_late`]), with the due
+    /// the lateness it allows, see [`HostSchedule::wait`]), with the due
     /// instant that makes an entry current.
     deadlines: BinaryHeap<Reverse<(Instant, Instant, String)>>,
     /// Work that falls due later on a host that has a place already (a retry on a host
@@ -180,24 +180,13 @@ impl HostSchedule {
         if self.places.contains_key(host) {
             return;
         }
-        if let Some(session) = self.sessions.get_mut(host) {
-            if session.keeps_connection {
-                session.keeps_connection = false;
-                self.keeping -= 1;
-                self.connection_changes.push((host.to_owned(), false));
-            }
-        }
-    }
-
-    /// `host` may not be claimed for before `due`.
-    pub fn wait(&mut self, host: &str, due: Instant) {
-        self.wait_at_most_late(host, due, Duration::ZERO);
+        self.give_up_connection(host);
     }
 
     /// `host` may not be claimed for before `due`, and may be claimed for up to `late`
     /// after it: [`HostSchedule::next_wake`] is the earliest such deadline, so that hosts
     /// falling due within a few milliseconds of each other are claimed for together.
-    pub fn wait_at_most_late(&mut self, host: &str, due: Instant, late: Duration) {
+    pub fn wait(&mut self, host: &str, due: Instant, late: Duration) {
         self.places.insert(host.to_owned(), Place::Waiting(due));
         self.waiting.push(Reverse((due, host.to_owned())));
         self.deadlines
@@ -249,16 +238,12 @@ impl HostSchedule {
         // An old session is forgotten first, so that the HTTP client hears of its end
         // before the new one's start.
         self.end_session(host);
-        let keeps_connection = self.keeping < self.most_keeping;
-        if keeps_connection {
-            self.keeping += 1;
-            self.connection_changes.push((host.to_owned(), true));
-        }
         let session = Session {
             began: now,
-            keeps_connection,
+            keeps_connection: false,
         };
         self.sessions.insert(host.to_owned(), session);
+        self.keep_connection_if_room(host);
         self.session_starts.push_back((now, host.to_owned()));
     }
 
@@ -277,17 +262,20 @@ impl HostSchedule {
         }
     }
 
-    fn end_session(&mut self, host: &str) {
-        if let Some(session) = self.sessions.remove(host) {
-            self.forget_session(host, session);
+    /// `host`'s session, if it has one, no longer keeps its connection.
+    fn give_up_connection(&mut self, host: &str) {
+        if let Some(session) = self.sessions.get_mut(host) {
+            if session.keeps_connection {
+                session.keeps_connection = false;
+                self.keeping -= 1;
+                self.connection_changes.push((host.to_owned(), false));
+            }
         }
     }
 
-    fn forget_session(&mut self, host: &str, session: Session) {
-        if session.keeps_connection {
-            self.keeping -= 1;
-            self.connection_changes.push((host.to_owned(), false));
-        }
+    fn end_session(&mut self, host: &str) {
+        self.give_up_connection(host);
+        self.sessions.remove(host);
     }
 
     /// Ends the sessions that began [`SESSION`] or more before `now`.
@@ -346,9 +334,9 @@ mod tests {
         s.add("b");
         s.add("a"); // already in: no second turn
         assert_eq!(s.next_due(t0).as_deref(), Some("a"));
-        s.wait("a", t0 + Duration::from_millis(500));
+        s.wait("a", t0 + Duration::from_millis(500), Duration::ZERO);
         assert_eq!(s.next_due(t0).as_deref(), Some("b"));
-        s.wait("b", t0 + Duration::from_millis(200));
+        s.wait("b", t0 + Duration::from_millis(200), Duration::ZERO);
         assert_eq!(s.next_due(t0), None);
         assert_eq!(s.next_wake(), Some(t0 + Duration::from_millis(200)));
         assert_eq!(
@@ -367,19 +355,19 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut s = HostSchedule::new(100, 1);
-        s.wait_at_most_late("slow", t0 + ms(10), ms(5));
-        s.wait_at_most_late("fast", t0 + ms(12), ms(1));
+        s.wait("slow", t0 + ms(10), ms(5));
+        s.wait("fast", t0 + ms(12), ms(1));
         // The fast host's deadline comes first: the slow one, due by then, goes with it.
         assert_eq!(s.next_wake(), Some(t0 + ms(13)));
         assert_eq!(s.next_due(t0 + ms(13)).as_deref(), Some("slow"));
         assert_eq!(s.next_due(t0 + ms(13)).as_deref(), Some("fast"));
         // Never before it is due.
-        s.wait_at_most_late("slow", t0 + ms(100), ms(5));
+        s.wait("slow", t0 + ms(100), ms(5));
         assert_eq!(s.next_due(t0 + ms(99)), None);
         assert_eq!(s.next_wake(), Some(t0 + ms(105)));
         // Entries passed by are dropped whether or not anyone asked for the next wake.
         for i in 0..100 {
-            s.wait_at_most_late("slow", t0 + ms(200 + i), ms(5));
+            s.wait("slow", t0 + ms(200 + i), ms(5));
             assert_eq!(s.next_due(t0 + ms(210 + i)).as_deref(), Some("slow"));
         }
         assert!(
@@ -395,7 +383,7 @@ mod tests {
         let mut s = HostSchedule::new(100, 1);
         s.add("a");
         let a = s.next_due(t0).unwrap();
-        s.wait(&a, t0 + Duration::from_secs(3600));
+        s.wait(&a, t0 + Duration::from_secs(3600), Duration::ZERO);
         s.add("a"); // new work does not end a wait
         assert_eq!(s.next_due(t0), None);
         s.wait_no_longer("a");
@@ -415,10 +403,10 @@ mod tests {
         s.add("b");
         assert_eq!(s.next_due(t0).as_deref(), Some("a"));
         assert_eq!(s.connection_changes(), [("a".to_owned(), true)]);
-        s.wait("a", second);
+        s.wait("a", second, Duration::ZERO);
         // b has been ready since t0, but a is in a session.
         assert_eq!(s.next_due(second).as_deref(), Some("a"));
-        s.wait("a", t0 + SESSION);
+        s.wait("a", t0 + SESSION, Duration::ZERO);
         s.attempt_ended("a"); // not full: keeps waiting
         assert_eq!(s.next_due(second), Some("b".to_owned()));
         // One session at most keeps its connection.
@@ -458,7 +446,7 @@ mod tests {
         // a's session is not over: it goes ahead of b, and keeps its connection again.
         assert_eq!(s.next_due(soon).as_deref(), Some("a"));
         assert_eq!(s.connection_changes(), [("a".to_owned(), true)]);
-        s.wait("a", t0 + SESSION);
+        s.wait("a", t0 + SESSION, Duration::ZERO);
         assert_eq!(s.next_due(soon).as_deref(), Some("b"));
         // The one session that may keep its connection is a's.
         assert_eq!(s.connection_changes(), []);
